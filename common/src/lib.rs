@@ -1,0 +1,6 @@
+//! Shared by every barrage crate: the plan schema and its validation, load
+//! splitting, and the mergeable metric model (histogram sets, counters, their
+//! wire encoding).
+
+pub mod simulator;
+pub mod auth;

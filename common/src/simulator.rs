@@ -1,0 +1,231 @@
+//! The `[simulator]` table of a plan, which is also `llm-sim`'s configuration:
+//! one schema for the embedded simulator and the standalone binary.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Timing, shape and fault model of the simulated model server.
+///
+/// All durations are humantime strings in TOML ("50ms", "1.5s").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Model name reported by `/v1/models` and in responses.
+    pub model: String,
+    /// Base time to first token. Default 50 ms.
+    #[serde(with = "humantime_serde")]
+    pub ttft: Duration,
+    /// Extra prefill time per input token. Default 0.
+    #[serde(with = "humantime_serde")]
+    pub prefill_per_token: Duration,
+    /// Random jitter added to each TTFT. Default none.
+    pub ttft_jitter: Jitter,
+    /// Inter-token latency (decode step). Default 10 ms.
+    #[serde(with = "humantime_serde")]
+    pub itl: Duration,
+    /// Random jitter added to each decode step. Default none.
+    pub itl_jitter: Jitter,
+    /// Tokens carried by each content chunk (>1 mimics speculative decoding). Default 1.
+    pub tokens_per_chunk: u32,
+    /// Output length when the request gives no max_tokens. Default 64.
+    pub output_tokens: OutputLength,
+    /// Honour the request's max_tokens as the exact output length. Default true.
+    pub honour_max_tokens: bool,
+    /// At most this many sequences decode at once; the rest queue (0 = unlimited). Default 0.
+    pub max_batch: u32,
+    /// ITL multiplier per additional active sequence: itl * (1 + slowdown * (active - 1)). Default 0.
+    pub batch_slowdown: f64,
+    /// Send a role-only first chunk before any content (as vLLM does). Default false.
+    pub role_chunk: bool,
+    /// Reasoning tokens (`reasoning_content` deltas) emitted before the answer. Default 0.
+    pub reasoning_tokens: u32,
+    /// Put `usage` into every chunk (vLLM's continuous_usage_stats). Default false.
+    pub continuous_usage: bool,
+    /// Input tokens counted per whitespace-separated word of the prompt. Default 1.0.
+    pub tokens_per_word: f64,
+    /// Faults injected on demand.
+    pub faults: Faults,
+    /// Seed for jitter, length and fault draws. Default 0.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            model: "llm-sim".to_owned(),
+            ttft: Duration::from_millis(50),
+            prefill_per_token: Duration::ZERO,
+            ttft_jitter: Jitter::None,
+            itl: Duration::from_millis(10),
+            itl_jitter: Jitter::None,
+            tokens_per_chunk: 1,
+            output_tokens: OutputLength::Fixed(64),
+            honour_max_tokens: true,
+            max_batch: 0,
+            batch_slowdown: 0.0,
+            role_chunk: false,
+            reasoning_tokens: 0,
+            continuous_usage: false,
+            tokens_per_word: 1.0,
+            faults: Faults::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// A random addition to a duration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
+pub enum Jitter {
+    #[default]
+    None,
+    /// Uniform in [0, max].
+    Uniform {
+        #[serde(with = "humantime_serde")]
+        max: Duration,
+    },
+    /// Exponential with the given mean (a long right tail).
+    Exponential {
+        #[serde(with = "humantime_serde")]
+        mean: Duration,
+    },
+}
+
+/// Output length model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", untagged)]
+pub enum OutputLength {
+    /// Always this many tokens.
+    Fixed(u32),
+    /// Uniform in [min, max].
+    Uniform { min: u32, max: u32 },
+}
+
+/// Fault injection. Fractions are probabilities per request in [0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Answer HTTP 500 instead of generating.
+    pub http_500: f64,
+    /// Answer HTTP 429 instead of generating.
+    pub http_429: f64,
+    /// Close the stream half-way through the output (no `[DONE]`).
+    pub cut: f64,
+    /// Send one malformed (non-JSON) chunk half-way through the output.
+    pub malformed: f64,
+    /// Pause half-way through the output for `stall_duration`.
+    pub stall: f64,
+    #[serde(with = "humantime_serde")]
+    pub stall_duration: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            http_500: 0.0,
+            http_429: 0.0,
+            cut: 0.0,
+            malformed: 0.0,
+            stall: 0.0,
+            stall_duration: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A value of the simulator table that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("simulator.{key}: {problem}")]
+pub struct SimConfigError {
+    pub key: &'static str,
+    pub problem: String,
+}
+
+impl SimConfig {
+    /// Checks values serde cannot: ranges and probabilities.
+    pub fn validate(&self) -> Result<(), SimConfigError> {
+        let err = |key, problem: &str| {
+            Err(SimConfigError {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.tokens_per_chunk == 0 {
+            return err("tokens_per_chunk", "must be at least 1");
+        }
+        if let OutputLength::Uniform { min, max } = self.output_tokens {
+            if min > max {
+                return err("output_tokens", "min must not exceed max");
+            }
+        }
+        if !(self.batch_slowdown.is_finite() && self.batch_slowdown >= 0.0) {
+            return err("batch_slowdown", "must be a finite number >= 0");
+        }
+        if !(self.tokens_per_word.is_finite() && self.tokens_per_word > 0.0) {
+            return err("tokens_per_word", "must be a finite number > 0");
+        }
+        let f = &self.faults;
+        for (key, p) in [
+            ("faults.http_500", f.http_500),
+            ("faults.http_429", f.http_429),
+            ("faults.cut", f.cut),
+            ("faults.malformed", f.malformed),
+            ("faults.stall", f.stall),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return err(key, "must be a probability between 0 and 1");
+            }
+        }
+        if f.http_500 + f.http_429 > 1.0 {
+            return err("faults", "http_500 + http_429 must not exceed 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_humantime_and_tagged_jitter() {
+        let cfg: SimConfig = toml::from_str(
+            r#"
+            ttft = "20ms"
+            itl = "5ms"
+            ttft_jitter = { kind = "uniform", max = "2ms" }
+            output_tokens = { min = 4, max = 8 }
+            [faults]
+            http_500 = 0.1
+            "#,
+        )
+        .expect("valid table");
+        assert_eq!(cfg.ttft, Duration::from_millis(20));
+        assert_eq!(
+            cfg.ttft_jitter,
+            Jitter::Uniform {
+                max: Duration::from_millis(2)
+            }
+        );
+        assert_eq!(cfg.output_tokens, OutputLength::Uniform { min: 4, max: 8 });
+        assert_eq!(cfg.faults.http_500, 0.1);
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_unknown_key_and_bad_probability() {
+        let e = toml::from_str::<SimConfig>("ttfx = \"1ms\"").expect_err("unknown key");
+        assert!(e.to_string().contains("ttfx"), "{e}");
+        let cfg = SimConfig {
+            faults: Faults {
+                cut: 1.5,
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        };
+        assert_eq!(
+            cfg.validate().expect_err("bad probability").key,
+            "faults.cut"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! gpu-exporter: placeholder, being written.

@@ -1,0 +1,1 @@
+//! llm-sim: placeholder, being written.
