@@ -131,7 +131,9 @@ mod tests {
     fn accepts_only_the_expected_token() {
         let mut check = RequireToken::new(Some(Token::new("s3cret")));
         assert!(check.call(with_auth(Some("Bearer s3cret"))).is_ok());
-        let wrong = check.call(with_auth(Some("Bearer s3creT"))).expect_err("wrong");
+        let wrong = check
+            .call(with_auth(Some("Bearer s3creT")))
+            .expect_err("wrong");
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
         let missing = check.call(with_auth(None)).expect_err("missing");
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);

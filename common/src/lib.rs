@@ -2,5 +2,6 @@
 //! splitting, and the mergeable metric model (histogram sets, counters, their
 //! wire encoding).
 
-pub mod simulator;
 pub mod auth;
+pub mod clock;
+pub mod simulator;
