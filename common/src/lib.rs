@@ -4,4 +4,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod metrics;
+pub mod plan;
 pub mod simulator;
+pub mod split;

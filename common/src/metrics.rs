@@ -1,0 +1,624 @@
+//! The metric model: one HdrHistogram per metric name of METRICS.md, with
+//! exact count/sum/min/max beside it (V2 encoding restates min/max to bucket
+//! edges), counters by error class, and their exact merge and wire encoding.
+
+use std::fmt;
+
+use barrage_proto::agent::v1 as pb;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::{CreationError, Histogram};
+use serde::{Deserialize, Serialize};
+
+/// Every histogram metric an agent records. Latencies are in microseconds,
+/// token counts in tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Ttft,
+    Ttfo,
+    ChunkGap,
+    Itl,
+    Tpot,
+    E2e,
+    MaxStall,
+    InputTokens,
+    OutputTokens,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 9] = [
+        Metric::Ttft,
+        Metric::Ttfo,
+        Metric::ChunkGap,
+        Metric::Itl,
+        Metric::Tpot,
+        Metric::E2e,
+        Metric::MaxStall,
+        Metric::InputTokens,
+        Metric::OutputTokens,
+    ];
+
+    /// The one name used in proto fields, JSON keys and report labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Ttft => "ttft",
+            Metric::Ttfo => "ttfo",
+            Metric::ChunkGap => "chunk_gap",
+            Metric::Itl => "itl",
+            Metric::Tpot => "tpot",
+            Metric::E2e => "e2e",
+            Metric::MaxStall => "max_stall",
+            Metric::InputTokens => "input_tokens",
+            Metric::OutputTokens => "output_tokens",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    pub fn is_latency(self) -> bool {
+        !matches!(self, Metric::InputTokens | Metric::OutputTokens)
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Histogram bounds; one layout per run, set by the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub lowest: u64,
+    pub highest: u64,
+    pub sigfig: u8,
+}
+
+impl Layout {
+    /// Latencies: 1 µs to 1 h at 3 significant digits (~0.1 % value error).
+    pub const LATENCY_US: Layout = Layout {
+        lowest: 1,
+        highest: 3_600_000_000,
+        sigfig: 3,
+    };
+    /// Token counts: 1 to 10 million.
+    pub const TOKENS: Layout = Layout {
+        lowest: 1,
+        highest: 10_000_000,
+        sigfig: 3,
+    };
+
+    pub fn to_proto(self) -> pb::HistogramLayout {
+        pb::HistogramLayout {
+            lowest: self.lowest,
+            highest: self.highest,
+            sigfig: u32::from(self.sigfig),
+        }
+    }
+
+    pub fn from_proto(p: &pb::HistogramLayout) -> Self {
+        Self {
+            lowest: p.lowest,
+            highest: p.highest,
+            sigfig: u8::try_from(p.sigfig).unwrap_or(u8::MAX),
+        }
+    }
+}
+
+/// The layouts of a run: one for latencies, one for token counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layouts {
+    pub latency: Layout,
+    pub tokens: Layout,
+}
+
+impl Default for Layouts {
+    fn default() -> Self {
+        Self {
+            latency: Layout::LATENCY_US,
+            tokens: Layout::TOKENS,
+        }
+    }
+}
+
+impl Layouts {
+    pub fn for_metric(&self, m: Metric) -> Layout {
+        if m.is_latency() {
+            self.latency
+        } else {
+            self.tokens
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricError {
+    #[error("invalid histogram layout {0:?}: {1:?}")]
+    Layout(Layout, CreationError),
+    #[error("metric {metric}: histogram layout {got:?} differs from the run's {want:?}")]
+    LayoutMismatch {
+        metric: String,
+        got: Layout,
+        want: Layout,
+    },
+    #[error("metric {0}: unknown metric name")]
+    UnknownMetric(String),
+    #[error("metric {metric}: cannot decode histogram: {reason}")]
+    Decode { metric: String, reason: String },
+    #[error("metric {metric}: cannot encode histogram: {reason}")]
+    Encode { metric: String, reason: String },
+    #[error("metric {metric}: adding histograms failed: {reason}")]
+    Add { metric: String, reason: String },
+}
+
+/// One metric: histogram plus exact count, sum, min and max.
+#[derive(Clone)]
+pub struct Series {
+    pub hist: Histogram<u64>,
+    pub count: u64,
+    pub sum: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+impl fmt::Debug for Series {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Series")
+            .field("count", &self.count)
+            .field("sum", &self.sum)
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+impl Series {
+    pub fn new(layout: Layout) -> Result<Self, MetricError> {
+        let hist = Histogram::new_with_bounds(layout.lowest, layout.highest, layout.sigfig)
+            .map_err(|e| MetricError::Layout(layout, e))?;
+        Ok(Self {
+            hist,
+            count: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout {
+            lowest: self.hist.low(),
+            highest: self.hist.high(),
+            sigfig: self.hist.sigfig(),
+        }
+    }
+
+    /// Records one value; values above the layout's top are clamped in the
+    /// histogram but kept exact in sum and max.
+    #[inline]
+    pub fn record(&mut self, v: u64) {
+        self.hist.saturating_record(v);
+        self.count += 1;
+        self.sum = self.sum.saturating_add(v);
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum as f64 / self.count as f64)
+    }
+
+    pub fn exact_min(&self) -> Option<u64> {
+        (self.count > 0).then_some(self.min)
+    }
+
+    /// Value at quantile q (0..=1) from the histogram; the exact max at q = 1.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        if q >= 1.0 {
+            return Some(self.max);
+        }
+        Some(self.hist.value_at_quantile(q).min(self.max).max(self.min))
+    }
+
+    /// Exact merge; refuses histograms of another layout (adding across
+    /// layouts silently shifts values).
+    pub fn add(&mut self, other: &Series, metric: Metric) -> Result<(), MetricError> {
+        if other.count == 0 {
+            return Ok(());
+        }
+        if other.layout() != self.layout() {
+            return Err(MetricError::LayoutMismatch {
+                metric: metric.name().to_owned(),
+                got: other.layout(),
+                want: self.layout(),
+            });
+        }
+        self.hist.add(&other.hist).map_err(|e| MetricError::Add {
+            metric: metric.name().to_owned(),
+            reason: format!("{e:?}"),
+        })?;
+        self.count += other.count;
+        self.sum = self.sum.saturating_add(other.sum);
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        Ok(())
+    }
+
+    pub fn reset(&mut self) {
+        self.hist.reset();
+        self.count = 0;
+        self.sum = 0;
+        self.min = u64::MAX;
+        self.max = 0;
+    }
+
+    pub fn encode(&self, metric: Metric) -> Result<pb::MetricHistogram, MetricError> {
+        let mut buf = Vec::with_capacity(1024);
+        V2DeflateSerializer::new()
+            .serialize(&self.hist, &mut buf)
+            .map_err(|e| MetricError::Encode {
+                metric: metric.name().to_owned(),
+                reason: format!("{e:?}"),
+            })?;
+        Ok(pb::MetricHistogram {
+            metric: metric.name().to_owned(),
+            v2_deflate: buf,
+            count: self.count,
+            sum: self.sum,
+            min: if self.count == 0 { 0 } else { self.min },
+            max: self.max,
+        })
+    }
+
+    /// Decodes a wire histogram and checks it against the run's layout.
+    pub fn decode(
+        msg: &pb::MetricHistogram,
+        want: Layout,
+    ) -> Result<(Metric, Series), MetricError> {
+        let metric = Metric::from_name(&msg.metric)
+            .ok_or_else(|| MetricError::UnknownMetric(msg.metric.clone()))?;
+        let hist: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut msg.v2_deflate.as_slice())
+            .map_err(|e| MetricError::Decode {
+                metric: msg.metric.clone(),
+                reason: format!("{e:?}"),
+            })?;
+        let series = Series {
+            hist,
+            count: msg.count,
+            sum: msg.sum,
+            min: if msg.count == 0 { u64::MAX } else { msg.min },
+            max: msg.max,
+        };
+        if series.layout() != want {
+            return Err(MetricError::LayoutMismatch {
+                metric: msg.metric.clone(),
+                got: series.layout(),
+                want,
+            });
+        }
+        if series.hist.len() != series.count {
+            return Err(MetricError::Decode {
+                metric: msg.metric.clone(),
+                reason: format!(
+                    "histogram holds {} samples but count says {}",
+                    series.hist.len(),
+                    series.count
+                ),
+            });
+        }
+        Ok((metric, series))
+    }
+}
+
+/// One `Series` per `Metric`, indexed without hashing (hot path).
+#[derive(Clone, Debug)]
+pub struct MetricSet {
+    series: Vec<Series>,
+}
+
+impl MetricSet {
+    pub fn new(layouts: Layouts) -> Result<Self, MetricError> {
+        let series = Metric::ALL
+            .iter()
+            .map(|m| Series::new(layouts.for_metric(*m)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { series })
+    }
+
+    #[inline]
+    pub fn record(&mut self, m: Metric, v: u64) {
+        self.series[m.slot()].record(v);
+    }
+
+    pub fn get(&self, m: Metric) -> &Series {
+        &self.series[m.slot()]
+    }
+
+    pub fn add(&mut self, other: &MetricSet) -> Result<(), MetricError> {
+        for m in Metric::ALL {
+            self.series[m.slot()].add(&other.series[m.slot()], m)?;
+        }
+        Ok(())
+    }
+
+    pub fn add_series(&mut self, m: Metric, s: &Series) -> Result<(), MetricError> {
+        self.series[m.slot()].add(s, m)
+    }
+
+    pub fn reset(&mut self) {
+        self.series.iter_mut().for_each(Series::reset);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.iter().all(Series::is_empty)
+    }
+
+    /// Encodes the non-empty metrics (empty histograms are omitted on the wire).
+    pub fn encode(&self) -> Result<Vec<pb::MetricHistogram>, MetricError> {
+        Metric::ALL
+            .iter()
+            .filter(|m| !self.get(**m).is_empty())
+            .map(|m| self.get(*m).encode(*m))
+            .collect()
+    }
+
+    /// Decodes wire histograms into a fresh set of the run's layouts.
+    pub fn decode(msgs: &[pb::MetricHistogram], layouts: Layouts) -> Result<Self, MetricError> {
+        let mut set = MetricSet::new(layouts)?;
+        for msg in msgs {
+            let want = Metric::from_name(&msg.metric)
+                .map(|m| layouts.for_metric(m))
+                .ok_or_else(|| MetricError::UnknownMetric(msg.metric.clone()))?;
+            let (m, s) = Series::decode(msg, want)?;
+            set.add_series(m, &s)?;
+        }
+        Ok(set)
+    }
+}
+
+/// Error classes of METRICS.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    Connect,
+    Timeout,
+    Http4xx,
+    Http429,
+    Http5xx,
+    Stream,
+    Other,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 7] = [
+        ErrorClass::Connect,
+        ErrorClass::Timeout,
+        ErrorClass::Http4xx,
+        ErrorClass::Http429,
+        ErrorClass::Http5xx,
+        ErrorClass::Stream,
+        ErrorClass::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::Connect => "connect",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Http4xx => "http_4xx",
+            ErrorClass::Http429 => "http_429",
+            ErrorClass::Http5xx => "http_5xx",
+            ErrorClass::Stream => "stream",
+            ErrorClass::Other => "other",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+
+    /// Classifies an HTTP status that is not a success.
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            429 => ErrorClass::Http429,
+            400..=499 => ErrorClass::Http4xx,
+            500..=599 => ErrorClass::Http5xx,
+            _ => ErrorClass::Other,
+        }
+    }
+}
+
+/// Plain counters of an interval or a total; addition is exact.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub requests_started: u64,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub errors: [u64; 7],
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub failed_output_tokens: u64,
+    pub response_bytes: u64,
+    pub chunks: u64,
+    pub usage_from_server: u64,
+    pub usage_estimated: u64,
+    pub chunk_tokens_assumed: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.requests_started += o.requests_started;
+        self.requests_ok += o.requests_ok;
+        self.requests_failed += o.requests_failed;
+        for (a, b) in self.errors.iter_mut().zip(o.errors) {
+            *a += b;
+        }
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.failed_output_tokens += o.failed_output_tokens;
+        self.response_bytes += o.response_bytes;
+        self.chunks += o.chunks;
+        self.usage_from_server += o.usage_from_server;
+        self.usage_estimated += o.usage_estimated;
+        self.chunk_tokens_assumed += o.chunk_tokens_assumed;
+    }
+
+    pub fn error(&self, c: ErrorClass) -> u64 {
+        self.errors[c as usize]
+    }
+
+    pub fn count_error(&mut self, c: ErrorClass) {
+        self.errors[c as usize] += 1;
+    }
+
+    pub fn to_proto(&self) -> pb::Counters {
+        pb::Counters {
+            requests_started: self.requests_started,
+            requests_ok: self.requests_ok,
+            requests_failed: self.requests_failed,
+            errors: ErrorClass::ALL
+                .iter()
+                .filter(|c| self.error(**c) > 0)
+                .map(|c| pb::ErrorCount {
+                    class: c.name().to_owned(),
+                    count: self.error(*c),
+                })
+                .collect(),
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            failed_output_tokens: self.failed_output_tokens,
+            response_bytes: self.response_bytes,
+            chunks: self.chunks,
+            usage_from_server: self.usage_from_server,
+            usage_estimated: self.usage_estimated,
+            chunk_tokens_assumed: self.chunk_tokens_assumed,
+        }
+    }
+
+    /// Unknown error classes from a newer peer are counted as `other`.
+    pub fn from_proto(p: &pb::Counters) -> Self {
+        let mut c = Counters {
+            requests_started: p.requests_started,
+            requests_ok: p.requests_ok,
+            requests_failed: p.requests_failed,
+            errors: [0; 7],
+            input_tokens: p.input_tokens,
+            output_tokens: p.output_tokens,
+            failed_output_tokens: p.failed_output_tokens,
+            response_bytes: p.response_bytes,
+            chunks: p.chunks,
+            usage_from_server: p.usage_from_server,
+            usage_estimated: p.usage_estimated,
+            chunk_tokens_assumed: p.chunk_tokens_assumed,
+        };
+        for e in &p.errors {
+            let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);
+            c.errors[class as usize] += e.count;
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn merge_of_split_samples_equals_one_histogram_of_all() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let samples: Vec<u64> = (0..50_000)
+            .map(|_| rng.random_range(1..5_000_000))
+            .collect();
+        let mut whole = Series::new(Layout::LATENCY_US).expect("layout");
+        let mut parts: Vec<Series> = (0..4)
+            .map(|_| Series::new(Layout::LATENCY_US).expect("layout"))
+            .collect();
+        for (i, v) in samples.iter().enumerate() {
+            whole.record(*v);
+            parts[i % 4].record(*v);
+        }
+        // Through the wire, as agents send them.
+        let mut merged = Series::new(Layout::LATENCY_US).expect("layout");
+        for p in &parts {
+            let msg = p.encode(Metric::Ttft).expect("encode");
+            let (_, back) = Series::decode(&msg, Layout::LATENCY_US).expect("decode");
+            merged.add(&back, Metric::Ttft).expect("same layout");
+        }
+        assert_eq!(merged.hist, whole.hist, "bucket-for-bucket equal");
+        assert_eq!(
+            (merged.count, merged.sum, merged.min, merged.max),
+            (whole.count, whole.sum, whole.min, whole.max)
+        );
+        for q in [0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(merged.quantile(q), whole.quantile(q));
+        }
+    }
+
+    #[test]
+    fn other_layout_is_rejected() {
+        let mut coarse = Series::new(Layout {
+            lowest: 1,
+            highest: 3_600_000_000,
+            sigfig: 2,
+        })
+        .expect("layout");
+        coarse.record(1234);
+        let msg = coarse.encode(Metric::E2e).expect("encode");
+        let err = Series::decode(&msg, Layout::LATENCY_US).expect_err("mismatch");
+        assert!(matches!(err, MetricError::LayoutMismatch { .. }), "{err}");
+        let mut fine = Series::new(Layout::LATENCY_US).expect("layout");
+        assert!(fine.add(&coarse, Metric::E2e).is_err());
+    }
+
+    #[test]
+    fn exact_min_max_survive_encoding() {
+        let mut s = Series::new(Layout::LATENCY_US).expect("layout");
+        s.record(1_234_567);
+        s.record(17);
+        let msg = s.encode(Metric::E2e).expect("encode");
+        let (_, back) = Series::decode(&msg, Layout::LATENCY_US).expect("decode");
+        assert_eq!(back.quantile(1.0), Some(1_234_567));
+        assert_eq!(back.exact_min(), Some(17));
+        assert_eq!(back.mean(), Some((1_234_567.0 + 17.0) / 2.0));
+    }
+
+    #[test]
+    fn tampered_count_is_detected() {
+        let mut s = Series::new(Layout::TOKENS).expect("layout");
+        s.record(5);
+        let mut msg = s.encode(Metric::OutputTokens).expect("encode");
+        msg.count = 2;
+        assert!(Series::decode(&msg, Layout::TOKENS).is_err());
+    }
+
+    #[test]
+    fn counters_round_trip_and_add() {
+        let mut c = Counters {
+            requests_ok: 3,
+            output_tokens: 30,
+            ..Counters::default()
+        };
+        c.count_error(ErrorClass::Http5xx);
+        c.count_error(ErrorClass::Http5xx);
+        let back = Counters::from_proto(&c.to_proto());
+        assert_eq!(back, c);
+        let mut sum = back.clone();
+        sum.add(&c);
+        assert_eq!(sum.error(ErrorClass::Http5xx), 4);
+        assert_eq!(sum.output_tokens, 60);
+    }
+}

@@ -1,0 +1,537 @@
+//! The test plan: the TOML schema (`PlanFile`, unknown keys refused), loading
+//! with figment (file, then `BARRAGE_`-prefixed environment overrides), and
+//! validation into a `Plan` whose errors name the key and the problem.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::simulator::SimConfig;
+
+/// Top-level tables a plan may have; environment overrides outside them are
+/// ignored so unrelated `BARRAGE_*` variables (tokens) never break a plan.
+pub const SECTIONS: &[&str] = &[
+    "name",
+    "target",
+    "request",
+    "dataset",
+    "load",
+    "cluster",
+    "output",
+    "metrics",
+    "simulator",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(default)]
+    pub target: TargetSection,
+    #[serde(default)]
+    pub request: RequestSection,
+    #[serde(default)]
+    pub dataset: DatasetSection,
+    pub load: LoadSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub output: OutputSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// Present (and `target.url` absent): the controller starts the built-in
+    /// simulator in-process on an ephemeral loopback port and targets it.
+    pub simulator: Option<SimConfig>,
+}
+
+fn default_name() -> String {
+    "barrage-run".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiKind {
+    #[default]
+    OpenaiChat,
+    OpenaiCompletions,
+    OllamaGenerate,
+    OllamaChat,
+}
+
+impl ApiKind {
+    /// The path appended to a bare `http://host:port` URL.
+    pub fn default_path(self) -> &'static str {
+        match self {
+            ApiKind::OpenaiChat => "/v1/chat/completions",
+            ApiKind::OpenaiCompletions => "/v1/completions",
+            ApiKind::OllamaGenerate => "/api/generate",
+            ApiKind::OllamaChat => "/api/chat",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetSection {
+    /// Full endpoint URL, or `http://host:port` to which the API's path is added.
+    pub url: Option<String>,
+    pub api: ApiKind,
+    pub model: Option<String>,
+    /// Name of the environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+    /// Extra request headers. Values are sent, never logged or reported.
+    pub headers: BTreeMap<String, String>,
+    pub stream: bool,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Request usage in the stream (`stream_options.include_usage`).
+    pub include_usage: bool,
+}
+
+impl Default for TargetSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            api: ApiKind::default(),
+            model: None,
+            api_key_env: None,
+            headers: BTreeMap::new(),
+            stream: true,
+            timeout: Duration::from_secs(300),
+            include_usage: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestSection {
+    pub max_tokens: u32,
+    pub temperature: Option<f64>,
+    pub ignore_eos: bool,
+    /// Extra JSON object merged into every request body.
+    pub extra_body: Option<toml::Table>,
+}
+
+impl Default for RequestSection {
+    fn default() -> Self {
+        Self {
+            max_tokens: 128,
+            temperature: None,
+            ignore_eos: false,
+            extra_body: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// Synthetic prompts of `input_words` words.
+    #[default]
+    Random,
+    /// A text file, one prompt per line.
+    Lines,
+    /// One prompt, inline or `@file`.
+    Prompt,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetSection {
+    pub kind: DatasetKind,
+    /// For `lines`: the file.
+    pub path: Option<PathBuf>,
+    /// For `prompt`: the text, or `@path` to read it from a file.
+    pub prompt: Option<String>,
+    /// For `random`: words per prompt (the simulator counts one token per word).
+    pub input_words: u32,
+    /// For `random`: distinct prompts generated.
+    pub prompts: u32,
+    pub seed: u64,
+}
+
+impl Default for DatasetSection {
+    fn default() -> Self {
+        Self {
+            kind: DatasetKind::Random,
+            path: None,
+            prompt: None,
+            input_words: 128,
+            prompts: 256,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadMode {
+    /// Closed loop: each user sends its next request when the last one ends.
+    #[default]
+    Concurrency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSection {
+    #[serde(default)]
+    pub mode: LoadMode,
+    pub users: u64,
+    /// Users started per second; absent = all at once.
+    pub spawn_rate: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub duration: Option<Duration>,
+    /// Total requests to start across all users and agents.
+    pub requests: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Agent addresses (`host:port`). Empty: embedded in-process agents.
+    pub agents: Vec<String>,
+    /// Number of embedded agents (default: one per core).
+    pub embedded_agents: Option<usize>,
+    /// Name of the environment variable holding the shared agent token.
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// Each run writes into a new folder below this one.
+    pub dir: PathBuf,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("results"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Length of one interval of the time series.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Significant digits of every histogram (1..=5).
+    pub sigfig: u8,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            sigfig: 3,
+        }
+    }
+}
+
+/// A plan that cannot run, naming the key (or file) and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("plan file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> PlanError {
+    PlanError::Invalid {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// Figment sources of a plan: the file, then `BARRAGE_SECTION__KEY=value`.
+pub fn figment_for(path: &Path) -> Figment {
+    Figment::new()
+        .merge(Toml::file_exact(path))
+        .merge(env_overrides())
+}
+
+/// `BARRAGE_LOAD__USERS=8` overrides `load.users`; only plan sections count.
+pub fn env_overrides() -> Env {
+    Env::prefixed("BARRAGE_").split("__").filter(|k| {
+        // Keys arrive as written (upper case), split or not depending on figment's order.
+        let key = k.as_str().to_ascii_lowercase();
+        let first = key.split(['.', '_']).next().unwrap_or("");
+        SECTIONS.contains(&first)
+    })
+}
+
+/// Reads, layers and validates a plan file.
+pub fn load(path: &Path) -> Result<PlanFile, PlanError> {
+    // figment reports a missing file as an empty source; say it plainly instead.
+    std::fs::metadata(path).map_err(|e| PlanError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    from_figment(figment_for(path))
+}
+
+/// Extracts and validates a plan from any figment (tests, CLI overrides).
+pub fn from_figment(fig: Figment) -> Result<PlanFile, PlanError> {
+    let plan: PlanFile = fig.extract().map_err(|e| PlanError::Parse(describe(e)))?;
+    plan.validate()?;
+    Ok(plan)
+}
+
+/// figment's errors, one line each, with the key path and the source.
+fn describe(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (in {s})"))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("{key}: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl PlanFile {
+    /// Checks what types cannot: ranges, combinations, files.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        match (&self.target.url, &self.simulator) {
+            (None, None) => {
+                return Err(invalid(
+                    "target.url",
+                    "missing: give the server's URL, or a [simulator] table to use the built-in simulator",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "target.url",
+                    "both target.url and [simulator] are set; keep one",
+                ));
+            }
+            (Some(url), None) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(
+                        "target.url",
+                        format!("{url:?} must start with http:// or https://"),
+                    ));
+                }
+            }
+            (None, Some(sim)) => sim
+                .validate()
+                .map_err(|e| invalid(&format!("simulator.{}", e.key), e.problem))?,
+        }
+        if self.target.timeout.is_zero() {
+            return Err(invalid("target.timeout", "must be greater than zero"));
+        }
+        if let Some(var) = &self.target.api_key_env {
+            if var.is_empty() {
+                return Err(invalid(
+                    "target.api_key_env",
+                    "must name an environment variable",
+                ));
+            }
+        }
+        if let Some(t) = self.request.temperature {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(invalid("request.temperature", "must be a number >= 0"));
+            }
+        }
+        if self.request.max_tokens == 0 {
+            return Err(invalid("request.max_tokens", "must be at least 1"));
+        }
+        self.validate_load()?;
+        self.validate_dataset()?;
+        if !(1..=5).contains(&self.metrics.sigfig) {
+            return Err(invalid("metrics.sigfig", "must be between 1 and 5"));
+        }
+        if self.metrics.interval < Duration::from_millis(100) {
+            return Err(invalid("metrics.interval", "must be at least 100ms"));
+        }
+        if self.cluster.embedded_agents == Some(0) {
+            return Err(invalid("cluster.embedded_agents", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_load(&self) -> Result<(), PlanError> {
+        let load = &self.load;
+        if load.users == 0 {
+            return Err(invalid("load.users", "must be at least 1"));
+        }
+        if let Some(r) = load.spawn_rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(invalid(
+                    "load.spawn_rate",
+                    "must be a number > 0 (users per second)",
+                ));
+            }
+        }
+        match (load.duration, load.requests) {
+            (None, None) => Err(invalid(
+                "load.duration",
+                "give load.duration, load.requests or both, so the run stops by itself",
+            )),
+            (Some(d), _) if d.is_zero() => {
+                Err(invalid("load.duration", "must be greater than zero"))
+            }
+            (_, Some(0)) => Err(invalid("load.requests", "must be at least 1")),
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_dataset(&self) -> Result<(), PlanError> {
+        let d = &self.dataset;
+        match d.kind {
+            DatasetKind::Random => {
+                if d.input_words == 0 {
+                    return Err(invalid("dataset.input_words", "must be at least 1"));
+                }
+                if d.prompts == 0 {
+                    return Err(invalid("dataset.prompts", "must be at least 1"));
+                }
+            }
+            DatasetKind::Lines => {
+                if d.path.is_none() {
+                    return Err(invalid("dataset.path", "required for kind = \"lines\""));
+                }
+            }
+            DatasetKind::Prompt => {
+                if d.prompt.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid("dataset.prompt", "required for kind = \"prompt\""));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The full request URL for a target given by URL.
+    pub fn endpoint_url(&self, base: &str) -> String {
+        let trimmed = base.trim_end_matches('/');
+        let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest);
+        if after_scheme.contains('/') {
+            trimmed.to_owned()
+        } else {
+            format!("{trimmed}{}", self.target.api.default_path())
+        }
+    }
+
+    /// The plan as TOML, as it will run (for the result folder).
+    pub fn to_toml(&self) -> Result<String, PlanError> {
+        toml::to_string_pretty(self).map_err(|e| PlanError::Parse(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    const MINIMAL: &str = r#"
+        [target]
+        url = "http://127.0.0.1:8000"
+        [load]
+        users = 4
+        requests = 10
+    "#;
+
+    fn parse(text: &str) -> Result<PlanFile, PlanError> {
+        from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    #[test]
+    fn minimal_plan_gets_defaults() {
+        let p = parse(MINIMAL).expect("valid");
+        assert_eq!(p.load.users, 4);
+        assert!(p.target.stream && p.target.include_usage);
+        assert_eq!(
+            p.endpoint_url("http://127.0.0.1:8000"),
+            "http://127.0.0.1:8000/v1/chat/completions"
+        );
+        assert_eq!(
+            p.endpoint_url("http://h:1/v1/chat/completions"),
+            "http://h:1/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse(&format!("{MINIMAL}\nuserz = 3")).expect_err("unknown");
+        assert!(err.to_string().contains("userz"), "{err}");
+        let err = parse("[load]\nusers = 1\nrequests = 1\nspeed = 2\n[simulator]\n")
+            .expect_err("unknown");
+        let msg = err.to_string();
+        assert!(msg.contains("speed") && msg.contains("load"), "{msg}");
+    }
+
+    #[test]
+    fn negative_users_names_the_key() {
+        let err = parse(&MINIMAL.replace("users = 4", "users = -4")).expect_err("negative");
+        let msg = err.to_string();
+        assert!(msg.contains("load.users"), "{msg}");
+    }
+
+    #[test]
+    fn zero_users_and_no_stop_condition_are_refused() {
+        let err = parse(&MINIMAL.replace("users = 4", "users = 0")).expect_err("zero");
+        assert_eq!(err.to_string(), "load.users: must be at least 1");
+        let err = parse(&MINIMAL.replace("requests = 10", "")).expect_err("unbounded");
+        assert!(err.to_string().starts_with("load.duration:"), "{err}");
+    }
+
+    #[test]
+    fn simulator_and_url_are_exclusive_and_simulator_is_validated() {
+        let err = parse(&format!("{MINIMAL}\n[simulator]\n")).expect_err("both");
+        assert!(err.to_string().starts_with("target.url"), "{err}");
+        let err = parse("[load]\nusers = 1\nrequests = 1\n[simulator.faults]\nhttp_500 = 2.0\n")
+            .expect_err("bad p");
+        assert!(
+            err.to_string().starts_with("simulator.faults.http_500"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unreadable_file_names_the_file() {
+        let err = load(Path::new("/nonexistent/plan.toml")).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/plan.toml"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_ignores_unrelated_vars() {
+        Jail::expect_with(|jail| {
+            jail.create_file("plan.toml", MINIMAL)?;
+            jail.set_env("BARRAGE_LOAD__USERS", "9");
+            jail.set_env("BARRAGE_TOKEN", "not-a-plan-key");
+            let p = load(Path::new("plan.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(p.load.users, 9);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[load\nusers = 1")?;
+            let err = load(Path::new("bad.toml")).expect_err("syntax");
+            assert!(err.to_string().contains("bad.toml"), "{err}");
+            Ok(())
+        });
+    }
+}
