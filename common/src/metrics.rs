@@ -210,6 +210,19 @@ impl Series {
         self.max = self.max.max(v);
     }
 
+    /// Records `n` copies of one value (a chunk of n tokens gives n `itl` samples).
+    #[inline]
+    pub fn record_n(&mut self, v: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.hist.saturating_record_n(v, n);
+        self.count += n;
+        self.sum = self.sum.saturating_add(v.saturating_mul(n));
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -342,6 +355,11 @@ impl MetricSet {
     #[inline]
     pub fn record(&mut self, m: Metric, v: u64) {
         self.series[m.slot()].record(v);
+    }
+
+    #[inline]
+    pub fn record_n(&mut self, m: Metric, v: u64, n: u64) {
+        self.series[m.slot()].record_n(v, n);
     }
 
     pub fn get(&self, m: Metric) -> &Series {

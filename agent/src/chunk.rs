@@ -1,0 +1,257 @@
+//! What one streamed chunk means for the metrics: does it carry output,
+//! reasoning or answer, usage, or an error. Parsed with borrowed raw JSON so
+//! the timed path allocates nothing per chunk.
+
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use barrage_proto::agent::v1::Api;
+
+/// The meaning of one SSE event / NDJSON line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Carries generated output: text, reasoning text or a tool call.
+    pub output: bool,
+    /// Carries non-reasoning output (answer text or tool call).
+    pub answer: bool,
+    /// `[DONE]` (OpenAI) or `done: true` (Ollama).
+    pub done: bool,
+    /// Prompt tokens as the server counted them.
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens so far (continuous usage) or in total (final usage).
+    pub completion_tokens: Option<u64>,
+    /// The server reported an error inside the stream.
+    pub error: bool,
+}
+
+/// Not JSON, or JSON of an unexpected shape: a `stream` error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed chunk: {0}")]
+pub struct MalformedChunk(pub String);
+
+fn has_text(v: Option<&RawValue>) -> bool {
+    v.is_some_and(|r| !matches!(r.get(), "null" | "\"\"" | "[]" | "{}"))
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+/// Flags folded over the `choices` array without collecting it.
+#[derive(Default)]
+struct ChoicesSummary {
+    output: bool,
+    answer: bool,
+}
+
+impl<'de> Deserialize<'de> for ChoicesSummary {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ChoicesSummary;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a choices array")
+            }
+            fn visit_unit<E>(self) -> Result<ChoicesSummary, E> {
+                Ok(ChoicesSummary::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ChoicesSummary, A::Error> {
+                let mut s = ChoicesSummary::default();
+                while let Some(c) = seq.next_element::<Choice<'de>>()? {
+                    let d = c.delta.as_ref().or(c.message.as_ref());
+                    let answer = has_text(c.text)
+                        || d.is_some_and(|d| has_text(d.content) || has_text(d.tool_calls));
+                    let reasoning =
+                        d.is_some_and(|d| has_text(d.reasoning_content) || has_text(d.reasoning));
+                    s.answer |= answer;
+                    s.output |= answer || reasoning;
+                }
+                Ok(s)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Serialize, Default, Clone, Copy)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiChunk<'a> {
+    #[serde(default)]
+    choices: Option<ChoicesSummary>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OllamaMessage<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    thinking: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OllamaChunk<'a> {
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    thinking: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<OllamaMessage<'a>>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    prompt_eval_count: Option<u64>,
+    #[serde(default)]
+    eval_count: Option<u64>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(default, rename = "choices")]
+    _choices: Option<IgnoredAny>,
+}
+
+/// Interprets one event's data (SSE) or line (NDJSON) for `api`.
+pub fn parse(api: Api, data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
+    match api {
+        Api::OllamaGenerate | Api::OllamaChat => parse_ollama(data),
+        _ => parse_openai(data),
+    }
+}
+
+fn malformed(e: serde_json::Error) -> MalformedChunk {
+    MalformedChunk(e.to_string())
+}
+
+fn parse_openai(data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
+    if data.trim_ascii() == b"[DONE]" {
+        return Ok(ChunkInfo {
+            done: true,
+            ..ChunkInfo::default()
+        });
+    }
+    let c: OpenAiChunk = serde_json::from_slice(data).map_err(malformed)?;
+    let choices = c.choices.unwrap_or_default();
+    let usage = c.usage.unwrap_or_default();
+    Ok(ChunkInfo {
+        output: choices.output,
+        answer: choices.answer,
+        done: false,
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        error: c.error.is_some_and(|e| e.get() != "null"),
+    })
+}
+
+fn parse_ollama(data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
+    let c: OllamaChunk = serde_json::from_slice(data).map_err(malformed)?;
+    let (content, thinking, tools) = match &c.message {
+        Some(m) => (m.content, m.thinking, m.tool_calls),
+        None => (c.response, c.thinking, None),
+    };
+    let answer = has_text(content) || has_text(tools);
+    let reasoning = has_text(thinking);
+    Ok(ChunkInfo {
+        output: answer || reasoning,
+        answer,
+        done: c.done,
+        prompt_tokens: c.prompt_eval_count,
+        completion_tokens: c.eval_count,
+        error: c.error.is_some(),
+    })
+}
+
+/// A whole non-streamed response body.
+pub fn parse_body(api: Api, body: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
+    let mut info = parse(api, body)?;
+    info.done = true;
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(s: &str) -> ChunkInfo {
+        parse(Api::OpenaiChat, s.as_bytes()).expect("valid")
+    }
+
+    #[test]
+    fn role_only_and_empty_chunks_carry_no_output() {
+        let c =
+            chat(r#"{"choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}"#);
+        assert!(!c.output && !c.answer);
+        let c = chat(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#);
+        assert!(!c.output);
+        let c = chat(
+            r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#,
+        );
+        assert!(!c.output);
+        assert_eq!((c.prompt_tokens, c.completion_tokens), (Some(7), Some(3)));
+    }
+
+    #[test]
+    fn reasoning_is_output_but_not_answer() {
+        let c = chat(r#"{"choices":[{"delta":{"reasoning_content":"hmm "}}]}"#);
+        assert!(c.output && !c.answer);
+        let c = chat(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#);
+        assert!(c.output && c.answer);
+        let c = chat(r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#);
+        assert!(c.answer);
+        let c = parse(Api::OpenaiCompletions, br#"{"choices":[{"text":"x"}]}"#).expect("valid");
+        assert!(c.answer);
+    }
+
+    #[test]
+    fn done_marker_and_malformed() {
+        assert!(chat("[DONE]").done);
+        assert!(parse(Api::OpenaiChat, b"{not json").is_err());
+        assert!(chat(r#"{"error":{"message":"overloaded"}}"#).error);
+    }
+
+    #[test]
+    fn ollama_lines() {
+        let c = parse(
+            Api::OllamaChat,
+            br#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#,
+        )
+        .expect("valid");
+        assert!(c.answer && !c.done);
+        let c = parse(
+            Api::OllamaGenerate,
+            br#"{"response":"","done":true,"prompt_eval_count":5,"eval_count":9}"#,
+        )
+        .expect("valid");
+        assert!(c.done && !c.output);
+        assert_eq!((c.prompt_tokens, c.completion_tokens), (Some(5), Some(9)));
+    }
+}

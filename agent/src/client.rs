@@ -1,0 +1,279 @@
+//! The HTTP side of a request: request bodies built once per prompt at
+//! prepare time, and one `send` that streams the response through the right
+//! parser into a `RequestMeasure`, classifying every failure.
+
+use std::time::{Duration, Instant};
+
+use barrage_common::metrics::ErrorClass;
+use barrage_proto::agent::v1::{self as pb, Api};
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value, json};
+
+use crate::chunk;
+use crate::measure::RequestMeasure;
+use crate::ndjson::NdjsonSplitter;
+use crate::sse::SseParser;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("target.url {0:?} is not a valid URL: {1}")]
+    Url(String, String),
+    #[error("target.api is not set")]
+    NoApi,
+    #[error("target.headers: {0:?} is not a valid header")]
+    Header(String),
+    #[error("request.extra_body must be a JSON object: {0}")]
+    ExtraBody(String),
+    #[error("building the HTTP client failed: {0}")]
+    Build(String),
+}
+
+/// A prompt ready to send: its body bytes and an input-token estimate used
+/// when the server reports no usage.
+#[derive(Debug, Clone)]
+pub struct PreparedPrompt {
+    pub body: Bytes,
+    pub estimated_input_tokens: u64,
+}
+
+/// Stream parsers reused across one user's requests.
+#[derive(Debug, Default)]
+pub struct Parsers {
+    sse: SseParser,
+    ndjson: NdjsonSplitter,
+}
+
+pub struct TargetClient {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    api: Api,
+    stream: bool,
+    include_usage: bool,
+    model: String,
+    timeout: Duration,
+}
+
+impl TargetClient {
+    /// `users`: in-flight requests this client must carry without queueing.
+    pub fn new(target: &pb::Target, users: usize) -> Result<Self, ClientError> {
+        let url = reqwest::Url::parse(&target.url)
+            .map_err(|e| ClientError::Url(target.url.clone(), e.to_string()))?;
+        let api = match Api::try_from(target.api) {
+            Ok(Api::Unspecified) | Err(_) => return Err(ClientError::NoApi),
+            Ok(a) => a,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if !target.api_key.is_empty() {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", target.api_key))
+                .map_err(|_| ClientError::Header("Authorization".into()))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        for h in &target.headers {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| ClientError::Header(h.name.clone()))?;
+            let mut value =
+                HeaderValue::from_str(&h.value).map_err(|_| ClientError::Header(h.name.clone()))?;
+            value.set_sensitive(h.secret);
+            headers.insert(name, value);
+        }
+        let timeout = Duration::from_millis(target.timeout_ms.max(1));
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            // One connection per in-flight request: never cap concurrency silently.
+            .pool_max_idle_per_host(users.max(1))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(timeout.min(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| ClientError::Build(e.to_string()))?;
+        Ok(Self {
+            http,
+            url,
+            api,
+            stream: target.stream,
+            include_usage: target.include_usage,
+            model: target.model.clone(),
+            timeout,
+        })
+    }
+
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// Builds the request body for one prompt (off the timed path).
+    pub fn prepare(
+        &self,
+        prompt: &pb::Prompt,
+        params: &pb::RequestParams,
+    ) -> Result<PreparedPrompt, ClientError> {
+        let max_tokens = if prompt.max_tokens > 0 {
+            prompt.max_tokens
+        } else {
+            params.max_tokens
+        };
+        let messages: Vec<Value> = prompt
+            .messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect();
+        let text = prompt
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let words = prompt
+            .messages
+            .iter()
+            .map(|m| m.content.split_whitespace().count() as u64)
+            .sum::<u64>();
+        let mut body = Map::new();
+        body.insert("model".into(), json!(self.model));
+        body.insert("stream".into(), json!(self.stream));
+        match self.api {
+            Api::OpenaiChat | Api::OpenaiCompletions | Api::Unspecified => {
+                if self.api == Api::OpenaiCompletions {
+                    body.insert("prompt".into(), json!(text));
+                } else {
+                    body.insert("messages".into(), Value::Array(messages));
+                }
+                body.insert("max_tokens".into(), json!(max_tokens));
+                if let Some(t) = params.temperature {
+                    body.insert("temperature".into(), json!(t));
+                }
+                if params.ignore_eos {
+                    body.insert("ignore_eos".into(), json!(true));
+                }
+                if self.stream && self.include_usage {
+                    body.insert("stream_options".into(), json!({"include_usage": true}));
+                }
+            }
+            Api::OllamaGenerate | Api::OllamaChat => {
+                if self.api == Api::OllamaGenerate {
+                    body.insert("prompt".into(), json!(text));
+                } else {
+                    body.insert("messages".into(), Value::Array(messages));
+                }
+                let mut options = Map::new();
+                options.insert("num_predict".into(), json!(max_tokens));
+                if let Some(t) = params.temperature {
+                    options.insert("temperature".into(), json!(t));
+                }
+                body.insert("options".into(), Value::Object(options));
+            }
+        }
+        if !params.extra_body_json.is_empty() {
+            let extra: Value = serde_json::from_str(&params.extra_body_json)
+                .map_err(|e| ClientError::ExtraBody(e.to_string()))?;
+            let Value::Object(extra) = extra else {
+                return Err(ClientError::ExtraBody("not an object".into()));
+            };
+            body.extend(extra);
+        }
+        let body = serde_json::to_vec(&Value::Object(body))
+            .map_err(|e| ClientError::ExtraBody(e.to_string()))?;
+        Ok(PreparedPrompt {
+            body: Bytes::from(body),
+            estimated_input_tokens: words.max(1),
+        })
+    }
+
+    /// Sends one request and measures it. The hand-off instant is taken here,
+    /// right before the client gets the request.
+    pub async fn send(
+        &self,
+        body: Bytes,
+        m: &mut RequestMeasure,
+        parsers: &mut Parsers,
+    ) -> Result<(), ErrorClass> {
+        m.begin(Instant::now());
+        let resp = self
+            .http
+            .post(self.url.clone())
+            .timeout(self.timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ErrorClass::from_status(status.as_u16()));
+        }
+        if !self.stream {
+            let bytes = resp.bytes().await.map_err(|e| classify(&e))?;
+            let at = Instant::now();
+            m.response_bytes += bytes.len() as u64;
+            let info = chunk::parse_body(self.api, &bytes).map_err(|_| ErrorClass::Stream)?;
+            m.on_chunk(at, &info);
+            return if info.error {
+                Err(ErrorClass::Stream)
+            } else {
+                Ok(())
+            };
+        }
+        let api = self.api;
+        let mut body = resp.bytes_stream();
+        let mut failed = false;
+        let ndjson = matches!(api, Api::OllamaChat | Api::OllamaGenerate);
+        parsers.sse = SseParser::new();
+        parsers.ndjson = NdjsonSplitter::new();
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| classify(&e))?;
+            let at = Instant::now();
+            m.response_bytes += piece.len() as u64;
+            let mut on_event = |data: &[u8]| match chunk::parse(api, data) {
+                Ok(info) => {
+                    failed |= info.error;
+                    m.on_chunk(at, &info);
+                }
+                Err(_) => m.malformed = true,
+            };
+            let r = if ndjson {
+                parsers.ndjson.push(&piece, &mut on_event)
+            } else {
+                parsers.sse.push(&piece, &mut on_event)
+            };
+            r.map_err(|_| ErrorClass::Stream)?;
+        }
+        let at = Instant::now();
+        let mut on_event = |data: &[u8]| match chunk::parse(api, data) {
+            Ok(info) => m.on_chunk(at, &info),
+            Err(_) => m.malformed = true,
+        };
+        if ndjson {
+            parsers.ndjson.finish(&mut on_event);
+        } else {
+            parsers
+                .sse
+                .finish(&mut on_event)
+                .map_err(|_| ErrorClass::Stream)?;
+        }
+        // A stream cut before its end marker, or carrying junk, is a stream error.
+        if failed || m.malformed || !m.saw_done {
+            return Err(ErrorClass::Stream);
+        }
+        Ok(())
+    }
+}
+
+fn classify(e: &reqwest::Error) -> ErrorClass {
+    if e.is_timeout() {
+        ErrorClass::Timeout
+    } else if e.is_connect() {
+        ErrorClass::Connect
+    } else if e.is_body() || e.is_decode() {
+        ErrorClass::Stream
+    } else if let Some(s) = e.status() {
+        ErrorClass::from_status(s.as_u16())
+    } else if e.is_request() {
+        // Connection reset or closed mid-response shows up as a request error.
+        ErrorClass::Stream
+    } else {
+        ErrorClass::Other
+    }
+}

@@ -1,0 +1,18 @@
+//! barrage agent: turns a slice of a test plan into traffic against an LLM
+//! inference service and streams mergeable measurements back to the
+//! controller over the gRPC `Agent` service.
+
+pub mod chunk;
+pub mod client;
+pub mod engine;
+pub mod health;
+pub mod measure;
+pub mod ndjson;
+pub mod recorder;
+pub mod server;
+pub mod service;
+mod session;
+pub mod sse;
+
+pub use service::{AgentOptions, AgentService};
+pub use session::SessionError;

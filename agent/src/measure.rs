@@ -1,0 +1,280 @@
+//! Per-request measurement exactly as METRICS.md defines it: `ttft` stops on
+//! the first chunk with output (role-only, empty and usage-only chunks do not
+//! count), `ttfo` on the first non-reasoning output, every later output chunk
+//! gives one `chunk_gap` and k `itl` samples of gap/k.
+//!
+//! Samples are buffered per request (in a buffer reused across a user's
+//! requests) and recorded when the request ends, so a request cancelled at the
+//! end of a run leaves no partial samples behind.
+
+use std::time::{Duration, Instant};
+
+use barrage_common::metrics::{Counters, ErrorClass, Metric, MetricSet};
+
+use crate::chunk::ChunkInfo;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gap {
+    micros: u64,
+    tokens: u64,
+}
+
+/// The timing state of one request; reuse it across requests with `begin`.
+#[derive(Debug, Default)]
+pub struct RequestMeasure {
+    start: Option<Instant>,
+    first_output: Option<Instant>,
+    first_answer: Option<Instant>,
+    last_output: Option<Instant>,
+    gaps: Vec<Gap>,
+    /// Set at the first output chunk: the server sends usage in every chunk.
+    continuous_usage: Option<bool>,
+    last_completion: u64,
+    chunk_tokens: u64,
+    chunks_assumed: u64,
+    chunks: u64,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub response_bytes: u64,
+    pub saw_done: bool,
+    pub malformed: bool,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl RequestMeasure {
+    /// Starts a request at its hand-off to the HTTP client.
+    pub fn begin(&mut self, handoff: Instant) {
+        let gaps = std::mem::take(&mut self.gaps);
+        *self = Self {
+            start: Some(handoff),
+            gaps,
+            ..Self::default()
+        };
+        self.gaps.clear();
+    }
+
+    /// One chunk, stamped with the time its bytes were read.
+    pub fn on_chunk(&mut self, at: Instant, info: &ChunkInfo) {
+        self.chunks += 1;
+        if info.done {
+            self.saw_done = true;
+        }
+        if let Some(p) = info.prompt_tokens {
+            self.prompt_tokens = Some(p);
+        }
+        if let Some(c) = info.completion_tokens {
+            self.completion_tokens = Some(c);
+        }
+        if !info.output {
+            return;
+        }
+        let continuous = *self
+            .continuous_usage
+            .get_or_insert(info.completion_tokens.is_some());
+        let tokens = match (continuous, info.completion_tokens) {
+            (true, Some(c)) => {
+                let k = c.saturating_sub(self.last_completion).max(1);
+                self.last_completion = c;
+                k
+            }
+            _ => {
+                self.chunks_assumed += 1;
+                1
+            }
+        };
+        self.chunk_tokens += tokens;
+        match self.last_output {
+            None => self.first_output = Some(at),
+            Some(prev) => self.gaps.push(Gap {
+                micros: micros(at.saturating_duration_since(prev)),
+                tokens,
+            }),
+        }
+        if info.answer && self.first_answer.is_none() {
+            self.first_answer = Some(at);
+        }
+        self.last_output = Some(at);
+    }
+
+    /// Records the finished request. `estimated_input` is used when the
+    /// server reported no prompt tokens.
+    pub fn record(
+        &self,
+        end: Instant,
+        result: Result<(), ErrorClass>,
+        estimated_input: u64,
+        metrics: &mut MetricSet,
+        counters: &mut Counters,
+    ) {
+        let Some(start) = self.start else { return };
+        let since = |t: Instant| micros(t.saturating_duration_since(start));
+        counters.response_bytes += self.response_bytes;
+        counters.chunks += self.chunks;
+        counters.chunk_tokens_assumed += self.chunks_assumed;
+        let ttft = self.first_output.map(since);
+        if let Some(t) = ttft {
+            metrics.record(Metric::Ttft, t);
+        }
+        if let Some(t) = self.first_answer.map(since) {
+            metrics.record(Metric::Ttfo, t);
+        }
+        let output_tokens = self.completion_tokens.unwrap_or(self.chunk_tokens);
+        if let Err(class) = result {
+            counters.requests_failed += 1;
+            counters.count_error(class);
+            counters.failed_output_tokens += output_tokens;
+            return;
+        }
+        let e2e = since(end);
+        let input_tokens = self.prompt_tokens.unwrap_or(estimated_input);
+        counters.requests_ok += 1;
+        counters.input_tokens += input_tokens;
+        counters.output_tokens += output_tokens;
+        if self.prompt_tokens.is_some() && self.completion_tokens.is_some() {
+            counters.usage_from_server += 1;
+        } else {
+            counters.usage_estimated += 1;
+        }
+        metrics.record(Metric::E2e, e2e);
+        metrics.record(Metric::InputTokens, input_tokens);
+        metrics.record(Metric::OutputTokens, output_tokens);
+        if let (Some(t), true) = (ttft, output_tokens >= 2) {
+            metrics.record(Metric::Tpot, e2e.saturating_sub(t) / (output_tokens - 1));
+        }
+        let mut max_gap = None;
+        for g in &self.gaps {
+            metrics.record(Metric::ChunkGap, g.micros);
+            metrics.record_n(Metric::Itl, g.micros / g.tokens, g.tokens);
+            max_gap = max_gap.max(Some(g.micros));
+        }
+        if let Some(m) = max_gap {
+            metrics.record(Metric::MaxStall, m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use barrage_common::metrics::Layouts;
+
+    fn out(tokens_so_far: Option<u64>) -> ChunkInfo {
+        ChunkInfo {
+            output: true,
+            answer: true,
+            completion_tokens: tokens_so_far,
+            ..ChunkInfo::default()
+        }
+    }
+
+    fn recorded(
+        m: &RequestMeasure,
+        end: Instant,
+        result: Result<(), ErrorClass>,
+    ) -> (MetricSet, Counters) {
+        let mut set = MetricSet::new(Layouts::default()).expect("layout");
+        let mut c = Counters::default();
+        m.record(end, result, 3, &mut set, &mut c);
+        (set, c)
+    }
+
+    #[test]
+    fn role_only_first_chunk_does_not_stop_ttft() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        m.on_chunk(t0 + ms(1), &ChunkInfo::default()); // role-only
+        m.on_chunk(t0 + ms(50), &out(None));
+        m.on_chunk(t0 + ms(60), &out(None));
+        let (set, c) = recorded(&m, t0 + ms(61), Ok(()));
+        assert_eq!(set.get(Metric::Ttft).exact_min(), Some(50_000));
+        assert_eq!(set.get(Metric::ChunkGap).count, 1);
+        assert_eq!(c.chunk_tokens_assumed, 2);
+        assert_eq!(c.usage_estimated, 1);
+        assert_eq!(set.get(Metric::OutputTokens).exact_min(), Some(2));
+    }
+
+    #[test]
+    fn reasoning_stops_ttft_but_not_ttfo() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        let reasoning = ChunkInfo {
+            output: true,
+            answer: false,
+            ..ChunkInfo::default()
+        };
+        m.on_chunk(t0 + ms(20), &reasoning);
+        m.on_chunk(t0 + ms(30), &reasoning);
+        m.on_chunk(t0 + ms(40), &out(None));
+        let (set, _) = recorded(&m, t0 + ms(41), Ok(()));
+        assert_eq!(set.get(Metric::Ttft).exact_min(), Some(20_000));
+        assert_eq!(set.get(Metric::Ttfo).exact_min(), Some(40_000));
+    }
+
+    #[test]
+    fn a_four_token_chunk_gives_four_itl_samples_and_one_chunk_gap() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        m.on_chunk(t0 + ms(10), &out(Some(1)));
+        m.on_chunk(t0 + ms(50), &out(Some(5)));
+        let mut usage = ChunkInfo::default();
+        usage.prompt_tokens = Some(9);
+        usage.completion_tokens = Some(5);
+        m.on_chunk(t0 + ms(51), &usage);
+        let (set, c) = recorded(&m, t0 + ms(52), Ok(()));
+        let itl = set.get(Metric::Itl);
+        assert_eq!((itl.count, itl.min, itl.max), (4, 10_000, 10_000));
+        assert_eq!(set.get(Metric::ChunkGap).count, 1);
+        assert_eq!(set.get(Metric::ChunkGap).max, 40_000);
+        assert_eq!(set.get(Metric::MaxStall).max, 40_000);
+        assert_eq!(c.chunk_tokens_assumed, 0);
+        assert_eq!(
+            (c.input_tokens, c.output_tokens, c.usage_from_server),
+            (9, 5, 1)
+        );
+        // tpot = (52 - 10) / (5 - 1) ms
+        assert_eq!(set.get(Metric::Tpot).max, 10_500);
+    }
+
+    #[test]
+    fn failed_request_keeps_ttft_and_counts_as_failed() {
+        let t0 = Instant::now();
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        m.on_chunk(t0 + Duration::from_millis(5), &out(None));
+        let (set, c) = recorded(&m, t0 + Duration::from_millis(9), Err(ErrorClass::Stream));
+        assert_eq!(set.get(Metric::Ttft).count, 1);
+        assert_eq!(set.get(Metric::E2e).count, 0);
+        assert_eq!(
+            (
+                c.requests_ok,
+                c.requests_failed,
+                c.error(ErrorClass::Stream)
+            ),
+            (0, 1, 1)
+        );
+        assert_eq!(c.failed_output_tokens, 1);
+    }
+
+    #[test]
+    fn begin_resets_but_keeps_buffer_capacity() {
+        let t0 = Instant::now();
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        for i in 0..10 {
+            m.on_chunk(t0 + Duration::from_millis(i), &out(None));
+        }
+        let cap = m.gaps.capacity();
+        m.begin(t0);
+        assert!(m.gaps.is_empty() && m.first_output.is_none());
+        assert_eq!(m.gaps.capacity(), cap);
+    }
+}

@@ -1,0 +1,362 @@
+//! One run on one agent, as seen from the agent: the phases of the session
+//! stream (hello → prepare → start → running → final) and the safety rules
+//! that stop load without the controller (lease expiry, stream loss, hard
+//! deadline).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use barrage_common::metrics::{Counters, Layout, Layouts, MetricSet};
+use barrage_proto::agent::v1::{self as pb, agent_msg, controller_msg};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::client::{ClientError, TargetClient};
+use crate::engine::{self, SliceSpec, Workload};
+use crate::health::{LagProbe, ProcessSampler, health};
+use crate::recorder::Recorder;
+use crate::service::{HELLO_TIMEOUT, Inner, clock_reply, hello_ack, kind, msg, start_instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("prepare: {0}")]
+    Prepare(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("the controller stream ended: {0}")]
+    Stream(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] barrage_common::metrics::MetricError),
+}
+
+impl SessionError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::Protocol(_) => "protocol",
+            SessionError::Prepare(_) | SessionError::Client(_) => "prepare",
+            SessionError::Stream(_) => "stream",
+            SessionError::Metrics(_) => "metrics",
+        }
+    }
+}
+
+type Tx = mpsc::Sender<Result<pb::AgentMsg, Status>>;
+
+async fn send(tx: &Tx, m: agent_msg::Msg) -> Result<(), SessionError> {
+    tx.send(Ok(msg(m)))
+        .await
+        .map_err(|_| SessionError::Stream("controller went away".into()))
+}
+
+async fn next(
+    inbound: &mut Streaming<pb::ControllerMsg>,
+) -> Result<Option<controller_msg::Msg>, SessionError> {
+    match inbound.message().await {
+        Ok(Some(m)) => Ok(m.msg),
+        Ok(None) => Err(SessionError::Stream("closed".into())),
+        Err(s) => Err(SessionError::Stream(s.message().to_owned())),
+    }
+}
+
+/// A prepared step: everything needed to start on the go signal.
+struct Prepared {
+    prepare: pb::Prepare,
+    work: Arc<Workload>,
+    slice: SliceSpec,
+    layouts: Layouts,
+}
+
+pub(crate) async fn run_session(
+    inner: Arc<Inner>,
+    mut inbound: Streaming<pb::ControllerMsg>,
+    tx: Tx,
+) -> Result<(), SessionError> {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next(&mut inbound)).await {
+        Ok(Ok(Some(controller_msg::Msg::Hello(h)))) => h,
+        Ok(Ok(other)) => {
+            return Err(SessionError::Protocol(format!(
+                "expected hello first, got {}",
+                other.as_ref().map_or("nothing", kind)
+            )));
+        }
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(SessionError::Protocol("no hello within 30 s".into())),
+    };
+    inner.set_run_id(&hello.run_id);
+    tracing::info!(run_id = %hello.run_id, controller = %hello.controller_id, "session opened");
+    send(&tx, agent_msg::Msg::Hello(hello_ack(&inner, &hello)?)).await?;
+
+    let mut pending: Option<pb::Prepare> = None;
+    let mut prompts: Vec<pb::Prompt> = Vec::new();
+    let mut prepared: Option<Prepared> = None;
+    loop {
+        match next(&mut inbound).await? {
+            Some(controller_msg::Msg::Probe(p)) => {
+                send(&tx, agent_msg::Msg::Probe(clock_reply(&p))).await?
+            }
+            Some(controller_msg::Msg::Prepare(p)) => {
+                prompts.clear();
+                prepared = None;
+                if p.dataset_len == 0 {
+                    return Err(SessionError::Prepare("dataset is empty".into()));
+                }
+                pending = Some(p);
+            }
+            Some(controller_msg::Msg::Data(chunk)) => {
+                let Some(p) = pending.as_ref() else {
+                    return Err(SessionError::Protocol("dataset before prepare".into()));
+                };
+                prompts.extend(chunk.prompts);
+                if prompts.len() as u64 >= p.dataset_len {
+                    let Some(p) = pending.take() else { continue };
+                    let ready = prepare(&inner, p, std::mem::take(&mut prompts))?;
+                    send(
+                        &tx,
+                        agent_msg::Msg::Ready(pb::Ready {
+                            plan_sha256: ready.prepare.plan_sha256.clone(),
+                            prompts: ready.work.prompts.len() as u64,
+                        }),
+                    )
+                    .await?;
+                    prepared = Some(ready);
+                }
+            }
+            Some(controller_msg::Msg::Start(s)) => {
+                let Some(p) = prepared.take() else {
+                    return Err(SessionError::Protocol(
+                        "start before the step was prepared".into(),
+                    ));
+                };
+                return run_step(&inner, p, start_instant(&s), &mut inbound, &tx).await;
+            }
+            Some(controller_msg::Msg::Stop(_)) => return Ok(()),
+            Some(controller_msg::Msg::Heartbeat(_) | controller_msg::Msg::FinalAck(_)) | None => {}
+            Some(controller_msg::Msg::Hello(_)) => {
+                return Err(SessionError::Protocol("second hello".into()));
+            }
+        }
+    }
+}
+
+fn prepare(
+    inner: &Inner,
+    p: pb::Prepare,
+    prompts: Vec<pb::Prompt>,
+) -> Result<Prepared, SessionError> {
+    let slice = p.slice.clone().unwrap_or_default();
+    let max = inner.options.max_users;
+    if max > 0 && slice.user_indexes.len() as u64 > max {
+        return Err(SessionError::Prepare(format!(
+            "slice has {} users, this agent accepts at most {max}",
+            slice.user_indexes.len()
+        )));
+    }
+    let target = p
+        .target
+        .clone()
+        .ok_or_else(|| SessionError::Prepare("no target".into()))?;
+    let params = p.request.clone().unwrap_or_default();
+    let client = TargetClient::new(&target, slice.user_indexes.len())?;
+    let bodies = prompts
+        .iter()
+        .map(|pr| client.prepare(pr, &params))
+        .collect::<Result<Vec<_>, _>>()?;
+    let layout = |l: Option<&pb::HistogramLayout>, d: Layout| l.map_or(d, Layout::from_proto);
+    let layouts = Layouts {
+        latency: layout(p.latency_layout.as_ref(), Layout::LATENCY_US),
+        tokens: layout(p.count_layout.as_ref(), Layout::TOKENS),
+    };
+    let shards = inner.options.load_threads.max(1) * 4;
+    let recorder = Arc::new(Recorder::new(layouts, shards)?);
+    let spec = SliceSpec {
+        users: slice.user_indexes.clone(),
+        spawn_rate: (slice.spawn_rate > 0.0).then_some(slice.spawn_rate),
+        max_requests: (slice.max_requests > 0).then_some(slice.max_requests),
+        duration: (slice.duration_ms > 0).then(|| Duration::from_millis(slice.duration_ms)),
+    };
+    let work = Arc::new(Workload::new(
+        client,
+        bodies,
+        recorder,
+        p.seed,
+        spec.max_requests,
+    ));
+    tracing::info!(
+        run_id = %p.run_id, step = p.step, users = spec.users.len(),
+        target = %target.url, "step prepared"
+    );
+    Ok(Prepared {
+        prepare: p,
+        work,
+        slice: spec,
+        layouts,
+    })
+}
+
+/// Running totals and the interval sequence of one step.
+struct Intervals {
+    seq: u64,
+    totals: MetricSet,
+    total_counters: Counters,
+    sent: u64,
+}
+
+impl Intervals {
+    async fn cut(
+        &mut self,
+        index: u64,
+        work: &Workload,
+        health: pb::GeneratorHealth,
+        tx: &Tx,
+    ) -> Result<(), SessionError> {
+        let (metrics, counters) = work.recorder.cut()?;
+        self.totals.add(&metrics)?;
+        self.total_counters.add(&counters);
+        self.seq += 1;
+        self.sent += 1;
+        let interval = pb::Interval {
+            seq: self.seq,
+            index,
+            metrics: metrics.encode()?,
+            counters: Some(counters.to_proto()),
+            health: Some(health),
+        };
+        send(tx, agent_msg::Msg::Interval(interval)).await
+    }
+}
+
+async fn run_step(
+    inner: &Inner,
+    p: Prepared,
+    start: Instant,
+    inbound: &mut Streaming<pb::ControllerMsg>,
+    tx: &Tx,
+) -> Result<(), SessionError> {
+    let Some(rt) = inner.runtime.handle() else {
+        return Err(SessionError::Prepare("load runtime is gone".into()));
+    };
+    let interval = Duration::from_millis(p.prepare.interval_ms.max(100));
+    let lease = Duration::from_millis(p.prepare.lease_ms.max(1000));
+    let hard_deadline = (p.prepare.hard_deadline_ms > 0)
+        .then(|| start + Duration::from_millis(p.prepare.hard_deadline_ms));
+    let stop = CancellationToken::new();
+    let lag = Arc::new(LagProbe::default());
+    {
+        let _enter = rt.enter();
+        lag.start(stop.clone());
+    }
+    let mut engine = rt.spawn(engine::run(
+        p.work.clone(),
+        p.slice.clone(),
+        start,
+        stop.clone(),
+    ));
+
+    tokio::time::sleep_until(start.into()).await;
+    let late = Instant::now().saturating_duration_since(start);
+    send(
+        tx,
+        agent_msg::Msg::Started(pb::Started {
+            actual_start_agent_mono_ns: barrage_common::clock::mono_now_ns(),
+            late_by_ns: i64::try_from(late.as_nanos()).unwrap_or(i64::MAX),
+        }),
+    )
+    .await?;
+
+    let mut sampler = ProcessSampler::default();
+    sampler.sample();
+    let mut iv = Intervals {
+        seq: 0,
+        totals: MetricSet::new(p.layouts)?,
+        total_counters: Counters::default(),
+        sent: 0,
+    };
+    let mut index = 0u64;
+    let mut lease_until = Instant::now() + lease;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut controller_gone = false;
+    let mut stopped_by: Option<pb::StopReason> = None;
+    let reason = loop {
+        let boundary = start + interval * (index as u32 + 1);
+        let watchdog = hard_deadline.map_or(lease_until, |d| d.min(lease_until));
+        tokio::select! {
+            r = &mut engine => break r.unwrap_or(pb::StopReason::Shutdown),
+            _ = tokio::time::sleep_until(boundary.into()) => {
+                let h = health(&mut sampler, &lag, p.work.in_flight());
+                iv.cut(index, &p.work, h, tx).await?;
+                index += 1;
+            }
+            _ = heartbeat.tick() => {
+                let hb = pb::AgentHeartbeat {
+                    seq: iv.seq,
+                    state: pb::AgentState::Running as i32,
+                    last_interval_seq: iv.seq,
+                    health: None,
+                };
+                // A full channel means the controller is not reading: the lease decides.
+                let _ = tx.try_send(Ok(msg(agent_msg::Msg::Heartbeat(hb))));
+            }
+            _ = tokio::time::sleep_until(watchdog.into()), if stopped_by.is_none() => {
+                let why = if Instant::now() >= lease_until { pb::StopReason::LeaseExpired } else { pb::StopReason::HardDeadline };
+                tracing::warn!(reason = ?why, "stopping load without the controller");
+                stopped_by = Some(why);
+                stop.cancel();
+            }
+            m = next(inbound), if !controller_gone => match m {
+                Ok(Some(controller_msg::Msg::Heartbeat(h))) => {
+                    lease_until = Instant::now() + Duration::from_millis(h.lease_extend_ms.max(1000));
+                }
+                Ok(Some(controller_msg::Msg::Stop(s))) => {
+                    tracing::info!(reason = %s.reason, "stop from controller");
+                    stopped_by.get_or_insert(pb::StopReason::Controller);
+                    stop.cancel();
+                }
+                Ok(Some(controller_msg::Msg::Probe(pr))) => send(tx, agent_msg::Msg::Probe(clock_reply(&pr))).await?,
+                Ok(_) => {}
+                Err(e) => {
+                    // Dead-man switch: no controller, no load.
+                    tracing::warn!(error = %e, "controller stream lost: stopping load");
+                    controller_gone = true;
+                    stopped_by.get_or_insert(pb::StopReason::LeaseExpired);
+                    stop.cancel();
+                }
+            },
+        }
+    };
+    stop.cancel();
+    let reason = stopped_by.unwrap_or(reason);
+    let h = health(&mut sampler, &lag, 0);
+    iv.cut(index, &p.work, h, tx).await?;
+    if controller_gone {
+        return Err(SessionError::Stream(
+            "controller lost during the run".into(),
+        ));
+    }
+    let fin = pb::Final {
+        last_seq: iv.seq,
+        intervals: iv.sent,
+        metrics: iv.totals.encode()?,
+        counters: Some(iv.total_counters.to_proto()),
+        reason: reason as i32,
+    };
+    send(tx, agent_msg::Msg::Final(fin)).await?;
+    // Wait (bounded) for the ack so the controller surely has the totals.
+    let acked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match next(inbound).await {
+                Ok(Some(controller_msg::Msg::FinalAck(_))) => return true,
+                Ok(Some(controller_msg::Msg::Probe(pr))) => {
+                    let _ = send(tx, agent_msg::Msg::Probe(clock_reply(&pr))).await;
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    tracing::info!(acked = matches!(acked, Ok(true)), reason = ?reason, "step finished");
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Incremental Server-Sent Events parser: correct whatever byte boundaries
+//! the network splits events at (CR, LF or CRLF line ends, `:` comments,
+//! multi-line `data:`), with no allocation per event once its buffers grew.
+
+/// Largest event accepted; a server sending more is treated as broken.
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SseError {
+    #[error("SSE event larger than {MAX_EVENT_BYTES} bytes")]
+    TooLarge,
+}
+
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// Bytes of an unfinished line.
+    line: Vec<u8>,
+    /// `data:` values of the current event, joined with '\n'.
+    data: Vec<u8>,
+    has_data: bool,
+    /// The previous input ended in '\r': a leading '\n' belongs to that line end.
+    skip_lf: bool,
+}
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes; calls `on_data` with the data of each completed event.
+    pub fn push(
+        &mut self,
+        mut input: &[u8],
+        on_data: &mut impl FnMut(&[u8]),
+    ) -> Result<(), SseError> {
+        if self.skip_lf {
+            self.skip_lf = false;
+            if let [b'\n', rest @ ..] = input {
+                input = rest;
+            }
+        }
+        while let Some(end) = input.iter().position(|b| *b == b'\n' || *b == b'\r') {
+            let (head, tail) = input.split_at(end);
+            let consumed = match tail {
+                [b'\r', b'\n', ..] => 2,
+                [b'\r'] => {
+                    self.skip_lf = true;
+                    1
+                }
+                _ => 1,
+            };
+            if self.line.is_empty() {
+                self.line_done(head, on_data)?;
+            } else {
+                self.extend_line(head)?;
+                let line = std::mem::take(&mut self.line);
+                let r = self.line_done(&line, on_data);
+                self.line = line;
+                self.line.clear();
+                r?;
+            }
+            input = &tail[consumed..];
+        }
+        self.extend_line(input)
+    }
+
+    /// End of the body: an event without its final blank line still counts
+    /// (servers that close right after `data: [DONE]\n` are common).
+    pub fn finish(&mut self, on_data: &mut impl FnMut(&[u8])) -> Result<(), SseError> {
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.line_done(&line, on_data)?;
+        }
+        self.dispatch(on_data);
+        Ok(())
+    }
+
+    fn extend_line(&mut self, bytes: &[u8]) -> Result<(), SseError> {
+        if self.line.len() + bytes.len() > MAX_EVENT_BYTES {
+            return Err(SseError::TooLarge);
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn line_done(&mut self, line: &[u8], on_data: &mut impl FnMut(&[u8])) -> Result<(), SseError> {
+        if line.is_empty() {
+            self.dispatch(on_data);
+            return Ok(());
+        }
+        if line[0] == b':' {
+            return Ok(());
+        }
+        let (field, value) = match line.iter().position(|b| *b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        if field == b"data" {
+            if self.data.len() + value.len() + 1 > MAX_EVENT_BYTES {
+                return Err(SseError::TooLarge);
+            }
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+            self.has_data = true;
+        }
+        // `event`, `id`, `retry` and unknown fields do not matter to completions.
+        Ok(())
+    }
+
+    fn dispatch(&mut self, on_data: &mut impl FnMut(&[u8])) {
+        if self.has_data {
+            on_data(&self.data);
+            self.data.clear();
+            self.has_data = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_split(input: &[u8], cut: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut p = SseParser::new();
+        let mut f = |d: &[u8]| out.push(String::from_utf8_lossy(d).into_owned());
+        p.push(&input[..cut], &mut f).expect("ok");
+        p.push(&input[cut..], &mut f).expect("ok");
+        p.finish(&mut f).expect("ok");
+        out
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_events() {
+        let input = b": keep-alive\r\ndata: {\"a\":1}\r\n\r\ndata: line1\ndata:line2\n\nevent: x\ndata: [DONE]\r\r";
+        let want = vec!["{\"a\":1}", "line1\nline2", "[DONE]"];
+        for cut in 0..=input.len() {
+            assert_eq!(parse_split(input, cut), want, "split at {cut}");
+        }
+        // Every byte on its own.
+        let mut out = Vec::new();
+        let mut p = SseParser::new();
+        let mut f = |d: &[u8]| out.push(String::from_utf8_lossy(d).into_owned());
+        for b in input.chunks(1) {
+            p.push(b, &mut f).expect("ok");
+        }
+        p.finish(&mut f).expect("ok");
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn unterminated_last_event_is_delivered_at_finish() {
+        assert_eq!(parse_split(b"data: [DONE]", 3), vec!["[DONE]"]);
+    }
+
+    #[test]
+    fn comments_only_give_no_events() {
+        assert!(parse_split(b":a\n:b\r\n\r\n", 2).is_empty());
+    }
+
+    #[test]
+    fn oversized_event_is_an_error() {
+        let mut p = SseParser::new();
+        let big = vec![b'x'; MAX_EVENT_BYTES + 1];
+        assert_eq!(p.push(&big, &mut |_| {}), Err(SseError::TooLarge));
+    }
+}
