@@ -174,7 +174,7 @@ fn prepare(
     let spec = SliceSpec {
         users: slice.user_indexes.clone(),
         spawn_rate: (slice.spawn_rate > 0.0).then_some(slice.spawn_rate),
-        max_requests: (slice.max_requests > 0).then_some(slice.max_requests),
+        max_requests: slice.max_requests,
         duration: (slice.duration_ms > 0).then(|| Duration::from_millis(slice.duration_ms)),
     };
     let work = Arc::new(Workload::new(

@@ -1,0 +1,11 @@
+//! barrage controller: loads a plan, drives agents over gRPC (embedded
+//! in-process ones by default), merges their measurements exactly and writes
+//! the report.
+
+pub mod cli;
+pub mod dataset;
+pub mod embedded;
+pub mod link;
+pub mod merge;
+pub mod report;
+pub mod run;

@@ -1,0 +1,312 @@
+//! The controller's end of one agent's session stream: hello, clock
+//! alignment, prepare + dataset, the go signal, then a pump that renews the
+//! agent's lease with heartbeats and forwards its intervals and final totals.
+
+use std::time::Duration;
+
+use barrage_common::auth::{AttachToken, Token};
+use barrage_common::clock::{ClockOffset, ProbeSample, mono_now_ns};
+use barrage_proto::agent::v1::{self as pb, agent_client::AgentClient, agent_msg, controller_msg};
+use barrage_proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tonic::transport::Endpoint;
+
+/// Clock probes per agent; the smallest round trip wins.
+const PROBES: u64 = 8;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+pub const LEASE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("agent {addr}: cannot connect: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("agent {addr}: refused the session: {reason}")]
+    Refused { addr: String, reason: String },
+    #[error("agent {addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error("agent {addr}: no answer to {phase} within {secs} s")]
+    Timeout {
+        addr: String,
+        phase: &'static str,
+        secs: u64,
+    },
+    #[error("agent {addr}: reported {code}: {message}")]
+    Agent {
+        addr: String,
+        code: String,
+        message: String,
+    },
+}
+
+/// What the pump hands to the merger.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Started {
+        agent: usize,
+        late_ns: i64,
+    },
+    Interval {
+        agent: usize,
+        interval: pb::Interval,
+    },
+    Final {
+        agent: usize,
+        fin: pb::Final,
+    },
+    Lost {
+        agent: usize,
+        reason: String,
+    },
+}
+
+pub struct AgentLink {
+    pub addr: String,
+    pub hello: pb::HelloAck,
+    pub offset: Option<ClockOffset>,
+    tx: mpsc::Sender<pb::ControllerMsg>,
+    rx: Streaming<pb::AgentMsg>,
+}
+
+fn cmsg(m: controller_msg::Msg) -> pb::ControllerMsg {
+    pb::ControllerMsg { msg: Some(m) }
+}
+
+impl AgentLink {
+    /// Connects, opens the session and exchanges hello.
+    pub async fn open(
+        addr: &str,
+        token: Option<&Token>,
+        run_id: &str,
+        controller_id: &str,
+    ) -> Result<Self, LinkError> {
+        let connect_err = |reason: String| LinkError::Connect {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| connect_err(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+            .await
+            .map_err(|_| connect_err("timed out".into()))?
+            .map_err(|e| {
+                connect_err(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                ))
+            })?;
+        let attach = AttachToken::new(token).map_err(|s| connect_err(s.message().to_owned()))?;
+        let mut client = AgentClient::with_interceptor(channel, attach)
+            .max_decoding_message_size(barrage_agent::server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(barrage_agent::server::MAX_MESSAGE_BYTES);
+        let (tx, out) = mpsc::channel(64);
+        tx.send(cmsg(controller_msg::Msg::Hello(pb::Hello {
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR,
+            controller_id: controller_id.to_owned(),
+            run_id: run_id.to_owned(),
+        })))
+        .await
+        .map_err(|_| connect_err("session closed".into()))?;
+        let rx = tokio::time::timeout(PHASE_TIMEOUT, client.session(ReceiverStream::new(out)))
+            .await
+            .map_err(|_| LinkError::Timeout {
+                addr: addr.to_owned(),
+                phase: "session",
+                secs: PHASE_TIMEOUT.as_secs(),
+            })?
+            .map_err(|s| LinkError::Refused {
+                addr: addr.to_owned(),
+                reason: format!("{:?}: {}", s.code(), s.message()),
+            })?
+            .into_inner();
+        let mut link = Self {
+            addr: addr.to_owned(),
+            hello: pb::HelloAck::default(),
+            offset: None,
+            tx,
+            rx,
+        };
+        match link.recv("hello").await? {
+            agent_msg::Msg::Hello(h) => link.hello = h,
+            other => return Err(link.unexpected("hello", &other)),
+        }
+        Ok(link)
+    }
+
+    fn unexpected(&self, phase: &str, m: &agent_msg::Msg) -> LinkError {
+        if let agent_msg::Msg::Error(e) = m {
+            return LinkError::Agent {
+                addr: self.addr.clone(),
+                code: e.code.clone(),
+                message: e.message.clone(),
+            };
+        }
+        LinkError::Protocol {
+            addr: self.addr.clone(),
+            reason: format!("unexpected message while waiting for {phase}"),
+        }
+    }
+
+    async fn send(&self, m: controller_msg::Msg) -> Result<(), LinkError> {
+        self.tx
+            .send(cmsg(m))
+            .await
+            .map_err(|_| LinkError::Protocol {
+                addr: self.addr.clone(),
+                reason: "session closed".into(),
+            })
+    }
+
+    async fn recv(&mut self, phase: &'static str) -> Result<agent_msg::Msg, LinkError> {
+        let addr = self.addr.clone();
+        match tokio::time::timeout(PHASE_TIMEOUT, self.rx.message()).await {
+            Err(_) => Err(LinkError::Timeout {
+                addr,
+                phase,
+                secs: PHASE_TIMEOUT.as_secs(),
+            }),
+            Ok(Err(s)) => Err(LinkError::Refused {
+                addr,
+                reason: format!("{:?}: {}", s.code(), s.message()),
+            }),
+            Ok(Ok(None)) => Err(LinkError::Protocol {
+                addr,
+                reason: format!("session ended while waiting for {phase}"),
+            }),
+            Ok(Ok(Some(pb::AgentMsg { msg: None }))) => Err(LinkError::Protocol {
+                addr,
+                reason: "empty message".into(),
+            }),
+            Ok(Ok(Some(pb::AgentMsg { msg: Some(m) }))) => Ok(m),
+        }
+    }
+
+    /// Estimates the agent's clock offset from round trips.
+    pub async fn align_clock(&mut self) -> Result<ClockOffset, LinkError> {
+        let mut samples = Vec::with_capacity(PROBES as usize);
+        for seq in 0..PROBES {
+            let sent = mono_now_ns();
+            self.send(controller_msg::Msg::Probe(pb::ClockProbe {
+                seq,
+                controller_mono_ns: sent,
+            }))
+            .await?;
+            match self.recv("clock probe").await? {
+                agent_msg::Msg::Probe(r) if r.seq == seq => samples.push(ProbeSample {
+                    sent_ns: r.controller_mono_ns,
+                    peer_ns: r.agent_mono_ns,
+                    received_ns: mono_now_ns(),
+                }),
+                other => return Err(self.unexpected("clock probe", &other)),
+            }
+        }
+        let off = ClockOffset::from_probes(&samples).ok_or_else(|| LinkError::Protocol {
+            addr: self.addr.clone(),
+            reason: "no usable clock probe".into(),
+        })?;
+        self.offset = Some(off);
+        Ok(off)
+    }
+
+    /// Sends the step and its prompts; waits for Ready.
+    pub async fn prepare(
+        &mut self,
+        prepare: pb::Prepare,
+        chunks: &[pb::DatasetChunk],
+    ) -> Result<pb::Ready, LinkError> {
+        self.send(controller_msg::Msg::Prepare(prepare)).await?;
+        for c in chunks {
+            self.send(controller_msg::Msg::Data(c.clone())).await?;
+        }
+        match self.recv("ready").await? {
+            agent_msg::Msg::Ready(r) => Ok(r),
+            other => Err(self.unexpected("ready", &other)),
+        }
+    }
+
+    /// The go signal, at `start_local_ns` on the controller's clock.
+    pub async fn start(&self, start_local_ns: u64) -> Result<(), LinkError> {
+        let at = self
+            .offset
+            .map_or(start_local_ns, |o| o.to_peer(start_local_ns));
+        self.send(controller_msg::Msg::Start(pb::Start {
+            start_at_agent_mono_ns: at,
+        }))
+        .await
+    }
+
+    /// Renews the lease and forwards everything until the agent's Final (or
+    /// its loss). `stop` asks the agent to stop early. Marked lost after
+    /// `lease + margin` of silence: by then the agent has stopped itself.
+    pub async fn pump(
+        mut self,
+        agent: usize,
+        events: mpsc::Sender<LinkEvent>,
+        stop: CancellationToken,
+    ) {
+        let silence_limit = LEASE + Duration::from_secs(2);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut hb_seq = 0u64;
+        let mut acked = 0u64;
+        let mut last_heard = tokio::time::Instant::now();
+        let mut stop_sent = false;
+        let lost = |reason: String| LinkEvent::Lost { agent, reason };
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > silence_limit {
+                        let _ = events.send(lost(format!("silent for {} s", silence_limit.as_secs()))).await;
+                        return;
+                    }
+                    hb_seq += 1;
+                    let hb = pb::ControllerHeartbeat { seq: hb_seq, lease_extend_ms: LEASE.as_millis() as u64, acked_through_seq: acked };
+                    if self.send(controller_msg::Msg::Heartbeat(hb)).await.is_err() {
+                        let _ = events.send(lost("session closed".into())).await;
+                        return;
+                    }
+                }
+                _ = stop.cancelled(), if !stop_sent => {
+                    stop_sent = true;
+                    let _ = self.send(controller_msg::Msg::Stop(pb::Stop { reason: "controller stop".into(), grace_ms: 0 })).await;
+                }
+                m = self.rx.message() => {
+                    last_heard = tokio::time::Instant::now();
+                    let ev = match m {
+                        Ok(Some(pb::AgentMsg { msg: Some(m) })) => m,
+                        Ok(Some(_)) => continue,
+                        Ok(None) => { let _ = events.send(lost("session ended before final totals".into())).await; return; }
+                        Err(s) => { let _ = events.send(lost(format!("{:?}: {}", s.code(), s.message()))).await; return; }
+                    };
+                    match ev {
+                        agent_msg::Msg::Started(s) => { let _ = events.send(LinkEvent::Started { agent, late_ns: s.late_by_ns }).await; }
+                        agent_msg::Msg::Interval(i) => {
+                            acked = acked.max(i.seq);
+                            let _ = events.send(LinkEvent::Interval { agent, interval: i }).await;
+                        }
+                        agent_msg::Msg::Final(f) => {
+                            let _ = self.send(controller_msg::Msg::FinalAck(pb::FinalAck {})).await;
+                            let _ = events.send(LinkEvent::Final { agent, fin: f }).await;
+                            return;
+                        }
+                        agent_msg::Msg::Error(e) => {
+                            let _ = events.send(lost(format!("{}: {}", e.code, e.message))).await;
+                            return;
+                        }
+                        agent_msg::Msg::Heartbeat(_) | agent_msg::Msg::Probe(_) | agent_msg::Msg::Hello(_) | agent_msg::Msg::Ready(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}

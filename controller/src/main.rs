@@ -1,0 +1,21 @@
+//! `controller`: parse flags, build the runtime, run, map to an exit status.
+
+use clap::Parser;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = barrage_controller::cli::Cli::parse();
+    let code = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(barrage_controller::cli::main(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            barrage_controller::cli::EXIT_FAILED
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,336 @@
+//! Exact merging of the agents' interval deltas: run totals are the sum of
+//! every interval histogram (so final percentiles are exact whatever the
+//! timing), a per-interval timeline for the report, and per-agent sums that
+//! must equal each agent's final totals.
+
+use std::collections::BTreeMap;
+
+use barrage_common::metrics::{Counters, Layouts, Metric, MetricError, MetricSet};
+use barrage_proto::agent::v1 as pb;
+use serde::Serialize;
+
+/// One row of the time series.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IntervalRow {
+    pub index: u64,
+    /// Seconds from the agreed start to the interval's start.
+    pub t_s: f64,
+    pub agents_reporting: usize,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub output_tokens: u64,
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p99_ms: Option<f64>,
+    pub itl_p50_ms: Option<f64>,
+    pub itl_p99_ms: Option<f64>,
+    pub e2e_p50_ms: Option<f64>,
+    pub e2e_p99_ms: Option<f64>,
+    pub max_agent_cpu_percent: f64,
+    pub max_scheduler_lag_ms: f64,
+    pub in_flight: u64,
+}
+
+struct Pending {
+    metrics: MetricSet,
+    counters: Counters,
+    reporters: usize,
+    max_cpu: f64,
+    max_lag_us: u64,
+    in_flight: u64,
+}
+
+/// What one agent contributed.
+pub struct AgentTally {
+    pub metrics: MetricSet,
+    pub counters: Counters,
+    pub intervals: u64,
+    pub last_index: Option<u64>,
+    pub max_cpu: f64,
+    pub finished: bool,
+    /// Final totals differ from the sum of intervals (described).
+    pub mismatch: Option<String>,
+}
+
+pub struct Merger {
+    layouts: Layouts,
+    interval_s: f64,
+    pub totals: MetricSet,
+    pub counters: Counters,
+    pub agents: Vec<AgentTally>,
+    pending: BTreeMap<u64, Pending>,
+    pub timeline: Vec<IntervalRow>,
+}
+
+fn ms(v: Option<u64>) -> Option<f64> {
+    v.map(|us| us as f64 / 1000.0)
+}
+
+impl Merger {
+    pub fn new(layouts: Layouts, agents: usize, interval_s: f64) -> Result<Self, MetricError> {
+        let agents = (0..agents)
+            .map(|_| {
+                Ok(AgentTally {
+                    metrics: MetricSet::new(layouts)?,
+                    counters: Counters::default(),
+                    intervals: 0,
+                    last_index: None,
+                    max_cpu: 0.0,
+                    finished: false,
+                    mismatch: None,
+                })
+            })
+            .collect::<Result<_, MetricError>>()?;
+        Ok(Self {
+            layouts,
+            interval_s,
+            totals: MetricSet::new(layouts)?,
+            counters: Counters::default(),
+            agents,
+            pending: BTreeMap::new(),
+            timeline: Vec::new(),
+        })
+    }
+
+    /// Adds one interval delta of one agent. A histogram of another layout is
+    /// refused (the whole interval is then rejected, nothing half-added).
+    pub fn add_interval(&mut self, agent: usize, iv: &pb::Interval) -> Result<(), MetricError> {
+        let metrics = MetricSet::decode(&iv.metrics, self.layouts)?;
+        let counters = iv
+            .counters
+            .as_ref()
+            .map(Counters::from_proto)
+            .unwrap_or_default();
+        self.totals.add(&metrics)?;
+        self.counters.add(&counters);
+        let health = iv.health.clone().unwrap_or_default();
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.metrics.add(&metrics)?;
+            a.counters.add(&counters);
+            a.intervals += 1;
+            a.last_index = a.last_index.max(Some(iv.index));
+            a.max_cpu = a.max_cpu.max(health.cpu_percent);
+        }
+        let slot = match self.pending.entry(iv.index) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(Pending {
+                metrics: MetricSet::new(self.layouts)?,
+                counters: Counters::default(),
+                reporters: 0,
+                max_cpu: 0.0,
+                max_lag_us: 0,
+                in_flight: 0,
+            }),
+        };
+        slot.metrics.add(&metrics)?;
+        slot.counters.add(&counters);
+        slot.reporters += 1;
+        slot.max_cpu = slot.max_cpu.max(health.cpu_percent);
+        slot.max_lag_us = slot.max_lag_us.max(health.scheduler_lag_us);
+        slot.in_flight += health.in_flight;
+        self.flush_settled();
+        Ok(())
+    }
+
+    /// Checks an agent's final totals against the sum of its intervals.
+    pub fn add_final(&mut self, agent: usize, fin: &pb::Final) -> Result<(), MetricError> {
+        let totals = MetricSet::decode(&fin.metrics, self.layouts)?;
+        let counters = fin
+            .counters
+            .as_ref()
+            .map(Counters::from_proto)
+            .unwrap_or_default();
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.finished = true;
+            let mut problems = Vec::new();
+            if a.counters != counters {
+                problems.push(format!(
+                    "counters differ (intervals: {} ok / {} failed, final: {} ok / {} failed)",
+                    a.counters.requests_ok,
+                    a.counters.requests_failed,
+                    counters.requests_ok,
+                    counters.requests_failed
+                ));
+            }
+            for m in Metric::ALL {
+                let (x, y) = (a.metrics.get(m), totals.get(m));
+                if x.count != y.count || x.sum != y.sum || x.hist != y.hist {
+                    problems.push(format!(
+                        "{m}: intervals hold {} samples, final {}",
+                        x.count, y.count
+                    ));
+                }
+            }
+            if fin.intervals != a.intervals {
+                problems.push(format!(
+                    "final says {} intervals, {} arrived",
+                    fin.intervals, a.intervals
+                ));
+            }
+            a.mismatch = (!problems.is_empty()).then(|| problems.join("; "));
+        }
+        self.flush_settled();
+        Ok(())
+    }
+
+    /// Marks an agent as gone so the timeline does not wait for it.
+    pub fn agent_gone(&mut self, agent: usize) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.finished = true;
+        }
+        self.flush_settled();
+    }
+
+    /// Turns intervals every live agent has moved past into timeline rows.
+    fn flush_settled(&mut self) {
+        let settled_below = self
+            .agents
+            .iter()
+            .filter(|a| !a.finished)
+            .map(|a| a.last_index.unwrap_or(0))
+            .min();
+        let keys: Vec<u64> = self
+            .pending
+            .keys()
+            .copied()
+            .filter(|k| settled_below.is_none_or(|s| *k < s))
+            .collect();
+        for k in keys {
+            if let Some(p) = self.pending.remove(&k) {
+                self.push_row(k, p);
+            }
+        }
+    }
+
+    fn push_row(&mut self, index: u64, p: Pending) {
+        let q = |m: Metric, q: f64| ms(p.metrics.get(m).quantile(q));
+        self.timeline.push(IntervalRow {
+            index,
+            t_s: index as f64 * self.interval_s,
+            agents_reporting: p.reporters,
+            requests_ok: p.counters.requests_ok,
+            requests_failed: p.counters.requests_failed,
+            output_tokens: p.counters.output_tokens,
+            ttft_p50_ms: q(Metric::Ttft, 0.5),
+            ttft_p99_ms: q(Metric::Ttft, 0.99),
+            itl_p50_ms: q(Metric::Itl, 0.5),
+            itl_p99_ms: q(Metric::Itl, 0.99),
+            e2e_p50_ms: q(Metric::E2e, 0.5),
+            e2e_p99_ms: q(Metric::E2e, 0.99),
+            max_agent_cpu_percent: p.max_cpu,
+            max_scheduler_lag_ms: p.max_lag_us as f64 / 1000.0,
+            in_flight: p.in_flight,
+        });
+    }
+
+    /// Settles everything still pending (end of the step).
+    pub fn finish(&mut self) -> &[IntervalRow] {
+        for (k, p) in std::mem::take(&mut self.pending) {
+            self.push_row(k, p);
+        }
+        self.timeline.sort_by_key(|r| r.index);
+        &self.timeline
+    }
+
+    /// The most recent settled row (live progress).
+    pub fn last_row(&self) -> Option<&IntervalRow> {
+        self.timeline.last()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(index: u64, values: &[u64], ok: u64) -> pb::Interval {
+        let mut set = MetricSet::new(Layouts::default()).expect("layouts");
+        for v in values {
+            set.record(Metric::Ttft, *v);
+        }
+        let counters = Counters {
+            requests_ok: ok,
+            ..Counters::default()
+        };
+        pb::Interval {
+            seq: index + 1,
+            index,
+            metrics: set.encode().expect("encode"),
+            counters: Some(counters.to_proto()),
+            health: None,
+        }
+    }
+
+    #[test]
+    fn totals_timeline_and_final_check() {
+        let mut m = Merger::new(Layouts::default(), 2, 1.0).expect("merger");
+        m.add_interval(0, &interval(0, &[1000, 2000], 2))
+            .expect("add");
+        m.add_interval(1, &interval(0, &[3000], 1)).expect("add");
+        m.add_interval(0, &interval(1, &[4000], 1)).expect("add");
+        // Interval 0 settles only once both agents moved past it.
+        assert!(m.timeline.is_empty());
+        m.add_interval(1, &interval(1, &[], 0)).expect("add");
+        assert_eq!(m.timeline.len(), 1);
+        assert_eq!(m.timeline[0].requests_ok, 3);
+        assert_eq!(m.totals.get(Metric::Ttft).count, 4);
+        assert_eq!(m.counters.requests_ok, 4);
+
+        let mut good = MetricSet::new(Layouts::default()).expect("set");
+        for v in [1000, 2000, 4000] {
+            good.record(Metric::Ttft, v);
+        }
+        let fin = pb::Final {
+            intervals: 2,
+            metrics: good.encode().expect("encode"),
+            counters: Some(
+                Counters {
+                    requests_ok: 3,
+                    ..Counters::default()
+                }
+                .to_proto(),
+            ),
+            ..pb::Final::default()
+        };
+        m.add_final(0, &fin).expect("final");
+        assert_eq!(m.agents[0].mismatch, None);
+        let bad = pb::Final {
+            intervals: 2,
+            counters: Some(
+                Counters {
+                    requests_ok: 5,
+                    ..Counters::default()
+                }
+                .to_proto(),
+            ),
+            ..pb::Final::default()
+        };
+        m.add_final(1, &bad).expect("final");
+        let why = m.agents[1].mismatch.clone().expect("mismatch reported");
+        assert!(
+            why.contains("counters differ") && why.contains("ttft"),
+            "{why}"
+        );
+        assert_eq!(m.finish().len(), 2);
+    }
+
+    #[test]
+    fn foreign_layout_interval_is_rejected_whole() {
+        let mut m = Merger::new(Layouts::default(), 1, 1.0).expect("merger");
+        let other = Layouts {
+            latency: barrage_common::metrics::Layout {
+                lowest: 1,
+                highest: 1_000_000,
+                sigfig: 2,
+            },
+            ..Layouts::default()
+        };
+        let mut set = MetricSet::new(other).expect("set");
+        set.record(Metric::Ttft, 5);
+        let iv = pb::Interval {
+            index: 0,
+            metrics: set.encode().expect("encode"),
+            ..pb::Interval::default()
+        };
+        assert!(m.add_interval(0, &iv).is_err());
+        assert_eq!(m.totals.get(Metric::Ttft).count, 0);
+    }
+}

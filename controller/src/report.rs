@@ -1,0 +1,370 @@
+//! The run's results: the `Summary` (the stable fields of summary.json), the
+//! console tables, and the files of the result folder. Model (Summary) is
+//! built from the merger; presentation (tables, files) only reads it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use barrage_common::metrics::{ErrorClass, Metric, MetricSet, Series};
+use serde::Serialize;
+
+use crate::merge::IntervalRow;
+
+/// Percentiles printed and stored for every distribution.
+pub const PERCENTILES: [(&str, f64); 11] = [
+    ("p10", 0.10),
+    ("p25", 0.25),
+    ("p50", 0.50),
+    ("p66", 0.66),
+    ("p75", 0.75),
+    ("p80", 0.80),
+    ("p90", 0.90),
+    ("p95", 0.95),
+    ("p98", 0.98),
+    ("p99", 0.99),
+    ("p99.9", 0.999),
+];
+
+/// Distributions in the percentile table, in order.
+pub const TABLE_METRICS: [Metric; 7] = [
+    Metric::Ttft,
+    Metric::Ttfo,
+    Metric::ChunkGap,
+    Metric::Itl,
+    Metric::Tpot,
+    Metric::E2e,
+    Metric::OutputTokens,
+];
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Distribution {
+    /// "ms" for latencies, "tokens" for counts.
+    pub unit: &'static str,
+    pub count: u64,
+    pub mean: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub percentiles: BTreeMap<&'static str, f64>,
+}
+
+impl Distribution {
+    pub fn of(m: Metric, s: &Series) -> Self {
+        let scale = if m.is_latency() { 1000.0 } else { 1.0 };
+        let v = |x: u64| x as f64 / scale;
+        Self {
+            unit: if m.is_latency() { "ms" } else { "tokens" },
+            count: s.count,
+            mean: s.mean().map(|x| x / scale),
+            min: s.exact_min().map(v),
+            max: (s.count > 0).then(|| v(s.max)),
+            percentiles: PERCENTILES
+                .iter()
+                .filter_map(|(name, q)| s.quantile(*q).map(|x| (*name, v(x))))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AgentReport {
+    pub id: String,
+    pub addr: String,
+    pub users: u64,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub max_cpu_percent: f64,
+    pub start_late_ms: Option<f64>,
+    pub clock_uncertainty_ms: Option<f64>,
+    /// Why the agent was lost, if it was.
+    pub lost: Option<String>,
+    /// Its final totals disagreed with the sum of its intervals.
+    pub totals_mismatch: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Summary {
+    pub name: String,
+    pub run_id: String,
+    /// Wall-clock label only; all timing is monotonic.
+    pub started_at: String,
+    pub target: String,
+    pub api: String,
+    /// "completed", "interrupted", "degraded" or "failed".
+    pub status: String,
+    pub duration_s: f64,
+    pub users: u64,
+    pub requests_total: u64,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    /// Started but neither succeeded nor failed (cut off by the end of the run).
+    pub requests_incomplete: u64,
+    pub success_rate: f64,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub request_throughput: f64,
+    pub requests_per_minute: f64,
+    pub output_throughput: f64,
+    pub total_token_throughput: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub avg_e2e_ms: Option<f64>,
+    pub avg_ttft_ms: Option<f64>,
+    pub avg_tpot_ms: Option<f64>,
+    pub avg_itl_ms: Option<f64>,
+    pub avg_input_tokens: Option<f64>,
+    pub avg_output_tokens: Option<f64>,
+    /// Where token counts came from: requests counted by the server's usage
+    /// vs estimated, and chunks whose token count was assumed to be 1.
+    pub token_source: TokenSource,
+    pub metrics: BTreeMap<&'static str, Distribution>,
+    pub agents: Vec<AgentReport>,
+    pub max_start_skew_ms: Option<f64>,
+    pub notes: Vec<String>,
+    pub timeline: Vec<IntervalRow>,
+    /// Counts of the built-in simulator, when the run used it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulator: Option<barrage_llm_sim::SimStats>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TokenSource {
+    pub usage_from_server: u64,
+    pub usage_estimated: u64,
+    pub chunk_tokens_assumed: u64,
+}
+
+/// Inputs of a summary that do not come from the merge.
+pub struct RunFacts {
+    pub name: String,
+    pub run_id: String,
+    pub started_at: String,
+    pub target: String,
+    pub api: String,
+    pub status: String,
+    pub duration_s: f64,
+    pub users: u64,
+}
+
+fn per_s(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+impl Summary {
+    pub fn build(
+        facts: RunFacts,
+        totals: &MetricSet,
+        c: &barrage_common::metrics::Counters,
+        agents: Vec<AgentReport>,
+        timeline: Vec<IntervalRow>,
+        notes: Vec<String>,
+    ) -> Self {
+        let d = facts.duration_s;
+        let total = c.requests_ok + c.requests_failed;
+        let mean_ms = |m: Metric| totals.get(m).mean().map(|v| v / 1000.0);
+        let max_skew = agents
+            .iter()
+            .filter_map(|a| a.start_late_ms)
+            .reduce(f64::max);
+        Summary {
+            name: facts.name,
+            run_id: facts.run_id,
+            started_at: facts.started_at,
+            target: facts.target,
+            api: facts.api,
+            status: facts.status,
+            duration_s: d,
+            users: facts.users,
+            requests_total: total,
+            requests_ok: c.requests_ok,
+            requests_failed: c.requests_failed,
+            requests_incomplete: c.requests_started.saturating_sub(total),
+            success_rate: if total > 0 {
+                c.requests_ok as f64 / total as f64
+            } else {
+                0.0
+            },
+            errors: ErrorClass::ALL
+                .iter()
+                .filter(|e| c.error(**e) > 0)
+                .map(|e| (e.name(), c.error(*e)))
+                .collect(),
+            request_throughput: per_s(c.requests_ok, d),
+            requests_per_minute: per_s(c.requests_ok, d) * 60.0,
+            output_throughput: per_s(c.output_tokens, d),
+            total_token_throughput: per_s(c.input_tokens + c.output_tokens, d),
+            input_tokens: c.input_tokens,
+            output_tokens: c.output_tokens,
+            avg_e2e_ms: mean_ms(Metric::E2e),
+            avg_ttft_ms: mean_ms(Metric::Ttft),
+            avg_tpot_ms: mean_ms(Metric::Tpot),
+            avg_itl_ms: mean_ms(Metric::Itl),
+            avg_input_tokens: totals.get(Metric::InputTokens).mean(),
+            avg_output_tokens: totals.get(Metric::OutputTokens).mean(),
+            token_source: TokenSource {
+                usage_from_server: c.usage_from_server,
+                usage_estimated: c.usage_estimated,
+                chunk_tokens_assumed: c.chunk_tokens_assumed,
+            },
+            metrics: Metric::ALL
+                .iter()
+                .map(|m| (m.name(), Distribution::of(*m, totals.get(*m))))
+                .collect(),
+            agents,
+            max_start_skew_ms: max_skew,
+            notes,
+            timeline,
+            simulator: None,
+        }
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+/// The summary table and the percentile table, as printed on the console.
+pub fn render(s: &Summary) -> String {
+    let mut out = String::new();
+    let rows: Vec<(&str, String)> = vec![
+        ("Status", s.status.clone()),
+        ("Target", format!("{} ({})", s.target, s.api)),
+        ("Time taken (s)", format!("{:.2}", s.duration_s)),
+        ("Concurrency (users)", s.users.to_string()),
+        ("Agents", s.agents.len().to_string()),
+        ("Total requests", s.requests_total.to_string()),
+        ("Succeeded requests", s.requests_ok.to_string()),
+        ("Failed requests", s.requests_failed.to_string()),
+        ("Incomplete at stop", s.requests_incomplete.to_string()),
+        ("Success rate (%)", format!("{:.2}", s.success_rate * 100.0)),
+        (
+            "Request throughput (req/s)",
+            format!("{:.3}", s.request_throughput),
+        ),
+        (
+            "Requests per minute",
+            format!("{:.1}", s.requests_per_minute),
+        ),
+        (
+            "Output throughput (tok/s)",
+            format!("{:.2}", s.output_throughput),
+        ),
+        (
+            "Total token throughput (tok/s)",
+            format!("{:.2}", s.total_token_throughput),
+        ),
+        ("Avg e2e (ms)", opt(s.avg_e2e_ms, 2)),
+        ("Avg ttft (ms)", opt(s.avg_ttft_ms, 2)),
+        ("Avg tpot (ms)", opt(s.avg_tpot_ms, 3)),
+        ("Avg itl (ms)", opt(s.avg_itl_ms, 3)),
+        ("Avg input tokens/request", opt(s.avg_input_tokens, 1)),
+        ("Avg output tokens/request", opt(s.avg_output_tokens, 1)),
+    ];
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let _ = writeln!(out, "\nSummary: {}  (run {})", s.name, s.run_id);
+    for (k, v) in &rows {
+        let _ = writeln!(out, "  {k:<w$}  {v}");
+    }
+    if !s.errors.is_empty() {
+        let errs: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "  {:<w$}  {}", "Errors by class", errs.join(" "));
+    }
+    let _ = writeln!(
+        out,
+        "  {:<w$}  server usage {} / estimated {} requests; {} chunks assumed 1 token",
+        "Token counts from",
+        s.token_source.usage_from_server,
+        s.token_source.usage_estimated,
+        s.token_source.chunk_tokens_assumed
+    );
+    let _ = write!(
+        out,
+        "\nPercentiles (ms; output_tokens in tokens)\n  {:<14}",
+        "metric"
+    );
+    for (name, _) in PERCENTILES {
+        let _ = write!(out, "{name:>10}");
+    }
+    let _ = writeln!(out, "{:>10}", "count");
+    for m in TABLE_METRICS {
+        let Some(d) = s.metrics.get(m.name()) else {
+            continue;
+        };
+        let _ = write!(out, "  {:<14}", m.name());
+        for (name, _) in PERCENTILES {
+            let _ = write!(
+                out,
+                "{:>10}",
+                opt(
+                    d.percentiles.get(name).copied(),
+                    if m.is_latency() { 2 } else { 0 }
+                )
+            );
+        }
+        let _ = writeln!(out, "{:>10}", d.count);
+    }
+    for a in s
+        .agents
+        .iter()
+        .filter(|a| a.lost.is_some() || a.totals_mismatch.is_some())
+    {
+        if let Some(why) = &a.lost {
+            let _ = writeln!(
+                out,
+                "\n  LOST agent {} ({}), carrying {} users: {why}",
+                a.id, a.addr, a.users
+            );
+        }
+        if let Some(why) = &a.totals_mismatch {
+            let _ = writeln!(out, "\n  MISMATCH agent {} ({}): {why}", a.id, a.addr);
+        }
+    }
+    for n in &s.notes {
+        let _ = writeln!(out, "  note: {n}");
+    }
+    out
+}
+
+/// Writes summary.json, timeline.csv and the plan as run into `dir`.
+pub fn write(dir: &Path, s: &Summary, plan_toml: &str) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(s).map_err(std::io::Error::other)?;
+    let summary = dir.join("summary.json");
+    write_atomic(&summary, json.as_bytes())?;
+    let mut csv = String::from(
+        "index,t_s,agents_reporting,requests_ok,requests_failed,output_tokens,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,e2e_p50_ms,e2e_p99_ms,max_agent_cpu_percent,max_scheduler_lag_ms,in_flight\n",
+    );
+    let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.3}"));
+    for r in &s.timeline {
+        let _ = writeln!(
+            csv,
+            "{},{:.3},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3},{}",
+            r.index,
+            r.t_s,
+            r.agents_reporting,
+            r.requests_ok,
+            r.requests_failed,
+            r.output_tokens,
+            f(r.ttft_p50_ms),
+            f(r.ttft_p99_ms),
+            f(r.itl_p50_ms),
+            f(r.itl_p99_ms),
+            f(r.e2e_p50_ms),
+            f(r.e2e_p99_ms),
+            r.max_agent_cpu_percent,
+            r.max_scheduler_lag_ms,
+            r.in_flight
+        );
+    }
+    let timeline = dir.join("timeline.csv");
+    write_atomic(&timeline, csv.as_bytes())?;
+    let plan = dir.join("plan.toml");
+    write_atomic(&plan, plan_toml.as_bytes())?;
+    Ok(vec![summary, timeline, plan])
+}
+
+/// Write-then-rename, so a crash never leaves a half-written summary.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}

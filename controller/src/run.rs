@@ -1,0 +1,503 @@
+//! One run, start to finish: resolve the target (or start the built-in
+//! simulator) and the agents (or start embedded ones), split the load, open
+//! every session, prepare, start everyone at one agreed moment, merge what
+//! streams back, and write the report — also when the run is interrupted or
+//! loses agents, so nothing measured is lost.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use barrage_common::auth::Token;
+use barrage_common::clock::mono_now_ns;
+use barrage_common::metrics::{Layout, Layouts};
+use barrage_common::plan::{ApiKind, PlanFile};
+use barrage_common::split;
+use barrage_llm_sim::SimServer;
+use barrage_proto::agent::v1 as pb;
+use futures::future::join_all;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::dataset;
+use crate::embedded::EmbeddedAgents;
+use crate::link::{AgentLink, LinkError, LinkEvent};
+use crate::merge::Merger;
+use crate::report::{self, AgentReport, RunFacts, Summary};
+
+/// Exit statuses of `controller run` (documented in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Completed,
+    Interrupted,
+    Degraded,
+}
+
+impl Verdict {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Verdict::Completed => 0,
+            Verdict::Degraded => 3,
+            Verdict::Interrupted => 130,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Verdict::Completed => "completed",
+            Verdict::Interrupted => "interrupted",
+            Verdict::Degraded => "degraded",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Dataset(#[from] dataset::DatasetError),
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] barrage_common::metrics::MetricError),
+    #[error("writing results to {dir}: {reason}")]
+    Output { dir: PathBuf, reason: String },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Folder relative dataset paths start from (the plan's folder).
+    pub plan_dir: Option<PathBuf>,
+    /// Print a line per interval on stderr.
+    pub progress: bool,
+    /// Load worker threads of each embedded agent (default 1).
+    pub embedded_threads: Option<usize>,
+}
+
+pub struct RunOutcome {
+    pub summary: Summary,
+    pub dir: PathBuf,
+    pub verdict: Verdict,
+}
+
+/// Where the load goes: a URL, or the embedded simulator we started.
+struct Target {
+    url: String,
+    sim: Option<SimServer>,
+}
+
+async fn resolve_target(plan: &PlanFile) -> Result<Target, RunError> {
+    match (&plan.target.url, &plan.simulator) {
+        (Some(url), _) => Ok(Target {
+            url: plan.endpoint_url(url),
+            sim: None,
+        }),
+        (None, Some(cfg)) => {
+            let sim = SimServer::spawn(cfg.clone(), ([127, 0, 0, 1], 0).into())
+                .await
+                .map_err(|e| RunError::Setup(format!("starting the built-in simulator: {e}")))?;
+            let url = plan.endpoint_url(&format!("http://{}", sim.addr()));
+            Ok(Target {
+                url,
+                sim: Some(sim),
+            })
+        }
+        (None, None) => Err(RunError::Setup("target.url: missing".into())),
+    }
+}
+
+fn api(kind: ApiKind) -> pb::Api {
+    match kind {
+        ApiKind::OpenaiChat => pb::Api::OpenaiChat,
+        ApiKind::OpenaiCompletions => pb::Api::OpenaiCompletions,
+        ApiKind::OllamaGenerate => pb::Api::OllamaGenerate,
+        ApiKind::OllamaChat => pb::Api::OllamaChat,
+    }
+}
+
+fn target_proto(plan: &PlanFile, url: &str) -> Result<pb::Target, RunError> {
+    let api_key = match &plan.target.api_key_env {
+        Some(var) => std::env::var(var).map_err(|_| {
+            RunError::Setup(format!(
+                "target.api_key_env: environment variable {var} is not set"
+            ))
+        })?,
+        None => String::new(),
+    };
+    Ok(pb::Target {
+        url: url.to_owned(),
+        api: api(plan.target.api) as i32,
+        model: plan
+            .target
+            .model
+            .clone()
+            .or_else(|| plan.simulator.as_ref().map(|s| s.model.clone()))
+            .unwrap_or_default(),
+        api_key,
+        headers: plan
+            .target
+            .headers
+            .iter()
+            .map(|(k, v)| pb::Header {
+                name: k.clone(),
+                value: v.clone(),
+                secret: true,
+            })
+            .collect(),
+        stream: plan.target.stream,
+        timeout_ms: plan.target.timeout.as_millis() as u64,
+        include_usage: plan.target.include_usage,
+    })
+}
+
+/// Agent addresses: the plan's list (a DNS name with several addresses is
+/// several agents), or freshly started embedded agents.
+async fn resolve_agents(
+    plan: &PlanFile,
+    threads: usize,
+) -> Result<(Vec<String>, Option<Token>, Option<EmbeddedAgents>), RunError> {
+    if plan.cluster.agents.is_empty() {
+        let n = plan
+            .cluster
+            .embedded_agents
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let agents = EmbeddedAgents::start(n, threads)
+            .await
+            .map_err(|e| RunError::Setup(format!("starting embedded agents: {e}")))?;
+        let addrs = agents.addrs.iter().map(ToString::to_string).collect();
+        let token = Some(agents.token.clone());
+        return Ok((addrs, token, Some(agents)));
+    }
+    let token = match &plan.cluster.token_env {
+        Some(var) => Some(
+            Token::from_env(var).map_err(|e| RunError::Setup(format!("cluster.token_env: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut addrs = Vec::new();
+    for a in &plan.cluster.agents {
+        let resolved = tokio::net::lookup_host(a.as_str())
+            .await
+            .map_err(|e| RunError::Setup(format!("cluster.agents: cannot resolve {a:?}: {e}")))?;
+        let mut found: Vec<String> = resolved.map(|s| s.to_string()).collect();
+        found.sort();
+        found.dedup();
+        addrs.extend(found);
+    }
+    Ok((addrs, token, None))
+}
+
+/// Runs the plan. `cancel` (Ctrl-C) stops every agent and still writes the
+/// report of what was measured.
+pub async fn execute(
+    plan: PlanFile,
+    opts: RunOptions,
+    cancel: CancellationToken,
+) -> Result<RunOutcome, RunError> {
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let started_wall = chrono::Local::now();
+    let plan_toml = plan.to_toml().map_err(|e| RunError::Setup(e.to_string()))?;
+    let plan_sha = format!("{:x}", Sha256::digest(plan_toml.as_bytes()));
+    let prompts = dataset::load(&plan.dataset, opts.plan_dir.as_deref())?;
+    let target = resolve_target(&plan).await?;
+    let target_pb = target_proto(&plan, &target.url)?;
+    let (addrs, token, embedded) =
+        resolve_agents(&plan, opts.embedded_threads.unwrap_or(1)).await?;
+    let result = drive(
+        &plan,
+        &opts,
+        &run_id,
+        &plan_sha,
+        &prompts,
+        target_pb,
+        &addrs,
+        token.as_ref(),
+        cancel,
+    )
+    .await;
+    if let Some(e) = embedded {
+        e.shutdown().await;
+    }
+    let (mut summary, verdict) = result?;
+    summary.started_at = started_wall.to_rfc3339();
+    if let Some(sim) = target.sim {
+        summary.simulator = Some(sim.stats());
+        sim.shutdown().await;
+    }
+    let dir = plan.output.dir.join(format!(
+        "{}-{}-{}",
+        plan.name,
+        started_wall.format("%Y%m%d-%H%M%S"),
+        &run_id[..8]
+    ));
+    report::write(&dir, &summary, &plan_toml).map_err(|e| RunError::Output {
+        dir: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(RunOutcome {
+        summary,
+        dir,
+        verdict,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    plan: &PlanFile,
+    opts: &RunOptions,
+    run_id: &str,
+    plan_sha: &str,
+    prompts: &[pb::Prompt],
+    target: pb::Target,
+    addrs: &[String],
+    token: Option<&Token>,
+    cancel: CancellationToken,
+) -> Result<(Summary, Verdict), RunError> {
+    let controller_id = format!("controller-{}", std::process::id());
+    // Open every session first: a wrong token or a busy agent fails the run
+    // before any traffic starts anywhere.
+    let opened = join_all(
+        addrs
+            .iter()
+            .map(|a| AgentLink::open(a, token, run_id, &controller_id)),
+    )
+    .await;
+    let mut links = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let offsets = join_all(links.iter_mut().map(AgentLink::align_clock)).await;
+    let offsets = offsets.into_iter().collect::<Result<Vec<_>, _>>()?;
+
+    let weights: Vec<f64> = links
+        .iter()
+        .map(|l| {
+            l.hello.capacity.as_ref().map_or(1.0, |c| {
+                if c.weight > 0.0 {
+                    c.weight
+                } else {
+                    f64::from(c.cores.max(1))
+                }
+            })
+        })
+        .collect();
+    let load = &plan.load;
+    let stripes = split::stripe_users(load.users, &weights);
+    let user_counts: Vec<f64> = stripes.iter().map(|s| s.len() as f64).collect();
+    let requests = load.requests.map(|r| split::proportional(r, &user_counts));
+    let layouts = Layouts {
+        latency: Layout {
+            sigfig: plan.metrics.sigfig,
+            ..Layout::LATENCY_US
+        },
+        tokens: Layout {
+            sigfig: plan.metrics.sigfig,
+            ..Layout::TOKENS
+        },
+    };
+    let interval = plan.metrics.interval;
+    let hard_deadline = match load.duration {
+        Some(d) => d + plan.target.timeout + Duration::from_secs(30),
+        None => Duration::from_secs(24 * 3600),
+    };
+    let chunks = dataset::chunks(prompts, 1 << 20);
+    let prepares = links.iter_mut().enumerate().map(|(i, link)| {
+        let prepare = pb::Prepare {
+            run_id: run_id.to_owned(),
+            step: 0,
+            slice: Some(pb::Slice {
+                user_indexes: stripes[i].clone(),
+                spawn_rate: load.spawn_rate.unwrap_or(0.0),
+                max_requests: requests.as_ref().map(|r| r[i]),
+                duration_ms: load.duration.map_or(0, |d| d.as_millis() as u64),
+            }),
+            target: Some(target.clone()),
+            request: Some(pb::RequestParams {
+                max_tokens: plan.request.max_tokens,
+                temperature: plan.request.temperature,
+                ignore_eos: plan.request.ignore_eos,
+                extra_body_json: plan
+                    .request
+                    .extra_body
+                    .as_ref()
+                    .map(|t| serde_json::to_string(t).unwrap_or_default())
+                    .unwrap_or_default(),
+            }),
+            latency_layout: Some(layouts.latency.to_proto()),
+            count_layout: Some(layouts.tokens.to_proto()),
+            interval_ms: interval.as_millis() as u64,
+            lease_ms: crate::link::LEASE.as_millis() as u64,
+            hard_deadline_ms: hard_deadline.as_millis() as u64,
+            seed: plan.dataset.seed.wrapping_add(i as u64 * 0x9E37_79B9),
+            dataset_len: prompts.len() as u64,
+            plan_sha256: plan_sha.to_owned(),
+        };
+        link.prepare(prepare, &chunks)
+    });
+    let readies = join_all(prepares)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((i, r)) = readies
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.plan_sha256 != plan_sha)
+    {
+        return Err(RunError::Setup(format!(
+            "agent {}: prepared plan {} instead of {plan_sha}",
+            links[i].addr, r.plan_sha256
+        )));
+    }
+
+    // The start barrier: one moment, translated into each agent's clock.
+    let max_rtt = offsets.iter().map(|o| o.rtt_ns).max().unwrap_or(0);
+    let lead = Duration::from_nanos(max_rtt * 5).max(Duration::from_millis(500));
+    let start_local = mono_now_ns() + lead.as_nanos() as u64;
+    join_all(links.iter().map(|l| l.start(start_local)))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let start_instant = barrage_common::clock::instant_at(start_local);
+    tracing::info!(agents = links.len(), users = load.users, "run started");
+
+    let mut merger = Merger::new(layouts, links.len(), interval.as_secs_f64())?;
+    let infos: Vec<(String, String, u64)> = links
+        .iter()
+        .zip(&stripes)
+        .map(|(l, s)| (l.hello.agent_id.clone(), l.addr.clone(), s.len() as u64))
+        .collect();
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let stop = CancellationToken::new();
+    for (i, link) in links.into_iter().enumerate() {
+        tokio::spawn(link.pump(i, ev_tx.clone(), stop.clone()));
+    }
+    drop(ev_tx);
+
+    let mut late = vec![None; infos.len()];
+    let mut lost: Vec<Option<String>> = vec![None; infos.len()];
+    let mut interrupted = false;
+    let mut last_final = start_instant;
+    let mut printed = 0usize;
+    let mut merge_errors = Vec::new();
+    loop {
+        tokio::select! {
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    LinkEvent::Started { agent, late_ns } => late[agent] = Some(late_ns as f64 / 1e6),
+                    LinkEvent::Interval { agent, interval } => {
+                        if let Err(e) = merger.add_interval(agent, &interval) {
+                            merge_errors.push(format!("agent {}: interval {} rejected: {e}", infos[agent].1, interval.index));
+                        }
+                    }
+                    LinkEvent::Final { agent, fin } => {
+                        last_final = Instant::now();
+                        if let Err(e) = merger.add_final(agent, &fin) {
+                            merge_errors.push(format!("agent {}: final totals rejected: {e}", infos[agent].1));
+                        }
+                    }
+                    LinkEvent::Lost { agent, reason } => {
+                        tracing::warn!(agent = %infos[agent].1, %reason, "agent lost");
+                        lost[agent] = Some(reason);
+                        merger.agent_gone(agent);
+                    }
+                }
+                if opts.progress {
+                    while printed < merger.timeline.len() {
+                        progress(&merger.timeline[printed]);
+                        printed += 1;
+                    }
+                }
+            }
+            _ = cancel.cancelled(), if !interrupted => {
+                interrupted = true;
+                eprintln!("interrupted: stopping all agents and writing what was measured");
+                stop.cancel();
+            }
+        }
+    }
+    let end = if interrupted {
+        Instant::now()
+    } else {
+        last_final
+    };
+    let timeline = merger.finish().to_vec();
+    let agents: Vec<AgentReport> = infos
+        .iter()
+        .enumerate()
+        .map(|(i, (id, addr, users))| AgentReport {
+            id: id.clone(),
+            addr: addr.clone(),
+            users: *users,
+            requests_ok: merger.agents[i].counters.requests_ok,
+            requests_failed: merger.agents[i].counters.requests_failed,
+            max_cpu_percent: merger.agents[i].max_cpu,
+            start_late_ms: late[i],
+            clock_uncertainty_ms: Some(offsets[i].uncertainty().as_secs_f64() * 1000.0),
+            lost: lost[i].clone(),
+            totals_mismatch: merger.agents[i].mismatch.clone(),
+        })
+        .collect();
+    let degraded = agents
+        .iter()
+        .any(|a| a.lost.is_some() || a.totals_mismatch.is_some())
+        || !merge_errors.is_empty();
+    let verdict = if interrupted {
+        Verdict::Interrupted
+    } else if degraded {
+        Verdict::Degraded
+    } else {
+        Verdict::Completed
+    };
+    let mut notes = merge_errors;
+    let lost_users: u64 = agents
+        .iter()
+        .filter(|a| a.lost.is_some())
+        .map(|a| a.users)
+        .sum();
+    if lost_users > 0 {
+        notes.push(format!(
+            "{lost_users} of {} users ({:.1} %) ran on lost agents; their unreported intervals are missing",
+            load.users,
+            100.0 * lost_users as f64 / load.users as f64
+        ));
+    }
+    for a in agents.iter().filter(|a| a.max_cpu_percent > 90.0) {
+        notes.push(format!(
+            "agent {} reached {:.0} % CPU: its latencies may be client-bound",
+            a.id, a.max_cpu_percent
+        ));
+    }
+    let facts = RunFacts {
+        name: plan.name.clone(),
+        run_id: run_id.to_owned(),
+        started_at: String::new(),
+        target: target.url.clone(),
+        api: format!("{:?}", plan.target.api),
+        status: verdict.name().to_owned(),
+        duration_s: end.saturating_duration_since(start_instant).as_secs_f64(),
+        users: load.users,
+    };
+    let summary = Summary::build(
+        facts,
+        &merger.totals,
+        &merger.counters,
+        agents,
+        timeline,
+        notes,
+    );
+    Ok((summary, verdict))
+}
+
+fn progress(r: &crate::merge::IntervalRow) {
+    let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.1}"));
+    eprintln!(
+        "[{:>6.1}s] ok {:>6}  failed {:>4}  in-flight {:>5}  out tok {:>7}  ttft p50 {:>7} ms  itl p50 {:>6} ms  e2e p99 {:>8} ms",
+        r.t_s + 0.0,
+        r.requests_ok,
+        r.requests_failed,
+        r.in_flight,
+        r.output_tokens,
+        f(r.ttft_p50_ms),
+        f(r.itl_p50_ms),
+        f(r.e2e_p99_ms)
+    );
+}
