@@ -3,6 +3,7 @@
 //! controller over the gRPC `Agent` service.
 
 pub mod chunk;
+pub mod cli;
 pub mod client;
 pub mod engine;
 pub mod health;

@@ -1,0 +1,116 @@
+//! Command line of the `agent` binary: `agent serve`.
+
+use std::net::SocketAddr;
+
+use barrage_common::auth::Token;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::server::{self, ServeError};
+use crate::service::{AgentOptions, AgentService};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "barrage load agent, driven by a controller over gRPC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Agent gRPC service until SIGTERM / Ctrl-C.
+    Serve {
+        /// Address to listen on. Non-loopback addresses need a token.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: SocketAddr,
+        /// Name of the environment variable holding the shared token.
+        #[arg(long)]
+        token_env: Option<String>,
+        /// Allow a non-loopback listener without a token (logged loudly).
+        #[arg(long)]
+        insecure: bool,
+        /// Most users accepted in one run (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        max_users: u64,
+        /// Load worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Stable agent id (default: random).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("--token-env: {0}")]
+    Token(#[from] barrage_common::auth::TokenError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            token_env,
+            insecure,
+            max_users,
+            threads,
+            id,
+        } => {
+            let token = token_env.as_deref().map(Token::from_env).transpose()?;
+            server::check_exposure(listen, token.as_ref(), insecure)?;
+            let mut options = AgentOptions {
+                max_users,
+                ..AgentOptions::default()
+            };
+            if let Some(t) = threads {
+                options.load_threads = t.max(1);
+            }
+            if let Some(id) = id {
+                options.agent_id = id;
+            }
+            let listener = TcpListener::bind(listen)
+                .await
+                .map_err(|e| CliError::Bind(listen, e))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| CliError::Bind(listen, e))?;
+            let service = AgentService::new(options).map_err(ServeError::Io)?;
+            // Tests and scripts read this line to learn an ephemeral port.
+            println!("agent {} listening on {addr}", service.agent_id());
+            tracing::info!(%addr, auth = token.is_some(), "agent serving");
+            server::serve(listener, service, token, shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The `controller` binary as users run it: bad plans fail before traffic
+//! with the key named; the exit status says how the run went.
+
+use std::process::Command;
+
+use barrage_common::simulator::SimConfig;
+use barrage_llm_sim::SimServer;
+
+use crate::support::{LOAD, scratch};
+
+fn controller() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_controller"))
+}
+
+/// Runs the binary on a plan text aimed at a live simulator; returns
+/// (status, stderr, requests the simulator saw).
+async fn run_plan(body: &str) -> (Option<i32>, String, u64) {
+    let _serial = LOAD.lock().await;
+    let sim = SimServer::spawn(SimConfig::default(), ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("sim");
+    let dir = scratch("cli");
+    let plan = dir.join("plan.toml");
+    let text = body.replace("SIM_URL", &format!("http://{}", sim.addr()));
+    std::fs::write(&plan, text).expect("write plan");
+    let out = tokio::task::spawn_blocking(move || {
+        controller().arg("run").arg(&plan).arg("--quiet").output()
+    })
+    .await
+    .expect("join")
+    .expect("spawn controller");
+    let seen = sim.stats().requests;
+    sim.shutdown().await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        seen,
+    )
+}
+
+const GOOD: &str = r#"
+[target]
+url = "SIM_URL"
+[load]
+users = 2
+requests = 4
+[cluster]
+embedded_agents = 1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_key_fails_before_traffic_naming_the_key() {
+    let (code, err, seen) = run_plan(&GOOD.replace("users = 2", "users = 2\nuserz = 3")).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("userz"), "{err}");
+    assert_eq!(seen, 0, "no traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_users_fails_naming_the_key() {
+    let (code, err, seen) = run_plan(&GOOD.replace("users = 2", "users = -2")).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("load.users"), "{err}");
+    assert_eq!(seen, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_dataset_file_fails_naming_the_file() {
+    let plan =
+        format!("{GOOD}\n[dataset]\nkind = \"lines\"\npath = \"/nonexistent/prompts.txt\"\n");
+    let (code, err, seen) = run_plan(&plan).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("/nonexistent/prompts.txt") && err.contains("dataset.path"),
+        "{err}"
+    );
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn missing_plan_file_is_named() {
+    let out = controller()
+        .args(["run", "/nonexistent/plan.toml"])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/plan.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_plan_runs_and_exits_zero() {
+    let dir = scratch("cli-good");
+    let plan = GOOD.replace(
+        "[cluster]",
+        &format!("[output]\ndir = \"{}\"\n[cluster]", dir.display()),
+    );
+    let (code, err, seen) = run_plan(&plan).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(seen, 4);
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the controller: real gRPC to agents, real HTTP to
+//! llm-sim on loopback, real files.
+
+mod support;
+
+mod cli;
+mod e2e;
