@@ -1,0 +1,216 @@
+//! Benchmark: the whole client path (controller + embedded agents over gRPC)
+//! against an `llm-sim` process on loopback, at 100, 1000 and 5000 streams.
+//!
+//! ```text
+//! cargo build --release -p barrage-llm-sim
+//! cargo run --release -p barrage-controller --example engine_bench [-- 100 1000 5000]
+//! ```
+//!
+//! Prints achieved vs ideal completed requests, output chunks/s, client and
+//! simulator CPU seconds per million chunks, measured-minus-injected `ttft`
+//! and `chunk_gap` at p50/p99, and peak client RSS growth per stream.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use barrage_agent::health::{process_cpu_time, rss_bytes};
+use barrage_controller::run::{RunOptions, execute};
+use tokio_util::sync::CancellationToken;
+
+const TOKENS: u64 = 64;
+const TTFT_MS: u64 = 50;
+
+struct Case {
+    streams: u64,
+    itl_ms: u64,
+    /// Full request rounds each user should complete.
+    rounds: u64,
+}
+
+fn sim_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("LLM_SIM_BIN") {
+        return Ok(p.into());
+    }
+    // target/<profile>/examples/engine_bench -> target/<profile>/llm-sim
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("llm-sim"))
+        .context("locating llm-sim")?;
+    if !bin.is_file() {
+        bail!(
+            "{} not found: run `cargo build --release -p barrage-llm-sim` first (or set LLM_SIM_BIN)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn start_sim(itl_ms: u64) -> Result<(Child, String)> {
+    let mut child = Command::new(sim_binary()?)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--ttft",
+            &format!("{TTFT_MS}ms"),
+            "--itl",
+            &format!("{itl_ms}ms"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting llm-sim")?;
+    let stdout = child.stdout.take().context("llm-sim stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .context("llm-sim address line")?
+        .to_owned();
+    Ok((child, url))
+}
+
+fn child_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+async fn run_case(c: &Case) -> Result<()> {
+    let (mut sim, url) = start_sim(c.itl_ms)?;
+    let per_request_ms = TTFT_MS + (TOKENS - 1) * c.itl_ms;
+    // Ramp 2 s, then `rounds` full requests, and half a request to spare.
+    let spawn_rate = c.streams as f64 / 2.0;
+    let duration_ms = 2000 + c.rounds * per_request_ms + per_request_ms / 2;
+    let ideal: u64 = (0..c.streams)
+        .map(|i| {
+            let start_ms = i as f64 * 1000.0 / spawn_rate;
+            ((duration_ms as f64 - start_ms) / per_request_ms as f64).floor() as u64
+        })
+        .sum();
+    let plan = format!(
+        r#"
+        name = "bench-{streams}"
+        [target]
+        url = "{url}"
+        [request]
+        max_tokens = {TOKENS}
+        [dataset]
+        kind = "random"
+        input_words = 32
+        prompts = 64
+        [load]
+        users = {streams}
+        spawn_rate = {spawn_rate}
+        duration = "{duration_ms}ms"
+        [output]
+        dir = "{out}"
+        "#,
+        streams = c.streams,
+        out = std::env::temp_dir().join("barrage-bench").display(),
+    );
+    let plan = barrage_common::plan::from_figment(
+        figment::Figment::new()
+            .merge(<figment::providers::Toml as figment::providers::Format>::string(&plan)),
+    )?;
+
+    let base_rss = rss_bytes().unwrap_or(0);
+    let peak = Arc::new(AtomicU64::new(base_rss));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes().unwrap_or(0), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let cpu0 = process_cpu_time(100.0).unwrap_or_default();
+    let sim0 = child_cpu_secs(sim.id());
+    let outcome = execute(plan, RunOptions::default(), CancellationToken::new()).await?;
+    let client_cpu = process_cpu_time(100.0)
+        .unwrap_or_default()
+        .saturating_sub(cpu0)
+        .as_secs_f64();
+    let sim_cpu = child_cpu_secs(sim.id()) - sim0;
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let _ = sim.kill();
+    let _ = sim.wait();
+
+    let s = &outcome.summary;
+    let q = |m: &str, p: &str| s.metrics[m].percentiles.get(p).copied().unwrap_or(f64::NAN);
+    let chunks = s.metrics["ttft"].count + s.metrics["chunk_gap"].count;
+    let per_m = |cpu: f64| cpu / (chunks as f64 / 1e6);
+    println!(
+        "| {} | {} ms | {} / {} ({:.1} %) | {:.0} | {:.2} | {:.2} | {:+.2} / {:+.2} | {:+.2} / {:+.2} | {:.1} |",
+        c.streams,
+        c.itl_ms,
+        s.requests_ok,
+        ideal,
+        100.0 * s.requests_ok as f64 / ideal as f64,
+        chunks as f64 / s.duration_s,
+        per_m(client_cpu),
+        per_m(sim_cpu),
+        q("ttft", "p50") - TTFT_MS as f64,
+        q("ttft", "p99") - TTFT_MS as f64,
+        q("chunk_gap", "p50") - c.itl_ms as f64,
+        q("chunk_gap", "p99") - c.itl_ms as f64,
+        (peak.load(Ordering::Relaxed).saturating_sub(base_rss)) as f64 / 1024.0 / c.streams as f64,
+    );
+    if s.requests_failed > 0 {
+        println!("  (failed: {} {:?})", s.requests_failed, s.errors);
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let cases = [
+        Case {
+            streams: 100,
+            itl_ms: 10,
+            rounds: 15,
+        },
+        Case {
+            streams: 1000,
+            itl_ms: 50,
+            rounds: 4,
+        },
+        Case {
+            streams: 5000,
+            itl_ms: 250,
+            rounds: 1,
+        },
+    ];
+    println!(
+        "| streams | itl | completed / ideal | output chunks/s | client CPU s / M chunks | sim CPU s / M chunks | ttft err p50 / p99 (ms) | chunk_gap err p50 / p99 (ms) | peak RSS KiB / stream |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for c in cases
+        .iter()
+        .filter(|c| args.is_empty() || args.contains(&c.streams))
+    {
+        run_case(c).await?;
+    }
+    Ok(())
+}
