@@ -42,6 +42,9 @@ pub enum Command {
         /// Stable agent id (default: random).
         #[arg(long)]
         id: Option<String>,
+        /// Targets this agent may load (host name, IP or CIDR; repeatable). Default: any.
+        #[arg(long = "allow-target", value_name = "HOST|CIDR")]
+        allow_targets: Vec<crate::allow::AllowEntry>,
     },
 }
 
@@ -86,11 +89,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             max_users,
             threads,
             id,
+            allow_targets,
         } => {
             let token = token_env.as_deref().map(Token::from_env).transpose()?;
             server::check_exposure(listen, token.as_ref(), insecure)?;
+            if allow_targets.is_empty() && !listen.ip().is_loopback() {
+                tracing::warn!(
+                    "no --allow-target: this agent will load any target a controller names"
+                );
+            }
             let mut options = AgentOptions {
                 max_users,
+                allow_targets: crate::allow::AllowList(allow_targets),
                 ..AgentOptions::default()
             };
             if let Some(t) = threads {

@@ -57,7 +57,13 @@ pub struct TargetClient {
 
 impl TargetClient {
     /// `users`: in-flight requests this client must carry without queueing.
-    pub fn new(target: &pb::Target, users: usize) -> Result<Self, ClientError> {
+    /// `pinned`: addresses the allow-list checked for the URL's host; the
+    /// client connects only to those (no second, unchecked DNS answer).
+    pub fn new(
+        target: &pb::Target,
+        users: usize,
+        pinned: Option<(String, Vec<std::net::SocketAddr>)>,
+    ) -> Result<Self, ClientError> {
         let url = reqwest::Url::parse(&target.url)
             .map_err(|e| ClientError::Url(target.url.clone(), e.to_string()))?;
         let api = match Api::try_from(target.api) {
@@ -81,7 +87,11 @@ impl TargetClient {
             headers.insert(name, value);
         }
         let timeout = Duration::from_millis(target.timeout_ms.max(1));
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some((host, addrs)) = pinned {
+            builder = builder.resolve_to_addrs(&host, &addrs);
+        }
+        let http = builder
             .default_headers(headers)
             // One connection per in-flight request: never cap concurrency silently.
             .pool_max_idle_per_host(users.max(1))

@@ -2,6 +2,7 @@
 //! inference service and streams mergeable measurements back to the
 //! controller over the gRPC `Agent` service.
 
+pub mod allow;
 pub mod chunk;
 pub mod cli;
 pub mod client;

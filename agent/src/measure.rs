@@ -225,9 +225,11 @@ mod tests {
         m.begin(t0);
         m.on_chunk(t0 + ms(10), &out(Some(1)));
         m.on_chunk(t0 + ms(50), &out(Some(5)));
-        let mut usage = ChunkInfo::default();
-        usage.prompt_tokens = Some(9);
-        usage.completion_tokens = Some(5);
+        let usage = ChunkInfo {
+            prompt_tokens: Some(9),
+            completion_tokens: Some(5),
+            ..ChunkInfo::default()
+        };
         m.on_chunk(t0 + ms(51), &usage);
         let (set, c) = recorded(&m, t0 + ms(52), Ok(()));
         let itl = set.get(Metric::Itl);

@@ -48,6 +48,12 @@ pub async fn serve(
     token: Option<Token>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let stop_sessions = service.shutdown_token();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: stopping any running step and flushing its totals");
+        stop_sessions.cancel();
+    };
     let svc = AgentServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

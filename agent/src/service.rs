@@ -26,6 +26,9 @@ pub struct AgentOptions {
     pub max_users: u64,
     /// Worker threads of the load runtime.
     pub load_threads: usize,
+    /// Targets this agent may send to (empty: any). A stolen token then
+    /// cannot aim the agent at arbitrary hosts.
+    pub allow_targets: crate::allow::AllowList,
 }
 
 impl Default for AgentOptions {
@@ -35,6 +38,7 @@ impl Default for AgentOptions {
             agent_id: format!("agent-{:08x}", rand::random::<u32>()),
             max_users: 0,
             load_threads: cores,
+            allow_targets: crate::allow::AllowList::default(),
         }
     }
 }
@@ -62,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) runtime: LoadRuntime,
     /// Run id of the session in progress, if any.
     busy: Mutex<Option<String>>,
+    /// Cancelled on SIGTERM: a running step stops and flushes its final totals.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Inner {
@@ -105,8 +111,24 @@ impl AgentService {
                 options,
                 runtime: LoadRuntime(Some(runtime)),
                 busy: Mutex::new(None),
+                shutdown: tokio_util::sync::CancellationToken::new(),
             }),
         })
+    }
+
+    /// Cancel to stop a running step (load stops, the last delta and the
+    /// final totals are still sent) before the server shuts down.
+    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// True while a session is open (tests, health).
+    pub fn is_busy(&self) -> bool {
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     pub fn agent_id(&self) -> &str {

@@ -93,7 +93,11 @@ pub(crate) async fn run_session(
     let mut prompts: Vec<pb::Prompt> = Vec::new();
     let mut prepared: Option<Prepared> = None;
     loop {
-        match next(&mut inbound).await? {
+        let m = tokio::select! {
+            m = next(&mut inbound) => m?,
+            _ = inner.shutdown.cancelled() => return Err(SessionError::Stream("agent shutting down".into())),
+        };
+        match m {
             Some(controller_msg::Msg::Probe(p)) => {
                 send(&tx, agent_msg::Msg::Probe(clock_reply(&p))).await?
             }
@@ -159,7 +163,12 @@ fn prepare(
         .clone()
         .ok_or_else(|| SessionError::Prepare("no target".into()))?;
     let params = p.request.clone().unwrap_or_default();
-    let client = TargetClient::new(&target, slice.user_indexes.len())?;
+    let pinned = inner
+        .options
+        .allow_targets
+        .check(&target.url)
+        .map_err(|e| SessionError::Prepare(e.to_string()))?;
+    let client = TargetClient::new(&target, slice.user_indexes.len(), pinned)?;
     let bodies = prompts
         .iter()
         .map(|pr| client.prepare(pr, &params))
@@ -298,6 +307,11 @@ async fn run_step(
                 };
                 // A full channel means the controller is not reading: the lease decides.
                 let _ = tx.try_send(Ok(msg(agent_msg::Msg::Heartbeat(hb))));
+            }
+            _ = inner.shutdown.cancelled(), if stopped_by.is_none() => {
+                tracing::info!("agent shutting down: stopping load");
+                stopped_by = Some(pb::StopReason::Shutdown);
+                stop.cancel();
             }
             _ = tokio::time::sleep_until(watchdog.into()), if stopped_by.is_none() => {
                 let why = if Instant::now() >= lease_until { pb::StopReason::LeaseExpired } else { pb::StopReason::HardDeadline };

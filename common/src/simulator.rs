@@ -153,10 +153,10 @@ impl SimConfig {
         if self.tokens_per_chunk == 0 {
             return err("tokens_per_chunk", "must be at least 1");
         }
-        if let OutputLength::Uniform { min, max } = self.output_tokens {
-            if min > max {
-                return err("output_tokens", "min must not exceed max");
-            }
+        if let OutputLength::Uniform { min, max } = self.output_tokens
+            && min > max
+        {
+            return err("output_tokens", "min must not exceed max");
         }
         if !(self.batch_slowdown.is_finite() && self.batch_slowdown >= 0.0) {
             return err("batch_slowdown", "must be a finite number >= 0");

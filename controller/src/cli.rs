@@ -67,6 +67,7 @@ pub async fn main(cli: Cli) -> i32 {
                 plan_dir: plan.parent().map(PathBuf::from),
                 progress: !quiet,
                 embedded_threads: None,
+                agent_token: None,
             };
             match run::execute(p, opts, cancel).await {
                 Ok(outcome) => {

@@ -32,8 +32,8 @@ impl EmbeddedAgents {
             me.addrs.push(listener.local_addr()?);
             let service = AgentService::new(AgentOptions {
                 agent_id: format!("embedded-{i}"),
-                max_users: 0,
                 load_threads,
+                ..AgentOptions::default()
             })?;
             let (stop, stopped) = oneshot::channel();
             me.stops.push(stop);

@@ -102,7 +102,7 @@ impl Merger {
             .unwrap_or_default();
         self.totals.add(&metrics)?;
         self.counters.add(&counters);
-        let health = iv.health.clone().unwrap_or_default();
+        let health = iv.health.unwrap_or_default();
         if let Some(a) = self.agents.get_mut(agent) {
             a.metrics.add(&metrics)?;
             a.counters.add(&counters);

@@ -73,6 +73,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Load worker threads of each embedded agent (default 1).
     pub embedded_threads: Option<usize>,
+    /// Agent token given directly (library use) instead of `cluster.token_env`.
+    pub agent_token: Option<Token>,
 }
 
 pub struct RunOutcome {
@@ -156,6 +158,7 @@ fn target_proto(plan: &PlanFile, url: &str) -> Result<pb::Target, RunError> {
 async fn resolve_agents(
     plan: &PlanFile,
     threads: usize,
+    given: Option<Token>,
 ) -> Result<(Vec<String>, Option<Token>, Option<EmbeddedAgents>), RunError> {
     if plan.cluster.agents.is_empty() {
         let n = plan
@@ -170,6 +173,7 @@ async fn resolve_agents(
         return Ok((addrs, token, Some(agents)));
     }
     let token = match &plan.cluster.token_env {
+        _ if given.is_some() => given,
         Some(var) => Some(
             Token::from_env(var).map_err(|e| RunError::Setup(format!("cluster.token_env: {e}")))?,
         ),
@@ -202,8 +206,12 @@ pub async fn execute(
     let prompts = dataset::load(&plan.dataset, opts.plan_dir.as_deref())?;
     let target = resolve_target(&plan).await?;
     let target_pb = target_proto(&plan, &target.url)?;
-    let (addrs, token, embedded) =
-        resolve_agents(&plan, opts.embedded_threads.unwrap_or(1)).await?;
+    let (addrs, token, embedded) = resolve_agents(
+        &plan,
+        opts.embedded_threads.unwrap_or(1),
+        opts.agent_token.clone(),
+    )
+    .await?;
     let result = drive(
         &plan,
         &opts,
@@ -257,13 +265,7 @@ async fn drive(
     let controller_id = format!("controller-{}", std::process::id());
     // Open every session first: a wrong token or a busy agent fails the run
     // before any traffic starts anywhere.
-    let opened = join_all(
-        addrs
-            .iter()
-            .map(|a| AgentLink::open(a, token, run_id, &controller_id)),
-    )
-    .await;
-    let mut links = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut links = open_links(plan, addrs, token, run_id, &controller_id).await?;
     let offsets = join_all(links.iter_mut().map(AgentLink::align_clock)).await;
     let offsets = offsets.into_iter().collect::<Result<Vec<_>, _>>()?;
 
@@ -485,6 +487,65 @@ async fn drive(
         notes,
     );
     Ok((summary, verdict))
+}
+
+/// Opens every agent's session. Without `min_agents` all must answer at once
+/// (fail fast, nothing started); with it, retry until enough answered or
+/// `agent_wait` passed, and run on those.
+async fn open_links(
+    plan: &PlanFile,
+    addrs: &[String],
+    token: Option<&Token>,
+    run_id: &str,
+    controller_id: &str,
+) -> Result<Vec<AgentLink>, RunError> {
+    let Some(min) = plan.cluster.min_agents else {
+        let opened = join_all(
+            addrs
+                .iter()
+                .map(|a| AgentLink::open(a, token, run_id, controller_id)),
+        )
+        .await;
+        return Ok(opened.into_iter().collect::<Result<Vec<_>, _>>()?);
+    };
+    let deadline = Instant::now() + plan.cluster.agent_wait;
+    let mut links: Vec<Option<AgentLink>> = addrs.iter().map(|_| None).collect();
+    loop {
+        let missing: Vec<usize> = (0..addrs.len()).filter(|i| links[*i].is_none()).collect();
+        let tries = join_all(
+            missing
+                .iter()
+                .map(|i| AgentLink::open(&addrs[*i], token, run_id, controller_id)),
+        )
+        .await;
+        let mut last_errors = Vec::new();
+        for (i, r) in missing.into_iter().zip(tries) {
+            match r {
+                Ok(l) => links[i] = Some(l),
+                Err(e) => last_errors.push(e.to_string()),
+            }
+        }
+        let ready = links.iter().flatten().count();
+        if ready >= min || ready == addrs.len() {
+            if ready < addrs.len() {
+                tracing::warn!(
+                    ready,
+                    listed = addrs.len(),
+                    "starting with the agents that answered: {}",
+                    last_errors.join("; ")
+                );
+            }
+            return Ok(links.into_iter().flatten().collect());
+        }
+        if Instant::now() >= deadline {
+            return Err(RunError::Setup(format!(
+                "cluster.min_agents: {ready} of {min} agents answered within {}: {}",
+                humantime::format_duration(plan.cluster.agent_wait),
+                last_errors.join("; ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn progress(r: &crate::merge::IntervalRow) {

@@ -1,1 +1,88 @@
-//! llm-sim: placeholder, being written.
+//! llm-sim: a simulated OpenAI/Ollama-compatible model server with exact,
+//! configurable and observable timing — the ground truth for barrage's tests
+//! and benchmarks. This module owns the public surface ([`SimServer`],
+//! [`SimStats`], [`SimError`]); the configuration schema is
+//! [`barrage_common::simulator::SimConfig`].
+//!
+//! # Endpoints
+//! `POST /v1/chat/completions`, `POST /v1/completions` (SSE when
+//! `"stream": true`), `GET /v1/models`, `POST /api/generate`, `POST /api/chat`
+//! (NDJSON unless `"stream": false`), `GET /api/tags`, `GET /health`,
+//! `GET /sim/stats` (a [`SimStats`] as JSON) and `POST /sim/reset` (zeroes the
+//! counters, answers with their values just before).
+//!
+//! # Tokens
+//! * Input tokens: whitespace-separated words of every prompt / message text
+//!   × `tokens_per_word`, rounded up, at least 1 (token-id prompts of
+//!   `/v1/completions` count one token per id).
+//! * Answer length: the request's `max_completion_tokens` / `max_tokens`
+//!   (OpenAI) or `options.num_predict` (Ollama) when `honour_max_tokens`
+//!   (`finish_reason: "length"`), else a draw from `output_tokens`
+//!   (`"stop"`); at least 1.
+//! * Every output token is the text `"tok "`, so the words of the output are
+//!   its token count.
+//! * `reasoning_tokens` come first (chat `reasoning_content` deltas, Ollama
+//!   `thinking`) and count in `completion_tokens` / `eval_count` **in addition
+//!   to** the answer length. `/v1/completions` has no reasoning channel and
+//!   carries none.
+//! * With `tokens_per_chunk = k` every chunk carries k tokens (the last of the
+//!   reasoning and of the answer may carry fewer; the two never share a chunk).
+//!
+//! # Timing
+//! Every write waits on an absolute deadline with `tokio::time::sleep_until`,
+//! so nothing is ever early; tokio's timer wheel has a 1 ms tick, so a write
+//! is typically 0–2 ms late (more on a CPU-starved machine), and that
+//! lateness never accumulates along a stream.
+//! * `t0` is when the request body has been parsed. A `role_chunk` (chat: a
+//!   role-only delta; other APIs: an empty-text chunk) is written at once.
+//! * The request then waits FIFO for one of `max_batch` slots (0 = no limit).
+//! * The first token-bearing chunk is due at slot + `ttft` +
+//!   `prefill_per_token` × input tokens + `ttft_jitter`; the intended TTFT
+//!   (queue wait included) is what `ttft_injected_*` sums.
+//! * Each next chunk of k tokens is due k × step later, step = `itl` ×
+//!   (1 + `batch_slowdown` × (A − 1)) + `itl_jitter` per token, A = the
+//!   sequences holding a slot at that moment. Deadlines are absolute, so
+//!   lateness never accumulates. The end events (usage chunk, `[DONE]`,
+//!   `done: true`) follow the last chunk at once.
+//! * A non-streaming body is sent when the last chunk would have been.
+//!
+//! # Faults (drawn per request from `StdRng(seed, request number)`)
+//! Request numbers count parsed generation requests in arrival order, so N
+//! requests draw the same set of faults on every run with the same seed
+//! (which concurrent request gets which one may vary).
+//! `http_500` / `http_429`: that status and an error body, nothing generated.
+//! With n token-bearing chunks: `malformed` replaces chunk ⌊(n−1)/2⌋ by
+//! `data: {not json` (Ollama: `{not json`), its tokens count as sent, and the
+//! stream continues to the end; `cut` drops the connection (no terminating
+//! chunk, no usage, no `[DONE]`) when chunk ⌈n/2⌉ — or the end, for n = 1 —
+//! is due; `stall` delays chunk max(1, ⌊n/2⌋) — or the end — by
+//! `stall_duration`. Non-streaming: `stall` delays the body, `cut` sends half
+//! of it and drops the connection, `malformed` sends `{not json`.
+
+mod engine;
+mod ollama;
+mod openai;
+mod plan;
+mod server;
+mod stats;
+mod stream;
+
+use std::net::SocketAddr;
+
+pub use barrage_common::simulator::SimConfig;
+pub use barrage_common::simulator::SimConfigError;
+pub use server::SimServer;
+pub use stats::SimStats;
+
+/// Why a simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Config(#[from] SimConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,171 @@
+//! Observability of the simulator: the lock-free counters the hot path bumps
+//! ([`Counters`]), the serialisable snapshot handed to callers ([`SimStats`]),
+//! and the RAII guard that keeps the `in_flight` gauge honest.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the simulator's counters (`GET /sim/stats`, [`crate::SimServer::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimStats {
+    /// Generation requests received (all endpoints except `/v1/models`, `/sim/*`
+    /// and the health probes), including rejected and fault-injected ones.
+    pub requests: u64,
+    /// Responses fully sent: streams ended with `[DONE]` / `done: true`, or a
+    /// whole non-streaming body (a `malformed` response counts: it was sent whole).
+    pub completed: u64,
+    /// Injected HTTP 500 responses.
+    pub http_500: u64,
+    /// Injected HTTP 429 responses.
+    pub http_429: u64,
+    /// Responses whose connection was cut half-way.
+    pub cut: u64,
+    /// Responses that carried one non-JSON chunk (or body).
+    pub malformed: u64,
+    /// Responses that paused for `stall_duration` half-way.
+    pub stalled: u64,
+    /// Prompt tokens of completed requests.
+    pub input_tokens: u64,
+    /// Completion tokens of completed requests (what `usage` said).
+    pub output_tokens: u64,
+    /// All completion tokens written, including those of cut streams (a cut
+    /// non-streaming body counts none) and of the garbled `malformed` chunk.
+    pub output_tokens_sent: u64,
+    /// Sum of the intended TTFTs (queue wait + base + prefill + jitter), in µs.
+    pub ttft_injected_sum_us: u64,
+    /// Number of intended TTFTs summed in `ttft_injected_sum_us`.
+    pub ttft_injected_count: u64,
+    /// Generation requests being handled right now (a gauge; not reset).
+    pub in_flight: u64,
+    /// Highest `in_flight` seen since start or the last reset.
+    pub max_in_flight: u64,
+}
+
+/// The live counters behind [`SimStats`]; relaxed atomics, no locks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub requests: AtomicU64,
+    pub completed: AtomicU64,
+    pub http_500: AtomicU64,
+    pub http_429: AtomicU64,
+    pub cut: AtomicU64,
+    pub malformed: AtomicU64,
+    pub stalled: AtomicU64,
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+    pub output_tokens_sent: AtomicU64,
+    pub ttft_injected_sum_us: AtomicU64,
+    pub ttft_injected_count: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+}
+
+/// Increments a counter by one.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+impl Counters {
+    /// Reads every counter (each one atomically; the set is not a transaction).
+    pub fn snapshot(&self) -> SimStats {
+        self.collect(|c| c.load(Relaxed))
+    }
+
+    /// Reads and zeroes every counter; `in_flight` is a live gauge and is kept,
+    /// and `max_in_flight` restarts from it.
+    pub fn reset(&self) -> SimStats {
+        let in_flight = self.in_flight.load(Relaxed);
+        self.collect(|c| {
+            if std::ptr::eq(c, &self.in_flight) {
+                in_flight
+            } else if std::ptr::eq(c, &self.max_in_flight) {
+                c.swap(in_flight, Relaxed)
+            } else {
+                c.swap(0, Relaxed)
+            }
+        })
+    }
+
+    fn collect(&self, read: impl Fn(&AtomicU64) -> u64) -> SimStats {
+        SimStats {
+            requests: read(&self.requests),
+            completed: read(&self.completed),
+            http_500: read(&self.http_500),
+            http_429: read(&self.http_429),
+            cut: read(&self.cut),
+            malformed: read(&self.malformed),
+            stalled: read(&self.stalled),
+            input_tokens: read(&self.input_tokens),
+            output_tokens: read(&self.output_tokens),
+            output_tokens_sent: read(&self.output_tokens_sent),
+            ttft_injected_sum_us: read(&self.ttft_injected_sum_us),
+            ttft_injected_count: read(&self.ttft_injected_count),
+            in_flight: read(&self.in_flight),
+            max_in_flight: read(&self.max_in_flight),
+        }
+    }
+
+    /// Records the TTFT a request was scheduled with.
+    pub fn record_ttft(&self, intended: Duration) {
+        let us = u64::try_from(intended.as_micros()).unwrap_or(u64::MAX);
+        self.ttft_injected_sum_us.fetch_add(us, Relaxed);
+        bump(&self.ttft_injected_count);
+    }
+
+    /// Records a response that was sent whole.
+    pub fn record_completed(&self, input_tokens: u64, output_tokens: u64) {
+        bump(&self.completed);
+        self.input_tokens.fetch_add(input_tokens, Relaxed);
+        self.output_tokens.fetch_add(output_tokens, Relaxed);
+    }
+}
+
+/// Counts one generation request and holds its place in the `in_flight`
+/// gauge until dropped (the response ended, failed, or the client left).
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    counters: Arc<Counters>,
+}
+
+impl InFlight {
+    pub fn begin(counters: Arc<Counters>) -> Self {
+        bump(&counters.requests);
+        let now = counters.in_flight.fetch_add(1, Relaxed) + 1;
+        counters.max_in_flight.fetch_max(now, Relaxed);
+        Self { counters }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Never underflows: a reset keeps the gauge as it is.
+        self.counters.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_keeps_the_gauge_and_returns_the_old_values() {
+        let counters = Arc::new(Counters::default());
+        let guard = InFlight::begin(Arc::clone(&counters));
+        counters.record_completed(3, 5);
+        let before = counters.reset();
+        assert_eq!(
+            (before.requests, before.completed, before.input_tokens),
+            (1, 1, 3)
+        );
+        let after = counters.snapshot();
+        assert_eq!(
+            (after.requests, after.in_flight, after.max_in_flight),
+            (0, 1, 1)
+        );
+        drop(guard);
+        assert_eq!(counters.snapshot().in_flight, 0);
+    }
+}
