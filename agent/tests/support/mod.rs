@@ -1,0 +1,80 @@
+//! Test support: `agent` processes on ephemeral loopback ports, plans, and
+//! a lock so load-generating tests do not compete for the cores.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use barrage_common::plan::{self, PlanFile};
+use figment::Figment;
+use figment::providers::{Format, Toml};
+
+pub static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub const TEST_LIMIT: Duration = Duration::from_secs(120);
+pub const TOKEN_VAR: &str = "BARRAGE_TEST_AGENT_TOKEN";
+
+/// A running `agent serve` process; killed when dropped.
+pub struct AgentProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl AgentProcess {
+    pub fn start(token: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-env",
+                TOKEN_VAR,
+                "--threads",
+                "1",
+            ])
+            .args(extra)
+            .env(TOKEN_VAR, token)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("address line");
+        let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+        assert!(
+            addr.starts_with("127.0.0.1:"),
+            "unexpected agent output {line:?}"
+        );
+        Self { child, addr }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+pub fn plan_from(text: &str) -> PlanFile {
+    plan::from_figment(Figment::new().merge(Toml::string(text))).expect("valid plan")
+}
