@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod dataset;
 pub mod metrics;
 pub mod plan;
 pub mod simulator;

@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::dataset::{DatasetKind, DatasetSection};
 use crate::simulator::SimConfig;
 
 /// Top-level tables a plan may have; environment overrides outside them are
@@ -125,46 +126,6 @@ impl Default for RequestSection {
             temperature: None,
             ignore_eos: false,
             extra_body: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DatasetKind {
-    /// Synthetic prompts of `input_words` words.
-    #[default]
-    Random,
-    /// A text file, one prompt per line.
-    Lines,
-    /// One prompt, inline or `@file`.
-    Prompt,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatasetSection {
-    pub kind: DatasetKind,
-    /// For `lines`: the file.
-    pub path: Option<PathBuf>,
-    /// For `prompt`: the text, or `@path` to read it from a file.
-    pub prompt: Option<String>,
-    /// For `random`: words per prompt (the simulator counts one token per word).
-    pub input_words: u32,
-    /// For `random`: distinct prompts generated.
-    pub prompts: u32,
-    pub seed: u64,
-}
-
-impl Default for DatasetSection {
-    fn default() -> Self {
-        Self {
-            kind: DatasetKind::Random,
-            path: None,
-            prompt: None,
-            input_words: 128,
-            prompts: 256,
-            seed: 0,
         }
     }
 }
@@ -374,7 +335,9 @@ impl PlanFile {
             return Err(invalid("request.max_tokens", "must be at least 1"));
         }
         self.validate_load()?;
-        self.validate_dataset()?;
+        self.dataset
+            .validate()
+            .map_err(|(key, problem)| invalid(&format!("dataset.{key}"), problem))?;
         if !(1..=5).contains(&self.metrics.sigfig) {
             return Err(invalid("metrics.sigfig", "must be between 1 and 5"));
         }
@@ -414,31 +377,6 @@ impl PlanFile {
             (_, Some(0)) => Err(invalid("load.requests", "must be at least 1")),
             _ => Ok(()),
         }
-    }
-
-    fn validate_dataset(&self) -> Result<(), PlanError> {
-        let d = &self.dataset;
-        match d.kind {
-            DatasetKind::Random => {
-                if d.input_words == 0 {
-                    return Err(invalid("dataset.input_words", "must be at least 1"));
-                }
-                if d.prompts == 0 {
-                    return Err(invalid("dataset.prompts", "must be at least 1"));
-                }
-            }
-            DatasetKind::Lines => {
-                if d.path.is_none() {
-                    return Err(invalid("dataset.path", "required for kind = \"lines\""));
-                }
-            }
-            DatasetKind::Prompt => {
-                if d.prompt.as_deref().is_none_or(str::is_empty) {
-                    return Err(invalid("dataset.prompt", "required for kind = \"prompt\""));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The full request URL for a target given by URL.
