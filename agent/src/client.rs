@@ -189,7 +189,11 @@ impl TargetClient {
             .map_err(|e| ClientError::ExtraBody(e.to_string()))?;
         Ok(PreparedPrompt {
             body: Bytes::from(body),
-            estimated_input_tokens: words.max(1),
+            estimated_input_tokens: if prompt.input_tokens > 0 {
+                u64::from(prompt.input_tokens)
+            } else {
+                words.max(1)
+            },
         })
     }
 

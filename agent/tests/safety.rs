@@ -80,6 +80,7 @@ async fn start_run(agent: &AgentProcess, sim: &SimServer, hard_deadline_ms: u64)
                 content: "hello there".into(),
             }],
             max_tokens: 0,
+            input_tokens: 0,
         }],
     })))
     .await

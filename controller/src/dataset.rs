@@ -28,6 +28,7 @@ fn user(text: String) -> pb::Prompt {
             content: text,
         }],
         max_tokens: 0,
+        input_tokens: 0,
     }
 }
 
