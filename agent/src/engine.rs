@@ -1,34 +1,69 @@
-//! The closed-loop workload: each user of the slice starts at its place on
-//! the global ramp (user i at i / spawn_rate after the agreed start), then
-//! sends its next request as soon as the last one ends, until the request
-//! budget is spent, the duration is over, or the run is cancelled.
+//! The workload engine. Closed loop: each user of the slice starts at its
+//! place on the global ramp (user i at i / spawn_rate, or when a user-stage
+//! profile first exceeds i) and sends its next request as soon as the last
+//! one ends. Open loop: arrivals from a precise clock thread at the agent's
+//! share of the rate, never dropped; a full concurrency cap makes them wait
+//! and the wait shows as `schedule_lag`. Both stop on the request budget,
+//! the duration, or cancellation.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use barrage_proto::agent::v1::StopReason;
+use rand::{SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Exp1, Gamma};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Parsers, PreparedPrompt, TargetClient};
 use crate::measure::RequestMeasure;
+use crate::profile::Profile;
 use crate::recorder::Recorder;
+
+/// Gaps of the unit-rate arrival process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrivals {
+    Constant,
+    Poisson,
+    /// Shape k: gaps Gamma(k, 1/k), mean 1.
+    Gamma(f64),
+}
+
+/// How this agent's traffic is shaped.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    Closed {
+        /// Global user indexes owned by this agent.
+        users: Vec<u64>,
+        /// Global users started per second (None: all at once).
+        spawn_rate: Option<f64>,
+        /// User stages: user i is active while the profile exceeds i.
+        profile: Option<Profile>,
+    },
+    Open {
+        /// This agent's rate over time; None = every request at the start.
+        rate: Option<Profile>,
+        arrivals: Arrivals,
+        max_concurrency: Option<u64>,
+        /// Constant arrivals: offset of the first arrival, in gaps (0..1).
+        phase: f64,
+    },
+}
 
 /// What this agent runs of one step.
 #[derive(Debug, Clone)]
 pub struct SliceSpec {
-    /// Global user indexes owned by this agent.
-    pub users: Vec<u64>,
-    /// Global users started per second (None: all at once).
-    pub spawn_rate: Option<f64>,
+    pub shape: Shape,
     /// Requests this agent may start (None: unbounded).
     pub max_requests: Option<u64>,
     /// How long the step runs (None: until the budget is spent).
     pub duration: Option<Duration>,
+    pub seed: u64,
 }
 
-/// Everything a user task needs, shared.
+/// Everything a request needs, shared.
 pub struct Workload {
     pub client: TargetClient,
     pub prompts: Vec<PreparedPrompt>,
@@ -46,11 +81,7 @@ impl Workload {
         seed: u64,
         max_requests: Option<u64>,
     ) -> Self {
-        let start = if prompts.is_empty() {
-            0
-        } else {
-            (seed % prompts.len() as u64) as usize
-        };
+        let start = if prompts.is_empty() { 0 } else { (seed % prompts.len() as u64) as usize };
         Self {
             client,
             prompts,
@@ -69,28 +100,39 @@ impl Workload {
     fn claim(&self) -> bool {
         match &self.budget {
             None => true,
-            Some(b) => b
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                .is_ok(),
+            Some(b) => b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok(),
         }
     }
 
     fn budget_spent(&self) -> bool {
-        self.budget
-            .as_ref()
-            .is_some_and(|b| b.load(Ordering::Acquire) == 0)
+        self.budget.as_ref().is_some_and(|b| b.load(Ordering::Acquire) == 0)
+    }
+
+    /// Sends one request and records it in `slot`'s shard. `None` when the
+    /// run was stopped mid-request (then nothing is recorded).
+    async fn one_request(&self, slot: usize, m: &mut RequestMeasure, p: &mut Parsers, stop: &CancellationToken) -> Option<()> {
+        let i = self.next_prompt.fetch_add(1, Ordering::Relaxed) % self.prompts.len();
+        let prompt = &self.prompts[i];
+        self.recorder.with_shard(slot, |s| s.counters.requests_started += 1);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::select! {
+            r = self.client.send(prompt.body.clone(), m, p) => Some(r),
+            _ = stop.cancelled() => None,
+        };
+        let end = Instant::now();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let result = result?;
+        self.recorder.with_shard(slot, |s| {
+            m.record(end, result, prompt.estimated_input_tokens, &mut s.metrics, &mut s.counters)
+        });
+        Some(())
     }
 }
 
 /// Runs the slice to its end. `stop` cancels everything at once (in-flight
-/// requests are dropped and not counted as ok or failed).
-pub async fn run(
-    work: Arc<Workload>,
-    slice: SliceSpec,
-    start: Instant,
-    stop: CancellationToken,
-) -> StopReason {
-    if work.prompts.is_empty() || slice.users.is_empty() {
+/// requests are dropped and counted neither ok nor failed).
+pub async fn run(work: Arc<Workload>, slice: SliceSpec, start: Instant, stop: CancellationToken) -> StopReason {
+    if work.prompts.is_empty() {
         return StopReason::Completed;
     }
     let deadline = slice.duration.map(|d| start + d);
@@ -104,20 +146,24 @@ pub async fn run(
             }
         });
     }
-    let mut users = JoinSet::new();
-    for (slot, global) in slice.users.iter().copied().enumerate() {
-        let offset = match slice.spawn_rate {
-            Some(rate) => Duration::from_secs_f64(global as f64 / rate),
-            None => Duration::ZERO,
-        };
-        users.spawn(user_loop(
-            work.clone(),
-            slot,
-            start + offset,
-            run_over.clone(),
-        ));
+    match slice.shape {
+        Shape::Closed { users, spawn_rate, profile } => {
+            let mut tasks = JoinSet::new();
+            for (slot, global) in users.iter().copied().enumerate() {
+                let begin = match (&profile, spawn_rate) {
+                    (Some(_), _) => start,
+                    (None, Some(rate)) => start + Duration::from_secs_f64(global as f64 / rate),
+                    (None, None) => start,
+                };
+                let ctx = UserCtx { work: work.clone(), slot, global, begin, start, profile: profile.clone() };
+                tasks.spawn(user_loop(ctx, run_over.clone()));
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+        Shape::Open { rate, arrivals, max_concurrency, phase } => {
+            open_loop(work.clone(), rate, arrivals, max_concurrency, phase, slice.seed, start, deadline, slice.max_requests, &run_over).await;
+        }
     }
-    while users.join_next().await.is_some() {}
     run_over.cancel();
     if stop.is_cancelled() {
         StopReason::Controller
@@ -128,34 +174,174 @@ pub async fn run(
     }
 }
 
-async fn user_loop(work: Arc<Workload>, slot: usize, begin: Instant, stop: CancellationToken) {
-    tokio::select! {
-        _ = tokio::time::sleep_until(begin.into()) => {}
-        _ = stop.cancelled() => return,
-    }
+struct UserCtx {
+    work: Arc<Workload>,
+    slot: usize,
+    global: u64,
+    begin: Instant,
+    start: Instant,
+    profile: Option<Profile>,
+}
+
+async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
+    let mut at = ctx.begin;
     let mut measure = RequestMeasure::default();
     let mut parsers = Parsers::default();
-    while !stop.is_cancelled() && work.claim() {
-        let i = work.next_prompt.fetch_add(1, Ordering::Relaxed) % work.prompts.len();
-        let prompt = &work.prompts[i];
-        work.recorder
-            .with_shard(slot, |s| s.counters.requests_started += 1);
-        work.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::select! {
-            r = work.client.send(prompt.body.clone(), &mut measure, &mut parsers) => Some(r),
-            _ = stop.cancelled() => None,
+    loop {
+        // With user stages, wait until this user is part of the load.
+        if let Some(p) = &ctx.profile {
+            let now = Instant::now().max(at);
+            let t = now.saturating_duration_since(ctx.start).as_secs_f64();
+            match p.next_above(ctx.global as f64, t) {
+                Some(active_at) => at = ctx.start + Duration::from_secs_f64(active_at),
+                None => return,
+            }
+        }
+        if at > Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+        if stop.is_cancelled() || !ctx.work.claim() {
+            return;
+        }
+        if ctx.work.one_request(ctx.slot, &mut measure, &mut parsers, &stop).await.is_none() {
+            return;
+        }
+    }
+}
+
+/// The arrival clock: a dedicated thread (precise sleeps, never quantised to
+/// the async timer's millisecond) sending each arrival's intended instant.
+#[allow(clippy::too_many_arguments)]
+fn arrival_clock(
+    rate: Option<Profile>,
+    arrivals: Arrivals,
+    phase: f64,
+    seed: u64,
+    start: Instant,
+    deadline: Option<Instant>,
+    budget: Option<u64>,
+    tx: mpsc::UnboundedSender<Instant>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut sent = 0u64;
+    let more = |sent: u64| budget.is_none_or(|b| sent < b);
+    let Some(profile) = rate else {
+        // "inf": the whole budget at the start.
+        while more(sent) && tx.send(start).is_ok() {
+            sent += 1;
+        }
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let gamma = match arrivals {
+        Arrivals::Gamma(k) => Gamma::new(k, 1.0 / k).ok(),
+        _ => None,
+    };
+    let mut x = match arrivals {
+        Arrivals::Constant => phase.clamp(0.0, 1.0),
+        _ => 0.0,
+    };
+    let mut first = true;
+    while more(sent) && !stop.load(Ordering::Relaxed) {
+        let gap = match (arrivals, &gamma) {
+            (Arrivals::Constant, _) if first => 0.0,
+            (Arrivals::Constant, _) => 1.0,
+            (Arrivals::Gamma(_), Some(g)) => g.sample(&mut rng),
+            _ => Exp1.sample(&mut rng),
         };
-        let end = Instant::now();
-        work.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Some(result) = result else { break };
-        work.recorder.with_shard(slot, |s| {
-            measure.record(
-                end,
-                result,
-                prompt.estimated_input_tokens,
-                &mut s.metrics,
-                &mut s.counters,
-            )
+        first = false;
+        x += gap;
+        let Some(t) = profile.inverse_cumulative(x) else { return };
+        let due = start + Duration::from_secs_f64(t);
+        if deadline.is_some_and(|d| due >= d) {
+            return;
+        }
+        // Sleep in short steps so a stop is noticed quickly.
+        loop {
+            let now = Instant::now();
+            if now >= due || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep((due - now).min(Duration::from_millis(50)));
+        }
+        if stop.load(Ordering::Relaxed) || tx.send(due).is_err() {
+            return;
+        }
+        sent += 1;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    work: Arc<Workload>,
+    rate: Option<Profile>,
+    arrivals: Arrivals,
+    max_concurrency: Option<u64>,
+    phase: f64,
+    seed: u64,
+    start: Instant,
+    deadline: Option<Instant>,
+    budget: Option<u64>,
+    stop: &CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let clock_stop = Arc::new(AtomicBool::new(false));
+    let flag = clock_stop.clone();
+    let clock = std::thread::Builder::new()
+        .name("arrival-clock".into())
+        .spawn(move || arrival_clock(rate, arrivals, phase, seed, start, deadline, budget, tx, flag));
+    if clock.is_err() {
+        tracing::error!("cannot start the arrival clock thread");
+        return;
+    }
+    let cap = max_concurrency.map(|n| Arc::new(Semaphore::new(usize::try_from(n).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS))));
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut unsent = 0u64;
+    let mut slot = 0usize;
+    loop {
+        let intended = tokio::select! {
+            a = rx.recv() => match a { Some(a) => a, None => break },
+            _ = stop.cancelled() => break,
+        };
+        let permit = match &cap {
+            Some(sem) => tokio::select! {
+                p = sem.clone().acquire_owned() => p.ok(),
+                _ = stop.cancelled() => { unsent += 1; break }
+            },
+            None => None,
+        };
+        if !work.claim() {
+            break;
+        }
+        while tasks.try_join_next().is_some() {}
+        let (work, stop) = (work.clone(), stop.clone());
+        slot = slot.wrapping_add(1);
+        let my_slot = slot;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut m = RequestMeasure::default();
+            m.intend(intended);
+            let mut p = Parsers::default();
+            let _ = work.one_request(my_slot, &mut m, &mut p, &stop).await;
         });
+    }
+    clock_stop.store(true, Ordering::Relaxed);
+    // Arrivals already due but never sent are reported, not dropped silently.
+    while let Ok(due) = rx.try_recv() {
+        if due <= Instant::now() {
+            unsent += 1;
+        }
+    }
+    if unsent > 0 {
+        work.recorder.with_shard(0, |s| s.counters.arrivals_unsent += unsent);
+    }
+    loop {
+        tokio::select! {
+            t = tasks.join_next() => if t.is_none() { break },
+            _ = stop.cancelled() => { tasks.abort_all(); while tasks.join_next().await.is_some() {} break }
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod health;
 pub mod measure;
 pub mod ndjson;
+pub mod profile;
 pub mod recorder;
 pub mod server;
 pub mod service;

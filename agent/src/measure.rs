@@ -23,6 +23,8 @@ struct Gap {
 #[derive(Debug, Default)]
 pub struct RequestMeasure {
     start: Option<Instant>,
+    /// Open loop: when the request was meant to be sent.
+    intended: Option<Instant>,
     first_output: Option<Instant>,
     first_answer: Option<Instant>,
     last_output: Option<Instant>,
@@ -45,11 +47,18 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl RequestMeasure {
+    /// Open loop: the next request's intended send time (kept by `begin`).
+    pub fn intend(&mut self, at: Instant) {
+        self.intended = Some(at);
+    }
+
     /// Starts a request at its hand-off to the HTTP client.
     pub fn begin(&mut self, handoff: Instant) {
         let gaps = std::mem::take(&mut self.gaps);
+        let intended = self.intended.take();
         *self = Self {
             start: Some(handoff),
+            intended,
             gaps,
             ..Self::default()
         };
@@ -118,6 +127,15 @@ impl RequestMeasure {
         if let Some(t) = ttft {
             metrics.record(Metric::Ttft, t);
         }
+        // Open loop: the same ends seen from the intended send time
+        // (coordinated omission made visible).
+        let intended = self.intended.map(|i| move |t: Instant| micros(t.saturating_duration_since(i)));
+        if let Some(from_intended) = intended {
+            metrics.record(Metric::ScheduleLag, from_intended(start));
+            if let Some(f) = self.first_output {
+                metrics.record(Metric::TtftIntended, from_intended(f));
+            }
+        }
         if let Some(t) = self.first_answer.map(since) {
             metrics.record(Metric::Ttfo, t);
         }
@@ -139,6 +157,9 @@ impl RequestMeasure {
             counters.usage_estimated += 1;
         }
         metrics.record(Metric::E2e, e2e);
+        if let Some(from_intended) = intended {
+            metrics.record(Metric::E2eIntended, from_intended(end));
+        }
         metrics.record(Metric::InputTokens, input_tokens);
         metrics.record(Metric::OutputTokens, output_tokens);
         if let (Some(t), true) = (ttft, output_tokens >= 2) {
@@ -264,6 +285,26 @@ mod tests {
             (0, 1, 1)
         );
         assert_eq!(c.failed_output_tokens, 1);
+    }
+
+    #[test]
+    fn intended_time_gives_schedule_lag_and_intended_latencies() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = RequestMeasure::default();
+        m.intend(t0);
+        m.begin(t0 + ms(7));
+        m.on_chunk(t0 + ms(57), &out(None));
+        let (set, _) = recorded(&m, t0 + ms(107), Ok(()));
+        assert_eq!(set.get(Metric::ScheduleLag).max, 7_000);
+        assert_eq!(set.get(Metric::Ttft).max, 50_000);
+        assert_eq!(set.get(Metric::TtftIntended).max, 57_000);
+        assert_eq!(set.get(Metric::E2eIntended).max, 107_000);
+        // Closed loop: none of them.
+        m.begin(t0);
+        m.on_chunk(t0 + ms(1), &out(None));
+        let (set, _) = recorded(&m, t0 + ms(2), Ok(()));
+        assert_eq!(set.get(Metric::ScheduleLag).count, 0);
     }
 
     #[test]

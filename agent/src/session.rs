@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use crate::client::{ClientError, TargetClient};
-use crate::engine::{self, SliceSpec, Workload};
+use crate::engine::{self, Arrivals, Shape, SliceSpec, Workload};
+use crate::profile::Profile;
 use crate::health::{LagProbe, ProcessSampler, health};
 use crate::recorder::Recorder;
 use crate::service::{HELLO_TIMEOUT, Inner, clock_reply, hello_ack, kind, msg, start_instant};
@@ -168,7 +169,14 @@ fn prepare(
         .allow_targets
         .check(&target.url)
         .map_err(|e| SessionError::Prepare(e.to_string()))?;
-    let client = TargetClient::new(&target, slice.user_indexes.len(), pinned)?;
+    let shape = shape_of(&slice)?;
+    // The pool must carry every request this slice can have in flight.
+    let concurrency = match &shape {
+        Shape::Closed { users, .. } => users.len(),
+        Shape::Open { max_concurrency: Some(n), .. } => usize::try_from(*n).unwrap_or(usize::MAX),
+        Shape::Open { .. } => 1024,
+    };
+    let client = TargetClient::new(&target, concurrency, pinned)?;
     let bodies = prompts
         .iter()
         .map(|pr| client.prepare(pr, &params))
@@ -181,10 +189,10 @@ fn prepare(
     let shards = inner.options.load_threads.max(1) * 4;
     let recorder = Arc::new(Recorder::new(layouts, shards)?);
     let spec = SliceSpec {
-        users: slice.user_indexes.clone(),
-        spawn_rate: (slice.spawn_rate > 0.0).then_some(slice.spawn_rate),
+        shape,
         max_requests: slice.max_requests,
         duration: (slice.duration_ms > 0).then(|| Duration::from_millis(slice.duration_ms)),
+        seed: p.seed,
     };
     let work = Arc::new(Workload::new(
         client,
@@ -194,7 +202,7 @@ fn prepare(
         spec.max_requests,
     ));
     tracing::info!(
-        run_id = %p.run_id, step = p.step, users = spec.users.len(),
+        run_id = %p.run_id, step = p.step, users = slice.user_indexes.len(),
         target = %target.url, "step prepared"
     );
     Ok(Prepared {
@@ -203,6 +211,50 @@ fn prepare(
         slice: spec,
         layouts,
     })
+}
+
+/// The engine's view of a wire slice.
+fn shape_of(slice: &pb::Slice) -> Result<Shape, SessionError> {
+    let profile = (!slice.stages.is_empty()).then(|| {
+        Profile::stages(
+            &slice
+                .stages
+                .iter()
+                .map(|s| (Duration::from_millis(s.duration_ms), s.target))
+                .collect::<Vec<_>>(),
+        )
+    });
+    match pb::LoadModel::try_from(slice.model) {
+        Ok(pb::LoadModel::ClosedLoop) => Ok(Shape::Closed {
+            users: slice.user_indexes.clone(),
+            spawn_rate: (slice.spawn_rate > 0.0).then_some(slice.spawn_rate),
+            profile,
+        }),
+        Ok(pb::LoadModel::OpenLoop) => {
+            let rate = if slice.rate_infinite {
+                None
+            } else if let Some(p) = profile {
+                Some(p)
+            } else if slice.rate.is_finite() && slice.rate >= 0.0 {
+                Some(Profile::constant(slice.rate))
+            } else {
+                return Err(SessionError::Prepare(format!("rate {} is not a rate", slice.rate)));
+            };
+            let arrivals = match pb::Arrival::try_from(slice.arrival) {
+                Ok(pb::Arrival::Constant) => Arrivals::Constant,
+                Ok(pb::Arrival::Gamma) if slice.burstiness > 0.0 => Arrivals::Gamma(slice.burstiness),
+                Ok(pb::Arrival::Gamma) => return Err(SessionError::Prepare("gamma arrivals need burstiness > 0".into())),
+                _ => Arrivals::Poisson,
+            };
+            Ok(Shape::Open {
+                rate,
+                arrivals,
+                max_concurrency: slice.max_concurrency,
+                phase: slice.phase,
+            })
+        }
+        Err(_) => Err(SessionError::Prepare(format!("unknown load model {}", slice.model))),
+    }
 }
 
 /// Running totals and the interval sequence of one step.

@@ -5,7 +5,9 @@
 pub mod auth;
 pub mod clock;
 pub mod dataset;
+pub mod load;
 pub mod metrics;
 pub mod plan;
 pub mod simulator;
 pub mod split;
+pub mod thresholds;

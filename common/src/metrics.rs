@@ -23,10 +23,13 @@ pub enum Metric {
     MaxStall,
     InputTokens,
     OutputTokens,
+    ScheduleLag,
+    TtftIntended,
+    E2eIntended,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 12] = [
         Metric::Ttft,
         Metric::Ttfo,
         Metric::ChunkGap,
@@ -36,6 +39,9 @@ impl Metric {
         Metric::MaxStall,
         Metric::InputTokens,
         Metric::OutputTokens,
+        Metric::ScheduleLag,
+        Metric::TtftIntended,
+        Metric::E2eIntended,
     ];
 
     /// The one name used in proto fields, JSON keys and report labels.
@@ -50,6 +56,9 @@ impl Metric {
             Metric::MaxStall => "max_stall",
             Metric::InputTokens => "input_tokens",
             Metric::OutputTokens => "output_tokens",
+            Metric::ScheduleLag => "schedule_lag",
+            Metric::TtftIntended => "ttft_intended",
+            Metric::E2eIntended => "e2e_intended",
         }
     }
 
@@ -474,6 +483,8 @@ pub struct Counters {
     pub usage_from_server: u64,
     pub usage_estimated: u64,
     pub chunk_tokens_assumed: u64,
+    /// Open loop: planned arrivals never sent (still waiting when the run ended).
+    pub arrivals_unsent: u64,
 }
 
 impl Counters {
@@ -492,6 +503,7 @@ impl Counters {
         self.usage_from_server += o.usage_from_server;
         self.usage_estimated += o.usage_estimated;
         self.chunk_tokens_assumed += o.chunk_tokens_assumed;
+        self.arrivals_unsent += o.arrivals_unsent;
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -523,6 +535,7 @@ impl Counters {
             usage_from_server: self.usage_from_server,
             usage_estimated: self.usage_estimated,
             chunk_tokens_assumed: self.chunk_tokens_assumed,
+            arrivals_unsent: self.arrivals_unsent,
         }
     }
 
@@ -541,6 +554,7 @@ impl Counters {
             usage_from_server: p.usage_from_server,
             usage_estimated: p.usage_estimated,
             chunk_tokens_assumed: p.chunk_tokens_assumed,
+            arrivals_unsent: p.arrivals_unsent,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

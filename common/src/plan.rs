@@ -11,7 +11,9 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use crate::dataset::{DatasetKind, DatasetSection};
+pub use crate::load::{ArrivalKind, LoadMode, LoadSection, RateValue, StageSpec};
 use crate::simulator::SimConfig;
+use crate::thresholds::ThresholdsSection;
 
 /// Top-level tables a plan may have; environment overrides outside them are
 /// ignored so unrelated `BARRAGE_*` variables (tokens) never break a plan.
@@ -25,6 +27,7 @@ pub const SECTIONS: &[&str] = &[
     "output",
     "metrics",
     "simulator",
+    "thresholds",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +48,9 @@ pub struct PlanFile {
     pub output: OutputSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Limits that decide the exit status (CI verdicts).
+    #[serde(default)]
+    pub thresholds: ThresholdsSection,
     /// Present (and `target.url` absent): the controller starts the built-in
     /// simulator in-process on an ephemeral loopback port and targets it.
     pub simulator: Option<SimConfig>,
@@ -128,28 +134,6 @@ impl Default for RequestSection {
             extra_body: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum LoadMode {
-    /// Closed loop: each user sends its next request when the last one ends.
-    #[default]
-    Concurrency,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoadSection {
-    #[serde(default)]
-    pub mode: LoadMode,
-    pub users: u64,
-    /// Users started per second; absent = all at once.
-    pub spawn_rate: Option<f64>,
-    #[serde(default, with = "humantime_serde")]
-    pub duration: Option<Duration>,
-    /// Total requests to start across all users and agents.
-    pub requests: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -334,7 +318,9 @@ impl PlanFile {
         if self.request.max_tokens == 0 {
             return Err(invalid("request.max_tokens", "must be at least 1"));
         }
-        self.validate_load()?;
+        self.load
+            .validate()
+            .map_err(|(key, problem)| invalid(&format!("load.{key}"), problem))?;
         self.dataset
             .validate()
             .map_err(|(key, problem)| invalid(&format!("dataset.{key}"), problem))?;
@@ -344,6 +330,9 @@ impl PlanFile {
         if self.metrics.interval < Duration::from_millis(100) {
             return Err(invalid("metrics.interval", "must be at least 100ms"));
         }
+        self.thresholds
+            .checks()
+            .map_err(|(key, problem)| invalid(&format!("thresholds.{key}"), problem))?;
         if self.cluster.min_agents == Some(0) {
             return Err(invalid("cluster.min_agents", "must be at least 1"));
         }
@@ -351,32 +340,6 @@ impl PlanFile {
             return Err(invalid("cluster.embedded_agents", "must be at least 1"));
         }
         Ok(())
-    }
-
-    fn validate_load(&self) -> Result<(), PlanError> {
-        let load = &self.load;
-        if load.users == 0 {
-            return Err(invalid("load.users", "must be at least 1"));
-        }
-        if let Some(r) = load.spawn_rate
-            && !(r.is_finite() && r > 0.0)
-        {
-            return Err(invalid(
-                "load.spawn_rate",
-                "must be a number > 0 (users per second)",
-            ));
-        }
-        match (load.duration, load.requests) {
-            (None, None) => Err(invalid(
-                "load.duration",
-                "give load.duration, load.requests or both, so the run stops by itself",
-            )),
-            (Some(d), _) if d.is_zero() => {
-                Err(invalid("load.duration", "must be greater than zero"))
-            }
-            (_, Some(0)) => Err(invalid("load.requests", "must be at least 1")),
-            _ => Ok(()),
-        }
     }
 
     /// The full request URL for a target given by URL.
@@ -417,7 +380,7 @@ mod tests {
     #[test]
     fn minimal_plan_gets_defaults() {
         let p = parse(MINIMAL).expect("valid");
-        assert_eq!(p.load.users, 4);
+        assert_eq!(p.load.users, Some(4));
         assert!(p.target.stream && p.target.include_usage);
         assert_eq!(
             p.endpoint_url("http://127.0.0.1:8000"),
@@ -479,7 +442,7 @@ mod tests {
             jail.set_env("BARRAGE_LOAD__USERS", "9");
             jail.set_env("BARRAGE_TOKEN", "not-a-plan-key");
             let p = load(Path::new("plan.toml")).map_err(|e| e.to_string())?;
-            assert_eq!(p.load.users, 9);
+            assert_eq!(p.load.users, Some(9));
             Ok(())
         });
     }
