@@ -81,7 +81,11 @@ impl Workload {
         seed: u64,
         max_requests: Option<u64>,
     ) -> Self {
-        let start = if prompts.is_empty() { 0 } else { (seed % prompts.len() as u64) as usize };
+        let start = if prompts.is_empty() {
+            0
+        } else {
+            (seed % prompts.len() as u64) as usize
+        };
         Self {
             client,
             prompts,
@@ -100,20 +104,31 @@ impl Workload {
     fn claim(&self) -> bool {
         match &self.budget {
             None => true,
-            Some(b) => b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok(),
+            Some(b) => b
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok(),
         }
     }
 
     fn budget_spent(&self) -> bool {
-        self.budget.as_ref().is_some_and(|b| b.load(Ordering::Acquire) == 0)
+        self.budget
+            .as_ref()
+            .is_some_and(|b| b.load(Ordering::Acquire) == 0)
     }
 
     /// Sends one request and records it in `slot`'s shard. `None` when the
     /// run was stopped mid-request (then nothing is recorded).
-    async fn one_request(&self, slot: usize, m: &mut RequestMeasure, p: &mut Parsers, stop: &CancellationToken) -> Option<()> {
+    async fn one_request(
+        &self,
+        slot: usize,
+        m: &mut RequestMeasure,
+        p: &mut Parsers,
+        stop: &CancellationToken,
+    ) -> Option<()> {
         let i = self.next_prompt.fetch_add(1, Ordering::Relaxed) % self.prompts.len();
         let prompt = &self.prompts[i];
-        self.recorder.with_shard(slot, |s| s.counters.requests_started += 1);
+        self.recorder
+            .with_shard(slot, |s| s.counters.requests_started += 1);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let result = tokio::select! {
             r = self.client.send(prompt.body.clone(), m, p) => Some(r),
@@ -123,7 +138,13 @@ impl Workload {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let result = result?;
         self.recorder.with_shard(slot, |s| {
-            m.record(end, result, prompt.estimated_input_tokens, &mut s.metrics, &mut s.counters)
+            m.record(
+                end,
+                result,
+                prompt.estimated_input_tokens,
+                &mut s.metrics,
+                &mut s.counters,
+            )
         });
         Some(())
     }
@@ -131,7 +152,12 @@ impl Workload {
 
 /// Runs the slice to its end. `stop` cancels everything at once (in-flight
 /// requests are dropped and counted neither ok nor failed).
-pub async fn run(work: Arc<Workload>, slice: SliceSpec, start: Instant, stop: CancellationToken) -> StopReason {
+pub async fn run(
+    work: Arc<Workload>,
+    slice: SliceSpec,
+    start: Instant,
+    stop: CancellationToken,
+) -> StopReason {
     if work.prompts.is_empty() {
         return StopReason::Completed;
     }
@@ -147,7 +173,11 @@ pub async fn run(work: Arc<Workload>, slice: SliceSpec, start: Instant, stop: Ca
         });
     }
     match slice.shape {
-        Shape::Closed { users, spawn_rate, profile } => {
+        Shape::Closed {
+            users,
+            spawn_rate,
+            profile,
+        } => {
             let mut tasks = JoinSet::new();
             for (slot, global) in users.iter().copied().enumerate() {
                 let begin = match (&profile, spawn_rate) {
@@ -155,13 +185,37 @@ pub async fn run(work: Arc<Workload>, slice: SliceSpec, start: Instant, stop: Ca
                     (None, Some(rate)) => start + Duration::from_secs_f64(global as f64 / rate),
                     (None, None) => start,
                 };
-                let ctx = UserCtx { work: work.clone(), slot, global, begin, start, profile: profile.clone() };
+                let ctx = UserCtx {
+                    work: work.clone(),
+                    slot,
+                    global,
+                    begin,
+                    start,
+                    profile: profile.clone(),
+                };
                 tasks.spawn(user_loop(ctx, run_over.clone()));
             }
             while tasks.join_next().await.is_some() {}
         }
-        Shape::Open { rate, arrivals, max_concurrency, phase } => {
-            open_loop(work.clone(), rate, arrivals, max_concurrency, phase, slice.seed, start, deadline, slice.max_requests, &run_over).await;
+        Shape::Open {
+            rate,
+            arrivals,
+            max_concurrency,
+            phase,
+        } => {
+            open_loop(
+                work.clone(),
+                rate,
+                arrivals,
+                max_concurrency,
+                phase,
+                slice.seed,
+                start,
+                deadline,
+                slice.max_requests,
+                &run_over,
+            )
+            .await;
         }
     }
     run_over.cancel();
@@ -206,7 +260,12 @@ async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
         if stop.is_cancelled() || !ctx.work.claim() {
             return;
         }
-        if ctx.work.one_request(ctx.slot, &mut measure, &mut parsers, &stop).await.is_none() {
+        if ctx
+            .work
+            .one_request(ctx.slot, &mut measure, &mut parsers, &stop)
+            .await
+            .is_none()
+        {
             return;
         }
     }
@@ -254,7 +313,9 @@ fn arrival_clock(
         };
         first = false;
         x += gap;
-        let Some(t) = profile.inverse_cumulative(x) else { return };
+        let Some(t) = profile.inverse_cumulative(x) else {
+            return;
+        };
         let due = start + Duration::from_secs_f64(t);
         if deadline.is_some_and(|d| due >= d) {
             return;
@@ -292,12 +353,22 @@ async fn open_loop(
     let flag = clock_stop.clone();
     let clock = std::thread::Builder::new()
         .name("arrival-clock".into())
-        .spawn(move || arrival_clock(rate, arrivals, phase, seed, start, deadline, budget, tx, flag));
+        .spawn(move || {
+            arrival_clock(
+                rate, arrivals, phase, seed, start, deadline, budget, tx, flag,
+            )
+        });
     if clock.is_err() {
         tracing::error!("cannot start the arrival clock thread");
         return;
     }
-    let cap = max_concurrency.map(|n| Arc::new(Semaphore::new(usize::try_from(n).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS))));
+    let cap = max_concurrency.map(|n| {
+        Arc::new(Semaphore::new(
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(Semaphore::MAX_PERMITS),
+        ))
+    });
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut unsent = 0u64;
     let mut slot = 0usize;
@@ -336,7 +407,8 @@ async fn open_loop(
         }
     }
     if unsent > 0 {
-        work.recorder.with_shard(0, |s| s.counters.arrivals_unsent += unsent);
+        work.recorder
+            .with_shard(0, |s| s.counters.arrivals_unsent += unsent);
     }
     loop {
         tokio::select! {

@@ -129,7 +129,9 @@ impl RequestMeasure {
         }
         // Open loop: the same ends seen from the intended send time
         // (coordinated omission made visible).
-        let intended = self.intended.map(|i| move |t: Instant| micros(t.saturating_duration_since(i)));
+        let intended = self
+            .intended
+            .map(|i| move |t: Instant| micros(t.saturating_duration_since(i)));
         if let Some(from_intended) = intended {
             metrics.record(Metric::ScheduleLag, from_intended(start));
             if let Some(f) = self.first_output {

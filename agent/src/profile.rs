@@ -14,7 +14,9 @@ pub struct Profile {
 
 impl Profile {
     pub fn constant(v: f64) -> Self {
-        Self { points: vec![(0.0, v)] }
+        Self {
+            points: vec![(0.0, v)],
+        }
     }
 
     /// Stages: each ramps from the previous target (0 at the start) to its own.

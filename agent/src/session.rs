@@ -14,8 +14,8 @@ use tonic::{Status, Streaming};
 
 use crate::client::{ClientError, TargetClient};
 use crate::engine::{self, Arrivals, Shape, SliceSpec, Workload};
-use crate::profile::Profile;
 use crate::health::{LagProbe, ProcessSampler, health};
+use crate::profile::Profile;
 use crate::recorder::Recorder;
 use crate::service::{HELLO_TIMEOUT, Inner, clock_reply, hello_ack, kind, msg, start_instant};
 
@@ -173,7 +173,10 @@ fn prepare(
     // The pool must carry every request this slice can have in flight.
     let concurrency = match &shape {
         Shape::Closed { users, .. } => users.len(),
-        Shape::Open { max_concurrency: Some(n), .. } => usize::try_from(*n).unwrap_or(usize::MAX),
+        Shape::Open {
+            max_concurrency: Some(n),
+            ..
+        } => usize::try_from(*n).unwrap_or(usize::MAX),
         Shape::Open { .. } => 1024,
     };
     let client = TargetClient::new(&target, concurrency, pinned)?;
@@ -238,12 +241,21 @@ fn shape_of(slice: &pb::Slice) -> Result<Shape, SessionError> {
             } else if slice.rate.is_finite() && slice.rate >= 0.0 {
                 Some(Profile::constant(slice.rate))
             } else {
-                return Err(SessionError::Prepare(format!("rate {} is not a rate", slice.rate)));
+                return Err(SessionError::Prepare(format!(
+                    "rate {} is not a rate",
+                    slice.rate
+                )));
             };
             let arrivals = match pb::Arrival::try_from(slice.arrival) {
                 Ok(pb::Arrival::Constant) => Arrivals::Constant,
-                Ok(pb::Arrival::Gamma) if slice.burstiness > 0.0 => Arrivals::Gamma(slice.burstiness),
-                Ok(pb::Arrival::Gamma) => return Err(SessionError::Prepare("gamma arrivals need burstiness > 0".into())),
+                Ok(pb::Arrival::Gamma) if slice.burstiness > 0.0 => {
+                    Arrivals::Gamma(slice.burstiness)
+                }
+                Ok(pb::Arrival::Gamma) => {
+                    return Err(SessionError::Prepare(
+                        "gamma arrivals need burstiness > 0".into(),
+                    ));
+                }
                 _ => Arrivals::Poisson,
             };
             Ok(Shape::Open {
@@ -253,7 +265,10 @@ fn shape_of(slice: &pb::Slice) -> Result<Shape, SessionError> {
                 phase: slice.phase,
             })
         }
-        Err(_) => Err(SessionError::Prepare(format!("unknown load model {}", slice.model))),
+        Err(_) => Err(SessionError::Prepare(format!(
+            "unknown load model {}",
+            slice.model
+        ))),
     }
 }
 

@@ -175,7 +175,10 @@ impl DatasetSection {
                 return Err(("prefix_tokens", "applies only to kind = \"random\"".into()));
             }
         }
-        if d.tokenizer.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        if d.tokenizer
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             return Err(("tokenizer", "must name a tokenizer.json file".into()));
         }
         match d.output_tokens {

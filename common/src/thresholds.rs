@@ -76,7 +76,11 @@ pub struct Check {
 
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let op = if self.subject.is_upper_bound() { "<=" } else { ">=" };
+        let op = if self.subject.is_upper_bound() {
+            "<="
+        } else {
+            ">="
+        };
         write!(f, "{} {op} {}", self.key, self.limit)
     }
 }
@@ -109,10 +113,14 @@ pub fn parse_check(key: &str, value: &toml::Value) -> Result<Check, CheckError> 
         },
         _ => {
             let Some((name, stat)) = key.rsplit_once('_') else {
-                return err("unknown limit: use <metric>_<p50|p90|p99|p99.9|mean|max>, error_rate, request_throughput, output_throughput or achieved_rate_ratio");
+                return err(
+                    "unknown limit: use <metric>_<p50|p90|p99|p99.9|mean|max>, error_rate, request_throughput, output_throughput or achieved_rate_ratio",
+                );
             };
             let (Some(metric), Some(stat)) = (Metric::from_name(name), Stat::parse(stat)) else {
-                return err("unknown limit: use <metric>_<p50|p90|p99|p99.9|mean|max> with a metric of METRICS.md, error_rate, request_throughput, output_throughput or achieved_rate_ratio");
+                return err(
+                    "unknown limit: use <metric>_<p50|p90|p99|p99.9|mean|max> with a metric of METRICS.md, error_rate, request_throughput, output_throughput or achieved_rate_ratio",
+                );
             };
             let limit = if metric.is_latency() {
                 match value.as_str().map(humantime::parse_duration) {
@@ -128,7 +136,11 @@ pub fn parse_check(key: &str, value: &toml::Value) -> Result<Check, CheckError> 
             (Subject::Metric(metric, stat), limit)
         }
     };
-    Ok(Check { key: key.to_owned(), subject, limit })
+    Ok(Check {
+        key: key.to_owned(),
+        subject,
+        limit,
+    })
 }
 
 impl ThresholdsSection {
@@ -182,16 +194,25 @@ mod tests {
         assert!(t.abort_on_breach);
         let checks = t.checks().expect("valid");
         let by = |k: &str| checks.iter().find(|c| c.key == k).expect(k).clone();
-        assert_eq!(by("ttft_p99").subject, Subject::Metric(Metric::Ttft, Stat::Quantile(0.99)));
+        assert_eq!(
+            by("ttft_p99").subject,
+            Subject::Metric(Metric::Ttft, Stat::Quantile(0.99))
+        );
         assert_eq!(by("ttft_p99").limit, 2000.0);
-        assert_eq!(by("itl_p99.9").subject, Subject::Metric(Metric::Itl, Stat::Quantile(0.999)));
+        assert_eq!(
+            by("itl_p99.9").subject,
+            Subject::Metric(Metric::Itl, Stat::Quantile(0.999))
+        );
         assert_eq!(by("output_tokens_mean").limit, 64.0);
         assert_eq!(by("error_rate").subject, Subject::ErrorRate);
     }
 
     #[test]
     fn bad_limits_name_the_key() {
-        assert_eq!(parse_check("ttft_p99", &toml::Value::Integer(2)).map_err(|e| e.0), Err("ttft_p99".into()));
+        assert_eq!(
+            parse_check("ttft_p99", &toml::Value::Integer(2)).map_err(|e| e.0),
+            Err("ttft_p99".into())
+        );
         assert!(parse_check("tft_p99", &toml::Value::String("1s".into())).is_err());
         assert!(parse_check("error_rate", &toml::Value::Float(1.5)).is_err());
         assert!(parse_check("ttft_p100", &toml::Value::String("1s".into())).is_err());

@@ -9,3 +9,5 @@ pub mod link;
 pub mod merge;
 pub mod report;
 pub mod run;
+pub mod slices;
+pub mod verdict;

@@ -13,6 +13,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct IntervalRow {
     pub index: u64,
+    /// Inside the warmup: shown here, left out of the totals.
+    pub warmup: bool,
     /// Seconds from the agreed start to the interval's start.
     pub t_s: f64,
     pub agents_reporting: usize,
@@ -54,6 +56,8 @@ pub struct AgentTally {
 pub struct Merger {
     layouts: Layouts,
     interval_s: f64,
+    /// Intervals below this index are warmup.
+    pub warmup_intervals: u64,
     pub totals: MetricSet,
     pub counters: Counters,
     pub agents: Vec<AgentTally>,
@@ -83,6 +87,7 @@ impl Merger {
         Ok(Self {
             layouts,
             interval_s,
+            warmup_intervals: 0,
             totals: MetricSet::new(layouts)?,
             counters: Counters::default(),
             agents,
@@ -100,8 +105,10 @@ impl Merger {
             .as_ref()
             .map(Counters::from_proto)
             .unwrap_or_default();
-        self.totals.add(&metrics)?;
-        self.counters.add(&counters);
+        if iv.index >= self.warmup_intervals {
+            self.totals.add(&metrics)?;
+            self.counters.add(&counters);
+        }
         let health = iv.health.unwrap_or_default();
         if let Some(a) = self.agents.get_mut(agent) {
             a.metrics.add(&metrics)?;
@@ -205,6 +212,7 @@ impl Merger {
         let q = |m: Metric, q: f64| ms(p.metrics.get(m).quantile(q));
         self.timeline.push(IntervalRow {
             index,
+            warmup: index < self.warmup_intervals,
             t_s: index as f64 * self.interval_s,
             agents_reporting: p.reporters,
             requests_ok: p.counters.requests_ok,

@@ -27,7 +27,7 @@ pub const PERCENTILES: [(&str, f64); 11] = [
 ];
 
 /// Distributions in the percentile table, in order.
-pub const TABLE_METRICS: [Metric; 7] = [
+pub const TABLE_METRICS: [Metric; 10] = [
     Metric::Ttft,
     Metric::Ttfo,
     Metric::ChunkGap,
@@ -35,6 +35,9 @@ pub const TABLE_METRICS: [Metric; 7] = [
     Metric::Tpot,
     Metric::E2e,
     Metric::OutputTokens,
+    Metric::ScheduleLag,
+    Metric::TtftIntended,
+    Metric::E2eIntended,
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -71,6 +74,8 @@ pub struct AgentReport {
     pub id: String,
     pub addr: String,
     pub users: u64,
+    /// Fraction of the step's load (users, or arrival rate) this agent carried.
+    pub share: f64,
     pub requests_ok: u64,
     pub requests_failed: u64,
     pub max_cpu_percent: f64,
@@ -119,11 +124,34 @@ pub struct Summary {
     pub metrics: BTreeMap<&'static str, Distribution>,
     pub agents: Vec<AgentReport>,
     pub max_start_skew_ms: Option<f64>,
+    /// Worst clock-offset uncertainty (half the best probe round trip).
+    pub max_clock_uncertainty_ms: Option<f64>,
+    /// Seconds at the start left out of every figure (still in the timeline).
+    pub warmup_s: f64,
+    /// Open-loop figures: offered vs achieved rate and how far behind the
+    /// schedule the client fell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_loop: Option<OpenLoopReport>,
+    /// `[thresholds]` results; any failure makes the exit status 4.
+    pub thresholds: Vec<barrage_common::thresholds::CheckResult>,
     pub notes: Vec<String>,
     pub timeline: Vec<IntervalRow>,
     /// Counts of the built-in simulator, when the run used it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub simulator: Option<barrage_llm_sim::SimStats>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OpenLoopReport {
+    /// Planned arrivals per second (None for "inf").
+    pub offered_rate: Option<f64>,
+    /// Requests started per second.
+    pub achieved_rate: f64,
+    /// Planned arrivals never sent because the run ended first.
+    pub arrivals_unsent: u64,
+    pub schedule_lag_p50_ms: Option<f64>,
+    pub schedule_lag_p99_ms: Option<f64>,
+    pub schedule_lag_max_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -164,6 +192,10 @@ impl Summary {
         let max_skew = agents
             .iter()
             .filter_map(|a| a.start_late_ms)
+            .reduce(f64::max);
+        let max_uncertainty = agents
+            .iter()
+            .filter_map(|a| a.clock_uncertainty_ms)
             .reduce(f64::max);
         Summary {
             name: facts.name,
@@ -211,6 +243,10 @@ impl Summary {
                 .collect(),
             agents,
             max_start_skew_ms: max_skew,
+            max_clock_uncertainty_ms: max_uncertainty,
+            warmup_s: 0.0,
+            open_loop: None,
+            thresholds: Vec::new(),
             notes,
             timeline,
             simulator: None,
@@ -289,6 +325,15 @@ pub fn render(s: &Summary) -> String {
         let Some(d) = s.metrics.get(m.name()) else {
             continue;
         };
+        // Open-loop rows only when the run was open loop.
+        if d.count == 0
+            && matches!(
+                m,
+                Metric::ScheduleLag | Metric::TtftIntended | Metric::E2eIntended
+            )
+        {
+            continue;
+        }
         let _ = write!(out, "  {:<14}", m.name());
         for (name, _) in PERCENTILES {
             let _ = write!(
@@ -301,6 +346,42 @@ pub fn render(s: &Summary) -> String {
             );
         }
         let _ = writeln!(out, "{:>10}", d.count);
+    }
+    if let Some(o) = &s.open_loop {
+        let _ = writeln!(
+            out,
+            "\nOpen loop: offered {} req/s, achieved {:.3} req/s, unsent arrivals {}, schedule lag p50 {} / p99 {} / max {} ms",
+            opt(o.offered_rate, 3),
+            o.achieved_rate,
+            o.arrivals_unsent,
+            opt(o.schedule_lag_p50_ms, 2),
+            opt(o.schedule_lag_p99_ms, 2),
+            opt(o.schedule_lag_max_ms, 2)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  start skew max {} ms, clock uncertainty max {} ms{}",
+        opt(s.max_start_skew_ms, 2),
+        opt(s.max_clock_uncertainty_ms, 3),
+        if s.warmup_s > 0.0 {
+            format!(", warmup {:.1} s excluded", s.warmup_s)
+        } else {
+            String::new()
+        }
+    );
+    if !s.thresholds.is_empty() {
+        let _ = writeln!(out, "\nThresholds");
+        for t in &s.thresholds {
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<24} limit {:<10} actual {}",
+                if t.passed { "ok" } else { "FAIL" },
+                t.key,
+                t.limit,
+                opt(t.actual, 3)
+            );
+        }
     }
     for a in s
         .agents

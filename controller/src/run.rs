@@ -11,7 +11,6 @@ use barrage_common::auth::Token;
 use barrage_common::clock::mono_now_ns;
 use barrage_common::metrics::{Layout, Layouts};
 use barrage_common::plan::{ApiKind, PlanFile};
-use barrage_common::split;
 use barrage_llm_sim::SimServer;
 use barrage_proto::agent::v1 as pb;
 use futures::future::join_all;
@@ -31,6 +30,8 @@ pub enum Verdict {
     Completed,
     Interrupted,
     Degraded,
+    /// A `[thresholds]` limit failed.
+    Breached,
 }
 
 impl Verdict {
@@ -38,6 +39,7 @@ impl Verdict {
         match self {
             Verdict::Completed => 0,
             Verdict::Degraded => 3,
+            Verdict::Breached => 4,
             Verdict::Interrupted => 130,
         }
     }
@@ -47,6 +49,7 @@ impl Verdict {
             Verdict::Completed => "completed",
             Verdict::Interrupted => "interrupted",
             Verdict::Degraded => "degraded",
+            Verdict::Breached => "breached",
         }
     }
 }
@@ -282,9 +285,7 @@ async fn drive(
         })
         .collect();
     let load = &plan.load;
-    let stripes = split::stripe_users(load.users, &weights);
-    let user_counts: Vec<f64> = stripes.iter().map(|s| s.len() as f64).collect();
-    let requests = load.requests.map(|r| split::proportional(r, &user_counts));
+    let slices = crate::slices::slices(load, &weights);
     let layouts = Layouts {
         latency: Layout {
             sigfig: plan.metrics.sigfig,
@@ -296,7 +297,7 @@ async fn drive(
         },
     };
     let interval = plan.metrics.interval;
-    let hard_deadline = match load.duration {
+    let hard_deadline = match load.effective_duration() {
         Some(d) => d + plan.target.timeout + Duration::from_secs(30),
         None => Duration::from_secs(24 * 3600),
     };
@@ -305,12 +306,7 @@ async fn drive(
         let prepare = pb::Prepare {
             run_id: run_id.to_owned(),
             step: 0,
-            slice: Some(pb::Slice {
-                user_indexes: stripes[i].clone(),
-                spawn_rate: load.spawn_rate.unwrap_or(0.0),
-                max_requests: requests.as_ref().map(|r| r[i]),
-                duration_ms: load.duration.map_or(0, |d| d.as_millis() as u64),
-            }),
+            slice: Some(slices[i].clone()),
             target: Some(target.clone()),
             request: Some(pb::RequestParams {
                 max_tokens: plan.request.max_tokens,
@@ -358,13 +354,34 @@ async fn drive(
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
     let start_instant = barrage_common::clock::instant_at(start_local);
-    tracing::info!(agents = links.len(), users = load.users, "run started");
+    tracing::info!(agents = links.len(), mode = ?load.mode(), "run started");
 
     let mut merger = Merger::new(layouts, links.len(), interval.as_secs_f64())?;
-    let infos: Vec<(String, String, u64)> = links
+    let warmup = load.warmup.unwrap_or_default();
+    merger.warmup_intervals = (warmup.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+    let checks = plan
+        .thresholds
+        .checks()
+        .map_err(|(k, p)| RunError::Setup(format!("thresholds.{k}: {p}")))?;
+    let mut aborted: Option<String> = None;
+    // Each agent's share of the load: users (closed loop) or rate (open loop).
+    let total_weight: f64 = slices.iter().map(slice_weight).sum();
+    let infos: Vec<(String, String, u64, f64)> = links
         .iter()
-        .zip(&stripes)
-        .map(|(l, s)| (l.hello.agent_id.clone(), l.addr.clone(), s.len() as u64))
+        .zip(&slices)
+        .map(|(l, s)| {
+            let share = if total_weight > 0.0 {
+                slice_weight(s) / total_weight
+            } else {
+                0.0
+            };
+            (
+                l.hello.agent_id.clone(),
+                l.addr.clone(),
+                s.user_indexes.len() as u64,
+                share,
+            )
+        })
         .collect();
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let stop = CancellationToken::new();
@@ -402,6 +419,16 @@ async fn drive(
                         merger.agent_gone(agent);
                     }
                 }
+                if plan.thresholds.abort_on_breach && aborted.is_none() {
+                    let lost = checks
+                        .iter()
+                        .find(|c| crate::verdict::clearly_lost(c, &merger.totals, &merger.counters, load.requests));
+                    if let Some(c) = lost {
+                        eprintln!("threshold {c} is clearly lost: stopping every agent");
+                        aborted = Some(c.key.clone());
+                        stop.cancel();
+                    }
+                }
                 if opts.progress {
                     while printed < merger.timeline.len() {
                         progress(&merger.timeline[printed]);
@@ -425,7 +452,8 @@ async fn drive(
     let agents: Vec<AgentReport> = infos
         .iter()
         .enumerate()
-        .map(|(i, (id, addr, users))| AgentReport {
+        .map(|(i, (id, addr, users, share))| AgentReport {
+            share: *share,
             id: id.clone(),
             addr: addr.clone(),
             users: *users,
@@ -442,24 +470,56 @@ async fn drive(
         .iter()
         .any(|a| a.lost.is_some() || a.totals_mismatch.is_some())
         || !merge_errors.is_empty();
+    let run_s = end.saturating_duration_since(start_instant).as_secs_f64();
+    let measured_s = if warmup.as_secs_f64() < run_s {
+        run_s - warmup.as_secs_f64()
+    } else {
+        run_s
+    };
+    let offered_rate = match load.mode() {
+        barrage_common::load::LoadMode::Rate => load.rate_per_second(),
+        barrage_common::load::LoadMode::Stages if load.open_loop() => {
+            let total: f64 = slices.iter().map(expected_arrivals).sum();
+            load.effective_duration().map(|d| total / d.as_secs_f64())
+        }
+        _ => None,
+    };
+    let figures = crate::verdict::RunFigures {
+        duration_s: measured_s,
+        offered_rate,
+    };
+    let results = crate::verdict::evaluate(&checks, &merger.totals, &merger.counters, figures);
+    let breached = results.iter().any(|r| !r.passed) || aborted.is_some();
     let verdict = if interrupted {
         Verdict::Interrupted
     } else if degraded {
         Verdict::Degraded
+    } else if breached {
+        Verdict::Breached
     } else {
         Verdict::Completed
     };
     let mut notes = merge_errors;
-    let lost_users: u64 = agents
-        .iter()
-        .filter(|a| a.lost.is_some())
-        .map(|a| a.users)
-        .sum();
-    if lost_users > 0 {
+    if let Some(key) = &aborted {
         notes.push(format!(
-            "{lost_users} of {} users ({:.1} %) ran on lost agents; their unreported intervals are missing",
-            load.users,
-            100.0 * lost_users as f64 / load.users as f64
+            "stopped early: threshold {key} was clearly lost (abort_on_breach)"
+        ));
+    }
+    let lost: Vec<&AgentReport> = agents.iter().filter(|a| a.lost.is_some()).collect();
+    if !lost.is_empty() {
+        let share: f64 = lost.iter().map(|a| a.share).sum();
+        let users: u64 = lost.iter().map(|a| a.users).sum();
+        let what = if load.open_loop() {
+            format!("{:.1} % of the arrival rate", share * 100.0)
+        } else {
+            format!(
+                "{users} of {} users ({:.1} %)",
+                load.peak_users(),
+                share * 100.0
+            )
+        };
+        notes.push(format!(
+            "{what} ran on lost agents; their unreported intervals are missing"
         ));
     }
     for a in agents.iter().filter(|a| a.max_cpu_percent > 90.0) {
@@ -475,8 +535,8 @@ async fn drive(
         target: target.url.clone(),
         api: format!("{:?}", plan.target.api),
         status: verdict.name().to_owned(),
-        duration_s: end.saturating_duration_since(start_instant).as_secs_f64(),
-        users: load.users,
+        duration_s: measured_s,
+        users: load.peak_users(),
     };
     let summary = Summary::build(
         facts,
@@ -486,7 +546,39 @@ async fn drive(
         timeline,
         notes,
     );
+    let mut summary = summary;
+    summary.warmup_s = warmup.as_secs_f64().min(run_s);
+    summary.thresholds = results;
+    if load.open_loop() {
+        let lag = merger
+            .totals
+            .get(barrage_common::metrics::Metric::ScheduleLag);
+        let ms = |v: Option<u64>| v.map(|x| x as f64 / 1000.0);
+        summary.open_loop = Some(report::OpenLoopReport {
+            offered_rate,
+            achieved_rate: if measured_s > 0.0 {
+                merger.counters.requests_started as f64 / measured_s
+            } else {
+                0.0
+            },
+            arrivals_unsent: merger.counters.arrivals_unsent,
+            schedule_lag_p50_ms: ms(lag.quantile(0.5)),
+            schedule_lag_p99_ms: ms(lag.quantile(0.99)),
+            schedule_lag_max_ms: ms(lag.quantile(1.0)),
+        });
+    }
     Ok((summary, verdict))
+}
+
+/// Arrivals a rate-stage slice plans over its stages (the profile's area).
+fn expected_arrivals(s: &pb::Slice) -> f64 {
+    let mut prev = 0.0;
+    let mut area = 0.0;
+    for st in &s.stages {
+        area += 0.5 * (prev + st.target) * st.duration_ms as f64 / 1000.0;
+        prev = st.target;
+    }
+    area
 }
 
 /// Opens every agent's session. Without `min_agents` all must answer at once
@@ -545,6 +637,19 @@ async fn open_links(
             )));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The quantity a slice carries: users, else its (peak) rate.
+fn slice_weight(s: &pb::Slice) -> f64 {
+    if !s.user_indexes.is_empty() {
+        return s.user_indexes.len() as f64;
+    }
+    let peak = s.stages.iter().map(|st| st.target).fold(s.rate, f64::max);
+    if s.rate_infinite {
+        s.max_requests.unwrap_or(0) as f64
+    } else {
+        peak
     }
 }
 

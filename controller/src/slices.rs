@@ -46,11 +46,19 @@ pub fn slices(load: &LoadSection, weights: &[f64]) -> Vec<pb::Slice> {
     }
     // Open loop. A concurrency cap smaller than the agent count leaves some
     // agents without a share; they then get no rate and no requests either.
-    let caps = load.max_concurrency.map(|c| split::proportional(c, weights));
+    let caps = load
+        .max_concurrency
+        .map(|c| split::proportional(c, weights));
     let live: Vec<f64> = weights
         .iter()
         .enumerate()
-        .map(|(i, w)| if caps.as_ref().is_some_and(|c| c[i] == 0) { 0.0 } else { *w })
+        .map(|(i, w)| {
+            if caps.as_ref().is_some_and(|c| c[i] == 0) {
+                0.0
+            } else {
+                *w
+            }
+        })
         .collect();
     let total: f64 = live.iter().sum();
     let share = |i: usize| if total > 0.0 { live[i] / total } else { 0.0 };
@@ -88,7 +96,11 @@ pub fn slices(load: &LoadSection, weights: &[f64]) -> Vec<pb::Slice> {
                     })
                     .collect(),
                 // An agent without a share must not run unbounded.
-                max_requests: if f == 0.0 { Some(0) } else { requests.as_ref().map(|r| r[i]) },
+                max_requests: if f == 0.0 {
+                    Some(0)
+                } else {
+                    requests.as_ref().map(|r| r[i])
+                },
                 duration_ms,
                 ..pb::Slice::default()
             }
@@ -110,23 +122,35 @@ mod tests {
     fn closed_loop_users_and_requests_sum_exactly() {
         let s = slices(&load("users = 10\nrequests = 101"), &[1.0, 1.0, 2.0]);
         assert_eq!(s.iter().map(|x| x.user_indexes.len()).sum::<usize>(), 10);
-        assert_eq!(s.iter().map(|x| x.max_requests.unwrap_or(0)).sum::<u64>(), 101);
+        assert_eq!(
+            s.iter().map(|x| x.max_requests.unwrap_or(0)).sum::<u64>(),
+            101
+        );
         assert_eq!(s[2].user_indexes.len(), 5);
     }
 
     #[test]
     fn open_loop_rate_and_caps_split_by_weight() {
-        let s = slices(&load("rate = 12.0\nrequests = 100\nmax_concurrency = 9\narrival = \"constant\""), &[1.0, 2.0]);
+        let s = slices(
+            &load("rate = 12.0\nrequests = 100\nmax_concurrency = 9\narrival = \"constant\""),
+            &[1.0, 2.0],
+        );
         assert!((s[0].rate - 4.0).abs() < 1e-9 && (s[1].rate - 8.0).abs() < 1e-9);
         assert_eq!(s[0].max_concurrency, Some(3));
         assert_eq!(s[1].max_concurrency, Some(6));
-        assert_eq!(s.iter().map(|x| x.max_requests.unwrap_or(0)).sum::<u64>(), 100);
+        assert_eq!(
+            s.iter().map(|x| x.max_requests.unwrap_or(0)).sum::<u64>(),
+            100
+        );
         assert_eq!((s[0].phase, s[1].phase), (0.0, 0.5));
     }
 
     #[test]
     fn a_cap_below_the_agent_count_idles_agents_without_losing_rate() {
-        let s = slices(&load("rate = 10.0\nduration = \"5s\"\nmax_concurrency = 1"), &[1.0, 1.0]);
+        let s = slices(
+            &load("rate = 10.0\nduration = \"5s\"\nmax_concurrency = 1"),
+            &[1.0, 1.0],
+        );
         assert_eq!(s[0].max_concurrency, Some(1));
         assert!((s[0].rate - 10.0).abs() < 1e-9);
         assert_eq!((s[1].rate, s[1].max_requests), (0.0, Some(0)));
@@ -134,7 +158,10 @@ mod tests {
 
     #[test]
     fn rate_stages_are_scaled_per_agent() {
-        let s = slices(&load("stages = [{duration = \"2s\", rate = 10.0}, {duration = \"2s\", rate = 0.0}]"), &[3.0, 1.0]);
+        let s = slices(
+            &load("stages = [{duration = \"2s\", rate = 10.0}, {duration = \"2s\", rate = 0.0}]"),
+            &[3.0, 1.0],
+        );
         assert_eq!(s[0].stages.len(), 2);
         assert!((s[0].stages[0].target - 7.5).abs() < 1e-9);
         assert!((s[1].stages[0].target - 2.5).abs() < 1e-9);
