@@ -18,6 +18,11 @@ pub fn mono_now_ns() -> u64 {
     u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The [`mono_now_ns`] value of an `Instant`.
+pub fn mono_ns_of(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The `Instant` that corresponds to a value of [`mono_now_ns`].
 pub fn instant_at(mono_ns: u64) -> Instant {
     epoch() + Duration::from_nanos(mono_ns)

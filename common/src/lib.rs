@@ -7,6 +7,7 @@ pub mod clock;
 pub mod dataset;
 pub mod load;
 pub mod metrics;
+pub mod monitor;
 pub mod plan;
 pub mod simulator;
 pub mod split;

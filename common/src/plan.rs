@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::dataset::{DatasetKind, DatasetSection};
 pub use crate::load::{ArrivalKind, LoadMode, LoadSection, RateValue, StageSpec};
+use crate::monitor::MonitorSection;
 use crate::simulator::SimConfig;
 use crate::thresholds::ThresholdsSection;
 
@@ -28,6 +29,7 @@ pub const SECTIONS: &[&str] = &[
     "metrics",
     "simulator",
     "thresholds",
+    "monitor",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +50,9 @@ pub struct PlanFile {
     pub output: OutputSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// GPU exporters and server metrics on the run's timeline.
+    #[serde(default)]
+    pub monitor: MonitorSection,
     /// Limits that decide the exit status (CI verdicts).
     #[serde(default)]
     pub thresholds: ThresholdsSection,
@@ -330,6 +335,9 @@ impl PlanFile {
         if self.metrics.interval < Duration::from_millis(100) {
             return Err(invalid("metrics.interval", "must be at least 100ms"));
         }
+        self.monitor
+            .validate()
+            .map_err(|(key, problem)| invalid(&format!("monitor.{key}"), problem))?;
         self.thresholds
             .checks()
             .map_err(|(key, problem)| invalid(&format!("thresholds.{key}"), problem))?;

@@ -68,6 +68,7 @@ pub async fn main(cli: Cli) -> i32 {
                 progress: !quiet,
                 embedded_threads: None,
                 agent_token: None,
+                monitor_token: None,
             };
             match run::execute(p, opts, cancel).await {
                 Ok(outcome) => {

@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod embedded;
 pub mod link;
 pub mod merge;
+pub mod monitor;
 pub mod report;
 pub mod run;
 pub mod slices;

@@ -30,6 +30,9 @@ pub struct IntervalRow {
     pub max_agent_cpu_percent: f64,
     pub max_scheduler_lag_ms: f64,
     pub in_flight: u64,
+    /// GPU and server-metric averages of the interval (when monitored).
+    #[serde(flatten)]
+    pub monitor: crate::monitor::IntervalMonitor,
 }
 
 struct Pending {
@@ -227,6 +230,7 @@ impl Merger {
             max_agent_cpu_percent: p.max_cpu,
             max_scheduler_lag_ms: p.max_lag_us as f64 / 1000.0,
             in_flight: p.in_flight,
+            monitor: crate::monitor::IntervalMonitor::default(),
         });
     }
 

@@ -132,6 +132,9 @@ pub struct Summary {
     /// schedule the client fell.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_loop: Option<OpenLoopReport>,
+    /// GPU exporters and scraped server metrics, when `[monitor]` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<crate::monitor::MonitorReport>,
     /// `[thresholds]` results; any failure makes the exit status 4.
     pub thresholds: Vec<barrage_common::thresholds::CheckResult>,
     pub notes: Vec<String>,
@@ -246,6 +249,7 @@ impl Summary {
             max_clock_uncertainty_ms: max_uncertainty,
             warmup_s: 0.0,
             open_loop: None,
+            monitor: None,
             thresholds: Vec::new(),
             notes,
             timeline,
@@ -370,6 +374,9 @@ pub fn render(s: &Summary) -> String {
             String::new()
         }
     );
+    if let Some(m) = &s.monitor {
+        render_monitor(&mut out, m);
+    }
     if !s.thresholds.is_empty() {
         let _ = writeln!(out, "\nThresholds");
         for t in &s.thresholds {
@@ -405,6 +412,63 @@ pub fn render(s: &Summary) -> String {
     out
 }
 
+fn stat(s: Option<&barrage_gpu_exporter::summary::Stat>, digits: usize) -> String {
+    s.map_or_else(
+        || "-".to_owned(),
+        |s| {
+            format!(
+                "{:.digits$} / {:.digits$} / {:.digits$}",
+                s.avg, s.p95, s.max
+            )
+        },
+    )
+}
+
+fn render_monitor(out: &mut String, m: &crate::monitor::MonitorReport) {
+    for e in &m.exporters {
+        let _ = writeln!(
+            out,
+            "\nGPUs of {} (avg / p95 / max over {} samples)",
+            e.addr, e.summary.samples
+        );
+        for g in &e.summary.gpus {
+            let _ = writeln!(
+                out,
+                "  gpu {} {:<20} util % {:<18} mem % {:<18} power W {:<20} energy {} J",
+                g.index,
+                g.name,
+                stat(g.utilization_gpu_pct.as_ref(), 1),
+                stat(g.memory_used_pct.as_ref(), 1),
+                stat(g.power_w.as_ref(), 0),
+                opt(g.energy_j, 0)
+            );
+        }
+        if let Some(h) = &e.summary.host {
+            let _ = writeln!(
+                out,
+                "  host {:<24} cpu % {:<18} mem % {}",
+                h.hostname,
+                stat(Some(&h.cpu_percent), 1),
+                stat(h.memory_used_pct.as_ref(), 1)
+            );
+        }
+    }
+    if let Some(t) = m.output_tokens_per_joule {
+        let _ = writeln!(
+            out,
+            "  output tokens per joule: {t:.3} ({} J in all)",
+            opt(m.gpu_energy_j, 0)
+        );
+    }
+    for (name, v) in &m.server_metrics {
+        let _ = writeln!(
+            out,
+            "  server {name}: avg {:.3} max {:.3} last {:.3} ({} scrapes)",
+            v.avg, v.max, v.last, v.samples
+        );
+    }
+}
+
 /// Writes summary.json, timeline.csv and the plan as run into `dir`.
 pub fn write(dir: &Path, s: &Summary, plan_toml: &str) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
@@ -412,13 +476,13 @@ pub fn write(dir: &Path, s: &Summary, plan_toml: &str) -> std::io::Result<Vec<Pa
     let summary = dir.join("summary.json");
     write_atomic(&summary, json.as_bytes())?;
     let mut csv = String::from(
-        "index,t_s,agents_reporting,requests_ok,requests_failed,output_tokens,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,e2e_p50_ms,e2e_p99_ms,max_agent_cpu_percent,max_scheduler_lag_ms,in_flight\n",
+        "index,t_s,agents_reporting,requests_ok,requests_failed,output_tokens,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,e2e_p50_ms,e2e_p99_ms,max_agent_cpu_percent,max_scheduler_lag_ms,in_flight,gpu_util_pct,gpu_mem_pct,gpu_power_w\n",
     );
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.3}"));
     for r in &s.timeline {
         let _ = writeln!(
             csv,
-            "{},{:.3},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3},{}",
+            "{},{:.3},{},{},{},{},{},{},{},{},{},{},{:.1},{:.3},{},{},{},{}",
             r.index,
             r.t_s,
             r.agents_reporting,
@@ -433,7 +497,10 @@ pub fn write(dir: &Path, s: &Summary, plan_toml: &str) -> std::io::Result<Vec<Pa
             f(r.e2e_p99_ms),
             r.max_agent_cpu_percent,
             r.max_scheduler_lag_ms,
-            r.in_flight
+            r.in_flight,
+            f(r.monitor.gpu_util_pct),
+            f(r.monitor.gpu_mem_pct),
+            f(r.monitor.gpu_power_w)
         );
     }
     let timeline = dir.join("timeline.csv");

@@ -78,6 +78,8 @@ pub struct RunOptions {
     pub embedded_threads: Option<usize>,
     /// Agent token given directly (library use) instead of `cluster.token_env`.
     pub agent_token: Option<Token>,
+    /// GPU exporter token given directly instead of `monitor.token_env`.
+    pub monitor_token: Option<Token>,
 }
 
 pub struct RunOutcome {
@@ -345,6 +347,21 @@ async fn drive(
         )));
     }
 
+    let monitor_token = match (
+        &opts.monitor_token,
+        plan.monitor
+            .token_env
+            .as_ref()
+            .or(plan.cluster.token_env.as_ref()),
+    ) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(var)) => Some(
+            Token::from_env(var).map_err(|e| RunError::Setup(format!("monitor.token_env: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    let monitors = crate::monitor::Monitors::start(&plan.monitor, monitor_token).await;
+
     // The start barrier: one moment, translated into each agent's clock.
     let max_rtt = offsets.iter().map(|o| o.rtt_ns).max().unwrap_or(0);
     let lead = Duration::from_nanos(max_rtt * 5).max(Duration::from_millis(500));
@@ -448,7 +465,32 @@ async fn drive(
     } else {
         last_final
     };
-    let timeline = merger.finish().to_vec();
+    let mut timeline = merger.finish().to_vec();
+    let monitor_report = if monitors.is_empty() {
+        None
+    } else {
+        let end_ns = barrage_common::clock::mono_ns_of(end);
+        let n = timeline
+            .iter()
+            .map(|r| r.index as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let (report, rows) = monitors
+            .finish(
+                start_local,
+                end_ns,
+                interval,
+                n,
+                merger.counters.output_tokens,
+            )
+            .await;
+        for r in &mut timeline {
+            if let Some(m) = rows.get(r.index as usize) {
+                r.monitor = m.clone();
+            }
+        }
+        Some(report)
+    };
     let agents: Vec<AgentReport> = infos
         .iter()
         .enumerate()
@@ -549,6 +591,10 @@ async fn drive(
     let mut summary = summary;
     summary.warmup_s = warmup.as_secs_f64().min(run_s);
     summary.thresholds = results;
+    if let Some(m) = monitor_report {
+        summary.notes.extend(m.notes.iter().cloned());
+        summary.monitor = Some(m);
+    }
     if load.open_loop() {
         let lag = merger
             .totals

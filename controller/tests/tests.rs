@@ -6,3 +6,4 @@ mod support;
 mod cli;
 mod e2e;
 mod load_models;
+mod monitor;

@@ -1,0 +1,223 @@
+//! `[monitor]` end to end: a fake-NVML gpu-exporter over real gRPC and a
+//! Prometheus endpoint over real HTTP, both on loopback, onto the timeline
+//! of a run against the built-in simulator.
+
+use std::time::Duration;
+
+use barrage_common::auth::Token;
+use barrage_controller::run::{RunOptions, Verdict, execute};
+use barrage_gpu_exporter::Exporter;
+use barrage_gpu_exporter::host::FakeHost;
+use barrage_gpu_exporter::sampler::SamplerConfig;
+use barrage_gpu_exporter::source::FakeSource;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{LOAD, TEST_LIMIT, plan_from, scratch};
+
+const TOKEN: &str = "monitor-token";
+
+/// A fake exporter: every GPU at 70 % utilisation, 380 W.
+async fn exporter(gpus: u32) -> (String, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let ex = Exporter::start(
+        Box::new(
+            FakeSource::new(gpus)
+                .with_pattern(vec![70])
+                .with_step(Duration::from_millis(200)),
+        ),
+        Box::new(FakeHost::new().with_pattern(vec![25.0])),
+        SamplerConfig {
+            interval: Duration::from_millis(200),
+            ..SamplerConfig::default()
+        },
+    )
+    .expect("exporter");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(ex.serve(listener, None, Some(Token::new(TOKEN)), async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// A minimal Prometheus endpoint: every scrape answers the same text.
+async fn prometheus(body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = sock.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+fn plan(exporter: &str, prom: &str) -> String {
+    format!(
+        r#"
+        name = "monitor"
+        [request]
+        max_tokens = 16
+        [load]
+        users = 8
+        duration = "3s"
+        [cluster]
+        embedded_agents = 1
+        [monitor]
+        gpu_exporters = ["{exporter}"]
+        prometheus = ["{prom}"]
+        prometheus_metrics = ["vllm:num_requests_running", "vllm:gpu_cache_usage_perc"]
+        scrape_interval = "200ms"
+        [output]
+        dir = "{}"
+        [simulator]
+        ttft = "20ms"
+        itl = "10ms"
+        "#,
+        scratch("monitor").display()
+    )
+}
+
+fn opts() -> RunOptions {
+    RunOptions {
+        monitor_token: Some(Token::new(TOKEN)),
+        ..RunOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_and_server_metrics_land_on_the_run_timeline() {
+    let _serial = LOAD.lock().await;
+    let (addr, _stop) = exporter(2).await;
+    let prom = prometheus("# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine=\"0\"} 3\nvllm:num_requests_running{engine=\"1\"} 2\nvllm:gpu_cache_usage_perc 0.5\n").await;
+    let outcome = tokio::time::timeout(
+        TEST_LIMIT,
+        execute(
+            plan_from(&plan(&addr, &prom)),
+            opts(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("bounded")
+    .expect("run");
+    assert_eq!(outcome.verdict, Verdict::Completed);
+    let m = outcome.summary.monitor.clone().expect("monitor report");
+    assert_eq!(m.exporters.len(), 1);
+    let e = &m.exporters[0];
+    assert!(e.disconnected.is_none());
+    assert!(
+        e.summary.samples >= 10,
+        "~15 samples in 3 s: {}",
+        e.summary.samples
+    );
+    assert_eq!(e.summary.gpus.len(), 2);
+    for g in &e.summary.gpus {
+        let util = g.utilization_gpu_pct.as_ref().expect("util");
+        assert_eq!((util.avg, util.max), (70.0, 70.0), "the fake's value");
+        let power = g.power_w.as_ref().expect("power");
+        assert_eq!(power.avg, 380.0);
+        assert!(g.energy_j.is_some_and(|j| j > 0.0));
+    }
+    assert!(m.output_tokens_per_joule.is_some_and(|t| t > 0.0));
+    assert_eq!(m.server_metrics["vllm:num_requests_running"].avg, 5.0);
+    assert_eq!(m.server_metrics["vllm:gpu_cache_usage_perc"].max, 0.5);
+    // On the timeline: every full interval carries the GPU average.
+    let rows: Vec<_> = outcome
+        .summary
+        .timeline
+        .iter()
+        .filter(|r| r.monitor.gpu_util_pct.is_some())
+        .collect();
+    assert!(rows.len() >= 2, "{:?}", outcome.summary.timeline);
+    assert!(rows.iter().all(|r| r.monitor.gpu_util_pct == Some(70.0)));
+    assert!(
+        rows.iter()
+            .any(|r| r.monitor.server.get("vllm:num_requests_running") == Some(&5.0))
+    );
+    let csv = std::fs::read_to_string(outcome.dir.join("timeline.csv")).expect("csv");
+    assert!(
+        csv.lines()
+            .next()
+            .is_some_and(|h| h.ends_with("gpu_util_pct,gpu_mem_pct,gpu_power_w"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exporter_lost_mid_run_leaves_a_gap_and_a_note_not_a_failure() {
+    let _serial = LOAD.lock().await;
+    let (addr, stop) = exporter(1).await;
+    let prom = prometheus("vllm:num_requests_running 1\n").await;
+    let run = tokio::spawn(execute(
+        plan_from(&plan(&addr, &prom)),
+        opts(),
+        CancellationToken::new(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = stop.send(());
+    let outcome = tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("bounded")
+        .expect("join")
+        .expect("run");
+    assert_eq!(
+        outcome.verdict,
+        Verdict::Completed,
+        "never fails the load test"
+    );
+    let m = outcome.summary.monitor.clone().expect("monitor");
+    assert!(m.exporters[0].disconnected.is_some());
+    assert!(
+        outcome
+            .summary
+            .notes
+            .iter()
+            .any(|n| n.contains("disconnected")),
+        "{:?}",
+        outcome.summary.notes
+    );
+    let last = outcome.summary.timeline.iter().rev().find(|r| r.index >= 2);
+    assert!(
+        last.is_some_and(|r| r.monitor.gpu_util_pct.is_none()),
+        "a gap after the loss"
+    );
+    assert!(outcome.summary.requests_ok > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_exporter_is_a_note_and_the_run_goes_on() {
+    let _serial = LOAD.lock().await;
+    let prom = prometheus("vllm:num_requests_running 1\n").await;
+    let outcome = tokio::time::timeout(
+        TEST_LIMIT,
+        execute(
+            plan_from(&plan("127.0.0.1:9", &prom)),
+            opts(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("bounded")
+    .expect("run");
+    assert_eq!(outcome.verdict, Verdict::Completed);
+    assert!(
+        outcome
+            .summary
+            .notes
+            .iter()
+            .any(|n| n.contains("gpu exporter 127.0.0.1:9")),
+        "{:?}",
+        outcome.summary.notes
+    );
+}
