@@ -155,6 +155,14 @@ pub struct ClusterSection {
     /// How long to wait for `min_agents` (default 60 s).
     #[serde(with = "humantime_serde")]
     pub agent_wait: Duration,
+    /// TLS to agents and GPU exporters: the CA (PEM) that signed their
+    /// certificates. Setting it switches the controller to https.
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: the controller's certificate and key (PEM).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Name to verify in the agents' certificates (default: the host of each address).
+    pub tls_domain: Option<String>,
 }
 
 impl Default for ClusterSection {
@@ -165,6 +173,10 @@ impl Default for ClusterSection {
             token_env: None,
             min_agents: None,
             agent_wait: Duration::from_secs(60),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_domain: None,
         }
     }
 }
@@ -341,6 +353,19 @@ impl PlanFile {
         self.thresholds
             .checks()
             .map_err(|(key, problem)| invalid(&format!("thresholds.{key}"), problem))?;
+        let c = &self.cluster;
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return Err(invalid(
+                "cluster.tls_cert",
+                "tls_cert and tls_key go together (mutual TLS)",
+            ));
+        }
+        if c.tls_cert.is_some() && c.tls_ca.is_none() {
+            return Err(invalid(
+                "cluster.tls_ca",
+                "required with tls_cert: the CA that signed the agents' certificates",
+            ));
+        }
         if self.cluster.min_agents == Some(0) {
             return Err(invalid("cluster.min_agents", "must be at least 1"));
         }
