@@ -68,6 +68,8 @@ pub struct Workload {
     pub client: TargetClient,
     pub prompts: Vec<PreparedPrompt>,
     pub recorder: Arc<Recorder>,
+    /// Per-request limits for goodput.
+    pub slo: barrage_proto::agent::v1::RequestSlo,
     next_prompt: AtomicUsize,
     budget: Option<AtomicU64>,
     in_flight: AtomicU64,
@@ -90,6 +92,7 @@ impl Workload {
             client,
             prompts,
             recorder,
+            slo: Default::default(),
             next_prompt: AtomicUsize::new(start),
             budget: max_requests.map(AtomicU64::new),
             in_flight: AtomicU64::new(0),
@@ -142,6 +145,7 @@ impl Workload {
                 end,
                 result,
                 prompt.estimated_input_tokens,
+                &self.slo,
                 &mut s.metrics,
                 &mut s.counters,
             )

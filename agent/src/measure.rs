@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use barrage_common::metrics::{Counters, ErrorClass, Metric, MetricSet};
+use barrage_proto::agent::v1::RequestSlo;
 
 use crate::chunk::ChunkInfo;
 
@@ -109,12 +110,14 @@ impl RequestMeasure {
     }
 
     /// Records the finished request. `estimated_input` is used when the
-    /// server reported no prompt tokens.
+    /// server reported no prompt tokens; `slo` decides whether it counts
+    /// towards goodput.
     pub fn record(
         &self,
         end: Instant,
         result: Result<(), ErrorClass>,
         estimated_input: u64,
+        slo: &RequestSlo,
         metrics: &mut MetricSet,
         counters: &mut Counters,
     ) {
@@ -176,6 +179,20 @@ impl RequestMeasure {
         if let Some(m) = max_gap {
             metrics.record(Metric::MaxStall, m);
         }
+        let tpot = match (ttft, output_tokens >= 2) {
+            (Some(t), true) => Some(e2e.saturating_sub(t) / (output_tokens - 1)),
+            _ => None,
+        };
+        let within =
+            |limit: Option<u64>, v: Option<u64>| limit.is_none_or(|l| v.is_some_and(|v| v <= l));
+        if within(slo.ttft_us, ttft)
+            && within(slo.ttfo_us, self.first_answer.map(since))
+            && within(slo.tpot_us, tpot)
+            && within(slo.e2e_us, Some(e2e))
+            && within(slo.max_stall_us, Some(max_gap.unwrap_or(0)))
+        {
+            counters.requests_good += 1;
+        }
     }
 }
 
@@ -200,7 +217,7 @@ mod tests {
     ) -> (MetricSet, Counters) {
         let mut set = MetricSet::new(Layouts::default()).expect("layout");
         let mut c = Counters::default();
-        m.record(end, result, 3, &mut set, &mut c);
+        m.record(end, result, 3, &RequestSlo::default(), &mut set, &mut c);
         (set, c)
     }
 
@@ -307,6 +324,40 @@ mod tests {
         m.on_chunk(t0 + ms(1), &out(None));
         let (set, _) = recorded(&m, t0 + ms(2), Ok(()));
         assert_eq!(set.get(Metric::ScheduleLag).count, 0);
+    }
+
+    #[test]
+    fn goodput_counts_requests_within_every_limit() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        m.on_chunk(t0 + ms(30), &out(None));
+        m.on_chunk(t0 + ms(40), &out(None));
+        let mut set = MetricSet::new(Layouts::default()).expect("layout");
+        let mut c = Counters::default();
+        let ok = RequestSlo {
+            ttft_us: Some(50_000),
+            e2e_us: Some(100_000),
+            ..RequestSlo::default()
+        };
+        m.record(t0 + ms(41), Ok(()), 1, &ok, &mut set, &mut c);
+        assert_eq!(c.requests_good, 1);
+        let strict = RequestSlo {
+            ttft_us: Some(20_000),
+            ..RequestSlo::default()
+        };
+        m.record(t0 + ms(41), Ok(()), 1, &strict, &mut set, &mut c);
+        assert_eq!(c.requests_good, 1, "ttft 30 ms > 20 ms: not good");
+        m.record(
+            t0 + ms(41),
+            Err(ErrorClass::Stream),
+            1,
+            &ok,
+            &mut set,
+            &mut c,
+        );
+        assert_eq!(c.requests_good, 1, "failed requests are never good");
     }
 
     #[test]

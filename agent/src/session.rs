@@ -197,13 +197,9 @@ fn prepare(
         duration: (slice.duration_ms > 0).then(|| Duration::from_millis(slice.duration_ms)),
         seed: p.seed,
     };
-    let work = Arc::new(Workload::new(
-        client,
-        bodies,
-        recorder,
-        p.seed,
-        spec.max_requests,
-    ));
+    let mut work = Workload::new(client, bodies, recorder, p.seed, spec.max_requests);
+    work.slo = p.slo.unwrap_or_default();
+    let work = Arc::new(work);
     tracing::info!(
         run_id = %p.run_id, step = p.step, users = slice.user_indexes.len(),
         target = %target.url, "step prepared"

@@ -11,4 +11,6 @@ pub mod monitor;
 pub mod plan;
 pub mod simulator;
 pub mod split;
+pub mod sweep;
 pub mod thresholds;
+pub mod tls;

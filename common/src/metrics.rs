@@ -485,6 +485,8 @@ pub struct Counters {
     pub chunk_tokens_assumed: u64,
     /// Open loop: planned arrivals never sent (still waiting when the run ended).
     pub arrivals_unsent: u64,
+    /// Completed requests within every per-request SLO (goodput).
+    pub requests_good: u64,
 }
 
 impl Counters {
@@ -504,6 +506,7 @@ impl Counters {
         self.usage_estimated += o.usage_estimated;
         self.chunk_tokens_assumed += o.chunk_tokens_assumed;
         self.arrivals_unsent += o.arrivals_unsent;
+        self.requests_good += o.requests_good;
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -536,6 +539,7 @@ impl Counters {
             usage_estimated: self.usage_estimated,
             chunk_tokens_assumed: self.chunk_tokens_assumed,
             arrivals_unsent: self.arrivals_unsent,
+            requests_good: self.requests_good,
         }
     }
 
@@ -555,6 +559,7 @@ impl Counters {
             usage_estimated: p.usage_estimated,
             chunk_tokens_assumed: p.chunk_tokens_assumed,
             arrivals_unsent: p.arrivals_unsent,
+            requests_good: p.requests_good,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

@@ -30,6 +30,8 @@ pub const SECTIONS: &[&str] = &[
     "simulator",
     "thresholds",
     "monitor",
+    "slo",
+    "sweep",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +58,12 @@ pub struct PlanFile {
     /// Limits that decide the exit status (CI verdicts).
     #[serde(default)]
     pub thresholds: ThresholdsSection,
+    /// Service-level objectives: per-request limits on ttft / ttfo / tpot /
+    /// e2e / max_stall define goodput; a sweep's SLO search keeps them all.
+    #[serde(default)]
+    pub slo: ThresholdsSection,
+    /// A matrix of steps, or an SLO search.
+    pub sweep: Option<crate::sweep::SweepSection>,
     /// Present (and `target.url` absent): the controller starts the built-in
     /// simulator in-process on an ephemeral loopback port and targets it.
     pub simulator: Option<SimConfig>,
@@ -350,6 +358,17 @@ impl PlanFile {
         self.monitor
             .validate()
             .map_err(|(key, problem)| invalid(&format!("monitor.{key}"), problem))?;
+        if self.slo.abort_on_breach {
+            return Err(invalid("slo.abort_on_breach", "belongs in [thresholds]"));
+        }
+        self.slo
+            .checks()
+            .map_err(|(key, problem)| invalid(&format!("slo.{key}"), problem))?;
+        if let Some(sweep) = &self.sweep {
+            sweep
+                .validate(self)
+                .map_err(|(key, problem)| invalid(&format!("sweep.{key}"), problem))?;
+        }
         self.thresholds
             .checks()
             .map_err(|(key, problem)| invalid(&format!("thresholds.{key}"), problem))?;

@@ -70,9 +70,14 @@ pub async fn main(cli: Cli) -> i32 {
                 agent_token: None,
                 monitor_token: None,
             };
-            match run::execute(p, opts, cancel).await {
-                Ok(outcome) => {
+            match crate::sweep::execute_plan(p, opts, cancel).await {
+                Ok(crate::sweep::PlanOutcome::Single(outcome)) => {
                     println!("{}", crate::report::render(&outcome.summary));
+                    println!("Results: {}", outcome.dir.display());
+                    outcome.verdict.exit_code()
+                }
+                Ok(crate::sweep::PlanOutcome::Sweep(outcome)) => {
+                    println!("{}", crate::sweep::render(&outcome.report));
                     println!("Results: {}", outcome.dir.display());
                     outcome.verdict.exit_code()
                 }

@@ -11,4 +11,5 @@ pub mod monitor;
 pub mod report;
 pub mod run;
 pub mod slices;
+pub mod sweep;
 pub mod verdict;

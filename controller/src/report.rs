@@ -107,6 +107,9 @@ pub struct Summary {
     pub success_rate: f64,
     pub errors: BTreeMap<&'static str, u64>,
     pub request_throughput: f64,
+    /// Completed requests per second within every per-request `[slo]` limit
+    /// (`None` when the plan has no per-request SLO).
+    pub goodput: Option<f64>,
     pub requests_per_minute: f64,
     pub output_throughput: f64,
     pub total_token_throughput: f64,
@@ -224,6 +227,7 @@ impl Summary {
                 .map(|e| (e.name(), c.error(*e)))
                 .collect(),
             request_throughput: per_s(c.requests_ok, d),
+            goodput: None,
             requests_per_minute: per_s(c.requests_ok, d) * 60.0,
             output_throughput: per_s(c.output_tokens, d),
             total_token_throughput: per_s(c.input_tokens + c.output_tokens, d),

@@ -329,6 +329,7 @@ async fn drive(
             seed: plan.dataset.seed.wrapping_add(i as u64 * 0x9E37_79B9),
             dataset_len: prompts.len() as u64,
             plan_sha256: plan_sha.to_owned(),
+            slo: Some(request_slo(plan)),
         };
         link.prepare(prepare, &chunks)
     });
@@ -591,6 +592,9 @@ async fn drive(
     let mut summary = summary;
     summary.warmup_s = warmup.as_secs_f64().min(run_s);
     summary.thresholds = results;
+    if request_slo(plan) != pb::RequestSlo::default() && measured_s > 0.0 {
+        summary.goodput = Some(merger.counters.requests_good as f64 / measured_s);
+    }
     if let Some(m) = monitor_report {
         summary.notes.extend(m.notes.iter().cloned());
         summary.monitor = Some(m);
@@ -614,6 +618,30 @@ async fn drive(
         });
     }
     Ok((summary, verdict))
+}
+
+/// Per-request goodput limits from `[slo]`: the tightest limit given on each
+/// of ttft, ttfo, tpot, e2e and max_stall, whatever its statistic.
+pub fn request_slo(plan: &PlanFile) -> pb::RequestSlo {
+    use barrage_common::metrics::Metric;
+    use barrage_common::thresholds::Subject;
+    let mut slo = pb::RequestSlo::default();
+    for c in plan.slo.checks().unwrap_or_default() {
+        let Subject::Metric(m, _) = c.subject else {
+            continue;
+        };
+        let us = (c.limit * 1000.0).round() as u64;
+        let field = match m {
+            Metric::Ttft => &mut slo.ttft_us,
+            Metric::Ttfo => &mut slo.ttfo_us,
+            Metric::Tpot => &mut slo.tpot_us,
+            Metric::E2e => &mut slo.e2e_us,
+            Metric::MaxStall => &mut slo.max_stall_us,
+            _ => continue,
+        };
+        *field = Some(field.map_or(us, |v| v.min(us)));
+    }
+    slo
 }
 
 /// Arrivals a rate-stage slice plans over its stages (the profile's area).

@@ -7,3 +7,4 @@ mod cli;
 mod e2e;
 mod load_models;
 mod monitor;
+mod sweeps;
