@@ -198,8 +198,34 @@ impl TargetClient {
     }
 
     /// Sends one request and measures it. The hand-off instant is taken here,
-    /// right before the client gets the request.
+    /// right before the client gets the request. With debug logging on
+    /// (`controller run --debug`), each request and its outcome are logged:
+    /// the body truncated, never the headers (they carry keys).
     pub async fn send(
+        &self,
+        body: Bytes,
+        m: &mut RequestMeasure,
+        parsers: &mut Parsers,
+    ) -> Result<(), ErrorClass> {
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        if debug {
+            let shown = &body[..body.len().min(300)];
+            tracing::debug!(url = %self.url, body = %String::from_utf8_lossy(shown), "request");
+        }
+        let result = self.send_measured(body, m, parsers).await;
+        if debug {
+            tracing::debug!(
+                ?result,
+                bytes = m.response_bytes,
+                prompt_tokens = ?m.prompt_tokens,
+                completion_tokens = ?m.completion_tokens,
+                "response"
+            );
+        }
+        result
+    }
+
+    async fn send_measured(
         &self,
         body: Bytes,
         m: &mut RequestMeasure,

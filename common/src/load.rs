@@ -43,6 +43,8 @@ impl RateValue {
     pub fn per_second(&self) -> Result<Option<f64>, String> {
         match self {
             RateValue::PerSecond(r) if r.is_finite() && *r > 0.0 => Ok(Some(*r)),
+            // TOML's own `inf` float means the same as "inf".
+            RateValue::PerSecond(r) if r.is_infinite() && *r > 0.0 => Ok(None),
             RateValue::PerSecond(_) => {
                 Err("must be a number > 0 (requests per second) or \"inf\"".into())
             }

@@ -98,3 +98,76 @@ async fn a_good_plan_runs_and_exits_zero() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(seen, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_free_flags_run_against_the_simulator() {
+    let _serial = LOAD.lock().await;
+    let dir = scratch("cli-flags");
+    let d = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        controller()
+            .args([
+                "run",
+                "--simulator",
+                "--parallel",
+                "2",
+                "--number",
+                "6",
+                "--max-tokens",
+                "4",
+                "--quiet",
+                "--output",
+            ])
+            .arg(&d)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("spawn");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Succeeded requests") && stdout.contains("ttft"),
+        "{stdout}"
+    );
+    let run_dir = std::fs::read_dir(&dir)
+        .expect("results")
+        .flatten()
+        .next()
+        .expect("one run")
+        .path();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("summary.json")).expect("summary"),
+    )
+    .expect("json");
+    assert_eq!(json["requests_ok"], 6);
+    assert_eq!(json["output_tokens"], 24);
+}
+
+#[test]
+fn print_plan_shows_flags_as_a_plan_and_runs_nothing() {
+    let out = controller()
+        .args([
+            "run",
+            "--url",
+            "http://127.0.0.1:9",
+            "--rate",
+            "inf",
+            "--requests",
+            "5",
+            "--print-plan",
+        ])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("url = \"http://127.0.0.1:9\"") && text.contains("rate = \"inf\""),
+        "{text}"
+    );
+}
