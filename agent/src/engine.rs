@@ -49,6 +49,8 @@ pub enum Shape {
         max_concurrency: Option<u64>,
         /// Constant arrivals: offset of the first arrival, in gaps (0..1).
         phase: f64,
+        /// Trace replay: arrival j at start + offsets[j] sends prompt j.
+        offsets: Option<Vec<f64>>,
     },
 }
 
@@ -124,11 +126,13 @@ impl Workload {
     async fn one_request(
         &self,
         slot: usize,
+        prompt: Option<usize>,
         m: &mut RequestMeasure,
         p: &mut Parsers,
         stop: &CancellationToken,
     ) -> Option<()> {
-        let i = self.next_prompt.fetch_add(1, Ordering::Relaxed) % self.prompts.len();
+        let i = prompt.unwrap_or_else(|| self.next_prompt.fetch_add(1, Ordering::Relaxed))
+            % self.prompts.len();
         let prompt = &self.prompts[i];
         self.recorder
             .with_shard(slot, |s| s.counters.requests_started += 1);
@@ -206,13 +210,20 @@ pub async fn run(
             arrivals,
             max_concurrency,
             phase,
+            offsets,
         } => {
+            let timing = match offsets {
+                Some(o) => Timing::Offsets(o),
+                None => Timing::Process {
+                    rate,
+                    arrivals,
+                    phase,
+                },
+            };
             open_loop(
                 work.clone(),
-                rate,
-                arrivals,
+                timing,
                 max_concurrency,
-                phase,
                 slice.seed,
                 start,
                 deadline,
@@ -266,7 +277,7 @@ async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
         }
         if ctx
             .work
-            .one_request(ctx.slot, &mut measure, &mut parsers, &stop)
+            .one_request(ctx.slot, None, &mut measure, &mut parsers, &stop)
             .await
             .is_none()
         {
@@ -275,25 +286,75 @@ async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
     }
 }
 
+/// When arrivals happen.
+pub enum Timing {
+    /// A unit-rate process mapped through the rate profile (None = "inf").
+    Process {
+        rate: Option<Profile>,
+        arrivals: Arrivals,
+        phase: f64,
+    },
+    /// Trace replay: fixed offsets from the start, arrival j sends prompt j.
+    Offsets(Vec<f64>),
+}
+
+/// One arrival: when it was due, and the prompt it must send (trace replay).
+type Arrival = (Instant, Option<usize>);
+
+/// Sleeps until `due` in short steps so a stop is noticed quickly; false if stopped.
+fn sleep_until_precise(due: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        let now = Instant::now();
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        if now >= due {
+            return true;
+        }
+        std::thread::sleep((due - now).min(Duration::from_millis(50)));
+    }
+}
+
 /// The arrival clock: a dedicated thread (precise sleeps, never quantised to
 /// the async timer's millisecond) sending each arrival's intended instant.
 #[allow(clippy::too_many_arguments)]
 fn arrival_clock(
-    rate: Option<Profile>,
-    arrivals: Arrivals,
-    phase: f64,
+    timing: Timing,
     seed: u64,
     start: Instant,
     deadline: Option<Instant>,
     budget: Option<u64>,
-    tx: mpsc::UnboundedSender<Instant>,
+    tx: mpsc::UnboundedSender<Arrival>,
     stop: Arc<AtomicBool>,
 ) {
     let mut sent = 0u64;
     let more = |sent: u64| budget.is_none_or(|b| sent < b);
+    let (rate, arrivals, phase) = match timing {
+        Timing::Offsets(offsets) => {
+            for (j, off) in offsets.into_iter().enumerate() {
+                let due = start + Duration::from_secs_f64(off.max(0.0));
+                if !more(sent)
+                    || deadline.is_some_and(|d| due >= d)
+                    || !sleep_until_precise(due, &stop)
+                {
+                    return;
+                }
+                if tx.send((due, Some(j))).is_err() {
+                    return;
+                }
+                sent += 1;
+            }
+            return;
+        }
+        Timing::Process {
+            rate,
+            arrivals,
+            phase,
+        } => (rate, arrivals, phase),
+    };
     let Some(profile) = rate else {
         // "inf": the whole budget at the start.
-        while more(sent) && tx.send(start).is_ok() {
+        while more(sent) && tx.send((start, None)).is_ok() {
             sent += 1;
         }
         return;
@@ -321,18 +382,10 @@ fn arrival_clock(
             return;
         };
         let due = start + Duration::from_secs_f64(t);
-        if deadline.is_some_and(|d| due >= d) {
+        if deadline.is_some_and(|d| due >= d) || !sleep_until_precise(due, &stop) {
             return;
         }
-        // Sleep in short steps so a stop is noticed quickly.
-        loop {
-            let now = Instant::now();
-            if now >= due || stop.load(Ordering::Relaxed) {
-                break;
-            }
-            std::thread::sleep((due - now).min(Duration::from_millis(50)));
-        }
-        if stop.load(Ordering::Relaxed) || tx.send(due).is_err() {
+        if tx.send((due, None)).is_err() {
             return;
         }
         sent += 1;
@@ -342,10 +395,8 @@ fn arrival_clock(
 #[allow(clippy::too_many_arguments)]
 async fn open_loop(
     work: Arc<Workload>,
-    rate: Option<Profile>,
-    arrivals: Arrivals,
+    timing: Timing,
     max_concurrency: Option<u64>,
-    phase: f64,
     seed: u64,
     start: Instant,
     deadline: Option<Instant>,
@@ -357,11 +408,7 @@ async fn open_loop(
     let flag = clock_stop.clone();
     let clock = std::thread::Builder::new()
         .name("arrival-clock".into())
-        .spawn(move || {
-            arrival_clock(
-                rate, arrivals, phase, seed, start, deadline, budget, tx, flag,
-            )
-        });
+        .spawn(move || arrival_clock(timing, seed, start, deadline, budget, tx, flag));
     if clock.is_err() {
         tracing::error!("cannot start the arrival clock thread");
         return;
@@ -377,7 +424,7 @@ async fn open_loop(
     let mut unsent = 0u64;
     let mut slot = 0usize;
     loop {
-        let intended = tokio::select! {
+        let (intended, prompt) = tokio::select! {
             a = rx.recv() => match a { Some(a) => a, None => break },
             _ = stop.cancelled() => break,
         };
@@ -400,12 +447,14 @@ async fn open_loop(
             let mut m = RequestMeasure::default();
             m.intend(intended);
             let mut p = Parsers::default();
-            let _ = work.one_request(my_slot, &mut m, &mut p, &stop).await;
+            let _ = work
+                .one_request(my_slot, prompt, &mut m, &mut p, &stop)
+                .await;
         });
     }
     clock_stop.store(true, Ordering::Relaxed);
     // Arrivals already due but never sent are reported, not dropped silently.
-    while let Ok(due) = rx.try_recv() {
+    while let Ok((due, _)) = rx.try_recv() {
         if due <= Instant::now() {
             unsent += 1;
         }

@@ -259,6 +259,8 @@ fn shape_of(slice: &pb::Slice) -> Result<Shape, SessionError> {
                 arrivals,
                 max_concurrency: slice.max_concurrency,
                 phase: slice.phase,
+                offsets: (!slice.arrival_offsets_s.is_empty())
+                    .then(|| slice.arrival_offsets_s.clone()),
             })
         }
         Err(_) => Err(SessionError::Prepare(format!(

@@ -16,6 +16,8 @@ pub enum LoadMode {
     Rate,
     /// A list of stages, each ramping users or rate to its target.
     Stages,
+    /// Replay a timestamped request log at its own timing (or time-scaled).
+    Trace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -94,6 +96,12 @@ pub struct LoadSection {
     /// Excluded from the statistics, shown in the time series.
     #[serde(default, with = "humantime_serde")]
     pub warmup: Option<Duration>,
+    /// Trace: a JSONL file of `{timestamp, input_tokens, output_tokens, prompt?}`.
+    pub trace: Option<std::path::PathBuf>,
+    /// Trace: gaps are multiplied by this (0.5 replays twice as fast). Default 1.
+    pub time_scale: Option<f64>,
+    /// Trace: unit of `timestamp`, "ms" (default) or "s".
+    pub trace_time_unit: Option<String>,
 }
 
 type Problem = (&'static str, String);
@@ -104,7 +112,9 @@ fn problem(key: &'static str, what: impl Into<String>) -> Result<(), Problem> {
 
 impl LoadSection {
     pub fn mode(&self) -> LoadMode {
-        self.mode.unwrap_or(if !self.stages.is_empty() {
+        self.mode.unwrap_or(if self.trace.is_some() {
+            LoadMode::Trace
+        } else if !self.stages.is_empty() {
             LoadMode::Stages
         } else if self.rate.is_some() {
             LoadMode::Rate
@@ -122,7 +132,7 @@ impl LoadSection {
     pub fn open_loop(&self) -> bool {
         match self.mode() {
             LoadMode::Concurrency => false,
-            LoadMode::Rate => true,
+            LoadMode::Rate | LoadMode::Trace => true,
             LoadMode::Stages => !self.stages_are_users(),
         }
     }
@@ -231,6 +241,30 @@ impl LoadSection {
                 }
             }
             LoadMode::Stages => self.validate_stages()?,
+            LoadMode::Trace => {
+                if self.trace.is_none() {
+                    return problem("trace", "mode = \"trace\" needs the trace file");
+                }
+                if self.users.is_some() || self.rate.is_some() || !self.stages.is_empty() {
+                    return problem(
+                        "trace",
+                        "a trace sets its own arrivals: remove users, rate and stages",
+                    );
+                }
+                if let Some(t) = self.time_scale
+                    && !(t.is_finite() && t > 0.0)
+                {
+                    return problem("time_scale", "must be a number > 0");
+                }
+                if let Some(u) = &self.trace_time_unit
+                    && u != "ms"
+                    && u != "s"
+                {
+                    return problem("trace_time_unit", "must be \"ms\" or \"s\"");
+                }
+                // The trace's own end stops the run.
+                return Ok(());
+            }
         }
         let duration = self.effective_duration();
         match (duration, self.requests) {

@@ -12,4 +12,5 @@ pub mod report;
 pub mod run;
 pub mod slices;
 pub mod sweep;
+pub mod trace;
 pub mod verdict;

@@ -58,6 +58,8 @@ impl Verdict {
 pub enum RunError {
     #[error(transparent)]
     Dataset(#[from] dataset::DatasetError),
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
     #[error("{0}")]
     Setup(String),
     #[error(transparent)]
@@ -208,7 +210,11 @@ pub async fn execute(
     let started_wall = chrono::Local::now();
     let plan_toml = plan.to_toml().map_err(|e| RunError::Setup(e.to_string()))?;
     let plan_sha = format!("{:x}", Sha256::digest(plan_toml.as_bytes()));
-    let prompts = dataset::load(&plan.dataset, opts.plan_dir.as_deref())?;
+    let trace = crate::trace::load(&plan.load, opts.plan_dir.as_deref())?;
+    let prompts = match &trace {
+        Some(t) => t.prompts.clone(),
+        None => dataset::load(&plan.dataset, opts.plan_dir.as_deref())?,
+    };
     let target = resolve_target(&plan).await?;
     let target_pb = target_proto(&plan, &target.url)?;
     let (addrs, token, embedded) = resolve_agents(
@@ -223,6 +229,7 @@ pub async fn execute(
         &run_id,
         &plan_sha,
         &prompts,
+        trace.as_ref(),
         target_pb,
         &addrs,
         token.as_ref(),
@@ -262,6 +269,7 @@ async fn drive(
     run_id: &str,
     plan_sha: &str,
     prompts: &[pb::Prompt],
+    trace: Option<&crate::trace::Trace>,
     target: pb::Target,
     addrs: &[String],
     token: Option<&Token>,
@@ -287,7 +295,25 @@ async fn drive(
         })
         .collect();
     let load = &plan.load;
-    let slices = crate::slices::slices(load, &weights);
+    let mut slices = crate::slices::slices(load, &weights);
+    // Trace replay: each agent gets its stripe of arrivals and their prompts.
+    let per_agent: Option<Vec<Vec<pb::Prompt>>> = trace.map(|t| {
+        t.split(&weights)
+            .into_iter()
+            .zip(slices.iter_mut())
+            .map(|((offsets, prompts), slice)| {
+                slice.max_requests = Some(offsets.len() as u64);
+                slice.arrival_offsets_s = offsets;
+                slice.duration_ms = 0;
+                // An agent without arrivals still needs a dataset to prepare.
+                if prompts.is_empty() {
+                    t.prompts[..1].to_vec()
+                } else {
+                    prompts
+                }
+            })
+            .collect()
+    });
     let layouts = Layouts {
         latency: Layout {
             sigfig: plan.metrics.sigfig,
@@ -299,11 +325,17 @@ async fn drive(
         },
     };
     let interval = plan.metrics.interval;
-    let hard_deadline = match load.effective_duration() {
+    let hard_deadline = match load
+        .effective_duration()
+        .or(trace.map(|t| Duration::from_secs_f64(t.span_s())))
+    {
         Some(d) => d + plan.target.timeout + Duration::from_secs(30),
         None => Duration::from_secs(24 * 3600),
     };
-    let chunks = dataset::chunks(prompts, 1 << 20);
+    let chunks: Vec<Vec<pb::DatasetChunk>> = match &per_agent {
+        Some(parts) => parts.iter().map(|p| dataset::chunks(p, 1 << 20)).collect(),
+        None => vec![dataset::chunks(prompts, 1 << 20); links.len()],
+    };
     let prepares = links.iter_mut().enumerate().map(|(i, link)| {
         let prepare = pb::Prepare {
             run_id: run_id.to_owned(),
@@ -327,11 +359,11 @@ async fn drive(
             lease_ms: crate::link::LEASE.as_millis() as u64,
             hard_deadline_ms: hard_deadline.as_millis() as u64,
             seed: plan.dataset.seed.wrapping_add(i as u64 * 0x9E37_79B9),
-            dataset_len: prompts.len() as u64,
+            dataset_len: per_agent.as_ref().map_or(prompts.len(), |p| p[i].len()) as u64,
             plan_sha256: plan_sha.to_owned(),
             slo: Some(request_slo(plan)),
         };
-        link.prepare(prepare, &chunks)
+        link.prepare(prepare, &chunks[i])
     });
     let readies = join_all(prepares)
         .await
@@ -525,6 +557,9 @@ async fn drive(
             let total: f64 = slices.iter().map(expected_arrivals).sum();
             load.effective_duration().map(|d| total / d.as_secs_f64())
         }
+        barrage_common::load::LoadMode::Trace => trace
+            .filter(|t| t.span_s() > 0.0)
+            .map(|t| t.offsets_s.len() as f64 / t.span_s()),
         _ => None,
     };
     let figures = crate::verdict::RunFigures {
@@ -669,7 +704,7 @@ async fn open_links(
         let opened = join_all(
             addrs
                 .iter()
-                .map(|a| AgentLink::open(a, token, run_id, controller_id)),
+                .map(|a| AgentLink::open(a, token, None, run_id, controller_id)),
         )
         .await;
         return Ok(opened.into_iter().collect::<Result<Vec<_>, _>>()?);
@@ -681,7 +716,7 @@ async fn open_links(
         let tries = join_all(
             missing
                 .iter()
-                .map(|i| AgentLink::open(&addrs[*i], token, run_id, controller_id)),
+                .map(|i| AgentLink::open(&addrs[*i], token, None, run_id, controller_id)),
         )
         .await;
         let mut last_errors = Vec::new();

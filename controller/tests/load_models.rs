@@ -200,3 +200,49 @@ async fn abort_on_breach_stops_a_lost_run_early() {
         s.notes
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_replays_at_its_own_timing_and_lengths() {
+    let _serial = LOAD.lock().await;
+    let dir = scratch("trace");
+    let trace = dir.join("trace.jsonl");
+    // 40 requests, one every 50 ms (in ms), replayed at time_scale 0.5: one
+    // every 25 ms, 975 ms in all; lengths from the trace.
+    let lines: String = (0..40)
+        .map(|i| {
+            format!(
+                "{{\"timestamp\": {}, \"input_length\": {}, \"output_length\": {}}}\n",
+                i * 50,
+                10 + i,
+                1 + i % 4
+            )
+        })
+        .collect();
+    std::fs::write(&trace, lines).expect("trace");
+    let (s, v) = run(
+        &format!("trace = \"{}\"\ntime_scale = 0.5", trace.display()),
+        "",
+    )
+    .await;
+    assert_eq!(v, Verdict::Completed);
+    assert_eq!(s.requests_ok, 40);
+    let sim = s.simulator.clone().expect("sim");
+    let want_in: u64 = (0..40).map(|i| 10 + i).sum();
+    let want_out: u64 = (0..40).map(|i| 1 + i % 4).sum();
+    assert_eq!(
+        sim.input_tokens, want_in,
+        "each request carried its trace length"
+    );
+    assert_eq!(s.output_tokens, want_out);
+    let o = s.open_loop.clone().expect("open loop");
+    assert!(
+        o.schedule_lag_p50_ms.is_some_and(|l| l < 3.0),
+        "{:?}",
+        o.schedule_lag_p50_ms
+    );
+    assert!(
+        (s.duration_s - 1.05).abs() < 0.3,
+        "replayed in ~1 s: {}",
+        s.duration_s
+    );
+}

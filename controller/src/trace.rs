@@ -1,0 +1,189 @@
+//! Trace replay: a timestamped request log (JSONL of `{timestamp,
+//! input_tokens, output_tokens, prompt?}`, the shape of public production
+//! traces such as Mooncake's) turned into arrival offsets and prompts, then
+//! striped over the agents so each replays its share at the trace's timing.
+
+use std::path::{Path, PathBuf};
+
+use barrage_common::load::LoadSection;
+use barrage_common::split;
+use barrage_proto::agent::v1 as pb;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("load.trace {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("load.trace {path}: line {line}: {reason}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct Row {
+    timestamp: f64,
+    #[serde(alias = "input_length")]
+    input_tokens: Option<u32>,
+    #[serde(alias = "output_length")]
+    output_tokens: Option<u32>,
+    prompt: Option<String>,
+}
+
+/// The whole trace: offsets (seconds, scaled) and one prompt per arrival.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    pub offsets_s: Vec<f64>,
+    pub prompts: Vec<pb::Prompt>,
+}
+
+const WORDS: &[&str] = &[
+    "alpha", "bravo", "delta", "echo", "golf", "hotel", "kilo", "lima", "oscar", "papa", "romeo",
+    "tango",
+];
+
+fn synthetic(id: usize, words: u32, rng: &mut StdRng) -> String {
+    // A unique first word: no two prompts share a cacheable prefix.
+    let mut text = format!("r{id}");
+    for _ in 1..words.max(1) {
+        text.push(' ');
+        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+    }
+    text
+}
+
+/// Reads the trace named by `load.trace` (relative to `base`).
+pub fn load(load: &LoadSection, base: Option<&Path>) -> Result<Option<Trace>, TraceError> {
+    let Some(file) = &load.trace else {
+        return Ok(None);
+    };
+    let path = match base {
+        Some(b) if file.is_relative() => b.join(file),
+        _ => file.clone(),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| TraceError::Read {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let unit = if load.trace_time_unit.as_deref() == Some("s") {
+        1.0
+    } else {
+        0.001
+    };
+    let scale = load.time_scale.unwrap_or(1.0);
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| TraceError::Line {
+            path: path.clone(),
+            line: i + 1,
+            reason,
+        };
+        let r: Row = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        if !r.timestamp.is_finite() || r.timestamp < 0.0 {
+            return Err(bad("timestamp must be a number >= 0".into()));
+        }
+        if r.prompt.is_none() && r.input_tokens.unwrap_or(0) == 0 {
+            return Err(bad("needs input_tokens (or a prompt)".into()));
+        }
+        rows.push(r);
+    }
+    if rows.is_empty() {
+        return Err(TraceError::Read {
+            path,
+            reason: "holds no request".into(),
+        });
+    }
+    rows.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
+    let t0 = rows[0].timestamp;
+    let mut rng = StdRng::seed_from_u64(0x7ace);
+    let mut trace = Trace {
+        offsets_s: Vec::with_capacity(rows.len()),
+        prompts: Vec::with_capacity(rows.len()),
+    };
+    for (id, r) in rows.into_iter().enumerate() {
+        trace.offsets_s.push((r.timestamp - t0) * unit * scale);
+        let words = r.input_tokens.unwrap_or(0);
+        let content = r.prompt.unwrap_or_else(|| synthetic(id, words, &mut rng));
+        trace.prompts.push(pb::Prompt {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content,
+            }],
+            max_tokens: r.output_tokens.unwrap_or(0),
+            input_tokens: words,
+        });
+    }
+    Ok(Some(trace))
+}
+
+impl Trace {
+    /// Each agent's share: arrivals striped by weight, with their prompts.
+    pub fn split(&self, weights: &[f64]) -> Vec<(Vec<f64>, Vec<pb::Prompt>)> {
+        split::stripe_users(self.offsets_s.len() as u64, weights)
+            .into_iter()
+            .map(|idx| {
+                let offsets = idx.iter().map(|j| self.offsets_s[*j as usize]).collect();
+                let prompts = idx
+                    .iter()
+                    .map(|j| self.prompts[*j as usize].clone())
+                    .collect();
+                (offsets, prompts)
+            })
+            .collect()
+    }
+
+    /// Seconds from the first to the last arrival.
+    pub fn span_s(&self) -> f64 {
+        self.offsets_s.last().copied().unwrap_or(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(path: &Path, scale: f64) -> LoadSection {
+        LoadSection {
+            trace: Some(path.to_owned()),
+            time_scale: Some(scale),
+            ..LoadSection::default()
+        }
+    }
+
+    #[test]
+    fn reads_sorts_scales_and_splits() {
+        let dir = std::env::temp_dir().join(format!("barrage-trace-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("t.jsonl");
+        std::fs::write(
+            &f,
+            "{\"timestamp\": 2000, \"input_length\": 4, \"output_length\": 2}\n{\"timestamp\": 1000, \"input_tokens\": 3, \"output_tokens\": 5}\n\n{\"timestamp\": 1500, \"prompt\": \"hi there\", \"output_tokens\": 1}\n",
+        )
+        .expect("write");
+        let t = load(&section(&f, 0.5), None)
+            .expect("valid")
+            .expect("trace");
+        assert_eq!(t.offsets_s, vec![0.0, 0.25, 0.5]);
+        assert_eq!(t.prompts[0].max_tokens, 5);
+        assert_eq!(
+            t.prompts[0].messages[0].content.split_whitespace().count(),
+            3
+        );
+        assert_eq!(t.prompts[1].messages[0].content, "hi there");
+        let parts = t.split(&[1.0, 1.0]);
+        assert_eq!(parts[0].0, vec![0.0, 0.5]);
+        assert_eq!(parts[1].0, vec![0.25]);
+        std::fs::write(&f, "{\"timestamp\": 1}\n{\"timestamp\": \"x\"}\n").expect("write");
+        let e = load(&section(&f, 1.0), None).expect_err("bad");
+        assert!(
+            e.to_string().contains("line 1") && e.to_string().contains("t.jsonl"),
+            "{e}"
+        );
+    }
+}
