@@ -51,6 +51,10 @@ pub struct AgentTally {
     pub intervals: u64,
     pub last_index: Option<u64>,
     pub max_cpu: f64,
+    /// Cores of the agent's machine (CPU percent is per core: 100 = one).
+    pub cores: f64,
+    /// Intervals in which the agent's process used > 90 % of its cores.
+    pub hot_intervals: u64,
     pub finished: bool,
     /// Final totals differ from the sum of intervals (described).
     pub mismatch: Option<String>,
@@ -82,6 +86,8 @@ impl Merger {
                     intervals: 0,
                     last_index: None,
                     max_cpu: 0.0,
+                    cores: 1.0,
+                    hot_intervals: 0,
                     finished: false,
                     mismatch: None,
                 })
@@ -119,6 +125,9 @@ impl Merger {
             a.intervals += 1;
             a.last_index = a.last_index.max(Some(iv.index));
             a.max_cpu = a.max_cpu.max(health.cpu_percent);
+            if health.cpu_percent > 90.0 * a.cores.max(1.0) {
+                a.hot_intervals += 1;
+            }
         }
         let slot = match self.pending.entry(iv.index) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),

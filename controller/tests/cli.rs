@@ -171,3 +171,17 @@ fn print_plan_shows_flags_as_a_plan_and_runs_nothing() {
         "{text}"
     );
 }
+
+#[test]
+fn every_example_plan_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            barrage_common::plan::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "examples found: {seen}");
+}
