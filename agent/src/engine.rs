@@ -470,3 +470,90 @@ async fn open_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the arrival clock without sleeping far: a high rate over a short
+    /// time, and returns the gaps between intended arrivals in seconds.
+    fn gaps(arrivals: Arrivals, rate: f64, n: u64) -> Vec<f64> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = Instant::now();
+        let timing = Timing::Process {
+            rate: Some(Profile::constant(rate)),
+            arrivals,
+            phase: 0.0,
+        };
+        arrival_clock(
+            timing,
+            42,
+            start,
+            None,
+            Some(n),
+            tx,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut times = Vec::new();
+        while let Ok((t, _)) = rx.try_recv() {
+            times.push(t.duration_since(start).as_secs_f64());
+        }
+        assert_eq!(times.len() as u64, n);
+        times.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    fn mean_cv(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, var.sqrt() / mean)
+    }
+
+    #[test]
+    fn poisson_gaps_have_the_rate_and_cv_one() {
+        let (mean, cv) = mean_cv(&gaps(Arrivals::Poisson, 5000.0, 4000));
+        assert!(
+            (mean - 1.0 / 5000.0).abs() < 0.05 / 5000.0 * 2.0,
+            "mean gap {mean}"
+        );
+        assert!((cv - 1.0).abs() < 0.08, "cv {cv}");
+    }
+
+    #[test]
+    fn gamma_burstiness_sets_the_cv() {
+        // Shape k: CV = 1/sqrt(k). k = 0.25 → CV 2 (bursty); k = 4 → CV 0.5.
+        let (mean, cv) = mean_cv(&gaps(Arrivals::Gamma(0.25), 5000.0, 4000));
+        assert!((mean * 5000.0 - 1.0).abs() < 0.15, "mean gap {mean}");
+        assert!((cv - 2.0).abs() < 0.3, "cv {cv}");
+        let (_, cv) = mean_cv(&gaps(Arrivals::Gamma(4.0), 5000.0, 4000));
+        assert!((cv - 0.5).abs() < 0.05, "cv {cv}");
+    }
+
+    #[test]
+    fn constant_gaps_are_equal_and_inf_fires_at_once() {
+        let (mean, cv) = mean_cv(&gaps(Arrivals::Constant, 2000.0, 500));
+        assert!((mean - 0.0005).abs() < 1e-9 && cv < 1e-6, "{mean} {cv}");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = Instant::now();
+        let timing = Timing::Process {
+            rate: None,
+            arrivals: Arrivals::Poisson,
+            phase: 0.0,
+        };
+        arrival_clock(
+            timing,
+            1,
+            start,
+            None,
+            Some(7),
+            tx,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut n = 0;
+        while let Ok((t, _)) = rx.try_recv() {
+            assert_eq!(t, start);
+            n += 1;
+        }
+        assert_eq!(n, 7);
+    }
+}
