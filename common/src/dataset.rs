@@ -288,6 +288,27 @@ mod tests {
     }
 
     #[test]
+    fn every_key_round_trips_through_toml() {
+        let d = DatasetSection {
+            kind: DatasetKind::JsonlChat,
+            path: Some("chat.jsonl".into()),
+            tokenizer: Some("tokenizer.json".into()),
+            output_tokens: Some(64),
+            output_range_ratio: 0.25,
+            min_prompt_tokens: Some(4),
+            max_prompt_tokens: Some(4096),
+            shuffle: true,
+            limit: Some(100),
+            seed: 9,
+            ..DatasetSection::default()
+        };
+        let text = toml::to_string(&d).expect("serialises");
+        assert!(text.contains("kind = \"jsonl-chat\""), "{text}");
+        assert_eq!(parse(&text).expect("parses back"), d);
+        assert_eq!(d.validate(), Ok(()));
+    }
+
+    #[test]
     fn length_bounds_floor_and_ceil() {
         assert_eq!(length_bounds(100, 0.0), (100, 100));
         assert_eq!(length_bounds(10, 0.25), (7, 13));

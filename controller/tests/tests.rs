@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod e2e;
+mod datasets;
 mod load_models;
 mod monitor;
 mod sweeps;
