@@ -53,6 +53,7 @@ pub struct TargetClient {
     include_usage: bool,
     model: String,
     timeout: Duration,
+    idle_timeout: Option<Duration>,
 }
 
 impl TargetClient {
@@ -88,6 +89,9 @@ impl TargetClient {
         }
         let timeout = Duration::from_millis(target.timeout_ms.max(1));
         let mut builder = reqwest::Client::builder();
+        if target.http2 {
+            builder = builder.http2_prior_knowledge();
+        }
         if let Some((host, addrs)) = pinned {
             builder = builder.resolve_to_addrs(&host, &addrs);
         }
@@ -97,7 +101,11 @@ impl TargetClient {
             .pool_max_idle_per_host(users.max(1))
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .connect_timeout(timeout.min(Duration::from_secs(30)))
+            .connect_timeout(if target.connect_timeout_ms > 0 {
+                Duration::from_millis(target.connect_timeout_ms)
+            } else {
+                timeout.min(Duration::from_secs(10))
+            })
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
         Ok(Self {
@@ -108,6 +116,8 @@ impl TargetClient {
             include_usage: target.include_usage,
             model: target.model.clone(),
             timeout,
+            idle_timeout: (target.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(target.idle_timeout_ms)),
         })
     }
 
@@ -183,7 +193,7 @@ impl TargetClient {
             let Value::Object(extra) = extra else {
                 return Err(ClientError::ExtraBody("not an object".into()));
             };
-            body.extend(extra);
+            barrage_common::plan::deep_merge(&mut body, extra);
         }
         let body = serde_json::to_vec(&Value::Object(body))
             .map_err(|e| ClientError::ExtraBody(e.to_string()))?;
@@ -262,7 +272,14 @@ impl TargetClient {
         let ndjson = matches!(api, Api::OllamaChat | Api::OllamaGenerate);
         parsers.sse = SseParser::new();
         parsers.ndjson = NdjsonSplitter::new();
-        while let Some(piece) = body.next().await {
+        loop {
+            let next = match self.idle_timeout {
+                Some(idle) => tokio::time::timeout(idle, body.next())
+                    .await
+                    .map_err(|_| ErrorClass::Timeout)?,
+                None => body.next().await,
+            };
+            let Some(piece) = next else { break };
             let piece = piece.map_err(|e| classify(&e))?;
             let at = Instant::now();
             m.response_bytes += piece.len() as u64;

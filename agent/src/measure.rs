@@ -36,6 +36,7 @@ pub struct RequestMeasure {
     chunk_tokens: u64,
     chunks_assumed: u64,
     chunks: u64,
+    reasoning_chunks: u64,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub response_bytes: u64,
@@ -103,6 +104,9 @@ impl RequestMeasure {
                 tokens,
             }),
         }
+        if !info.answer {
+            self.reasoning_chunks += 1;
+        }
         if info.answer && self.first_answer.is_none() {
             self.first_answer = Some(at);
         }
@@ -126,6 +130,7 @@ impl RequestMeasure {
         counters.response_bytes += self.response_bytes;
         counters.chunks += self.chunks;
         counters.chunk_tokens_assumed += self.chunks_assumed;
+        counters.reasoning_chunks += self.reasoning_chunks;
         let ttft = self.first_output.map(since);
         if let Some(t) = ttft {
             metrics.record(Metric::Ttft, t);

@@ -51,6 +51,7 @@ async fn start_run(agent: &AgentProcess, sim: &SimServer, hard_deadline_ms: u64)
             spawn_rate: 0.0,
             max_requests: None,
             duration_ms: 60_000,
+            ..pb::Slice::default()
         }),
         target: Some(pb::Target {
             url: format!("http://{}/v1/chat/completions", sim.addr()),

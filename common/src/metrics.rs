@@ -487,6 +487,8 @@ pub struct Counters {
     pub arrivals_unsent: u64,
     /// Completed requests within every per-request SLO (goodput).
     pub requests_good: u64,
+    /// Chunks that carried reasoning text.
+    pub reasoning_chunks: u64,
 }
 
 impl Counters {
@@ -507,6 +509,7 @@ impl Counters {
         self.chunk_tokens_assumed += o.chunk_tokens_assumed;
         self.arrivals_unsent += o.arrivals_unsent;
         self.requests_good += o.requests_good;
+        self.reasoning_chunks += o.reasoning_chunks;
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -540,6 +543,7 @@ impl Counters {
             chunk_tokens_assumed: self.chunk_tokens_assumed,
             arrivals_unsent: self.arrivals_unsent,
             requests_good: self.requests_good,
+            reasoning_chunks: self.reasoning_chunks,
         }
     }
 
@@ -560,6 +564,7 @@ impl Counters {
             chunk_tokens_assumed: p.chunk_tokens_assumed,
             arrivals_unsent: p.arrivals_unsent,
             requests_good: p.requests_good,
+            reasoning_chunks: p.reasoning_chunks,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

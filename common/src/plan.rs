@@ -111,6 +111,14 @@ pub struct TargetSection {
     pub timeout: Duration,
     /// Request usage in the stream (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// Connection setup limit. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest silence between two chunks of a stream (default: none).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// "1.1" (default, keep-alive) or "2" (HTTP/2; prior knowledge on http://).
+    pub http_version: String,
 }
 
 impl Default for TargetSection {
@@ -124,6 +132,9 @@ impl Default for TargetSection {
             stream: true,
             timeout: Duration::from_secs(300),
             include_usage: true,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            http_version: "1.1".to_owned(),
         }
     }
 }
@@ -133,8 +144,20 @@ impl Default for TargetSection {
 pub struct RequestSection {
     pub max_tokens: u32,
     pub temperature: Option<f64>,
+    /// vLLM extension: keep generating past EOS (sent only when true).
     pub ignore_eos: bool,
-    /// Extra JSON object merged into every request body.
+    /// vLLM extension: at least this many tokens.
+    pub min_tokens: Option<u32>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub seed: Option<i64>,
+    pub stop: Option<Vec<String>>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub n: Option<u32>,
+    pub logprobs: Option<u32>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    /// Extra JSON object merged (deeply) into every request body.
     pub extra_body: Option<toml::Table>,
 }
 
@@ -144,7 +167,89 @@ impl Default for RequestSection {
             max_tokens: 128,
             temperature: None,
             ignore_eos: false,
+            min_tokens: None,
+            top_p: None,
+            top_k: None,
+            seed: None,
+            stop: None,
+            stop_token_ids: None,
+            n: None,
+            logprobs: None,
+            frequency_penalty: None,
+            presence_penalty: None,
             extra_body: None,
+        }
+    }
+}
+
+impl RequestSection {
+    /// The sampling parameters as the API spells them, merged under
+    /// `extra_body`: OpenAI keys at the top level, Ollama's in `options`.
+    pub fn extra_json(&self, api: ApiKind) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::{Value, json};
+        let ollama = matches!(api, ApiKind::OllamaGenerate | ApiKind::OllamaChat);
+        let mut params = serde_json::Map::new();
+        let mut put = |k: &str, v: Value| {
+            params.insert(k.to_owned(), v);
+        };
+        if let Some(v) = self.min_tokens {
+            put("min_tokens", json!(v));
+        }
+        if let Some(v) = self.top_p {
+            put("top_p", json!(v));
+        }
+        if let Some(v) = self.top_k {
+            put("top_k", json!(v));
+        }
+        if let Some(v) = self.seed {
+            put("seed", json!(v));
+        }
+        if let Some(v) = &self.stop {
+            put("stop", json!(v));
+        }
+        if let Some(v) = &self.stop_token_ids {
+            put("stop_token_ids", json!(v));
+        }
+        if let Some(v) = self.n {
+            put("n", json!(v));
+        }
+        if let Some(v) = self.logprobs {
+            put("logprobs", json!(v));
+        }
+        if let Some(v) = self.frequency_penalty {
+            put("frequency_penalty", json!(v));
+        }
+        if let Some(v) = self.presence_penalty {
+            put("presence_penalty", json!(v));
+        }
+        let mut out = serde_json::Map::new();
+        if ollama {
+            if !params.is_empty() {
+                out.insert("options".into(), Value::Object(params));
+            }
+        } else {
+            out = params;
+        }
+        if let Some(extra) = &self.extra_body
+            && let Ok(Value::Object(extra)) = serde_json::to_value(extra)
+        {
+            deep_merge(&mut out, extra);
+        }
+        out
+    }
+}
+
+/// Merges `from` into `into`; objects merge key by key, anything else replaces.
+pub fn deep_merge(
+    into: &mut serde_json::Map<String, serde_json::Value>,
+    from: serde_json::Map<String, serde_json::Value>,
+) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(serde_json::Value::Object(a)), serde_json::Value::Object(b)) => deep_merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
         }
     }
 }
@@ -323,6 +428,17 @@ impl PlanFile {
             (None, Some(sim)) => sim
                 .validate()
                 .map_err(|e| invalid(&format!("simulator.{}", e.key), e.problem))?,
+        }
+        if self.target.http_version != "1.1" && self.target.http_version != "2" {
+            return Err(invalid("target.http_version", "must be \"1.1\" or \"2\""));
+        }
+        if self.target.connect_timeout.is_zero()
+            || self.target.idle_timeout.is_some_and(|d| d.is_zero())
+        {
+            return Err(invalid(
+                "target.connect_timeout",
+                "timeouts must be greater than zero",
+            ));
         }
         if self.target.timeout.is_zero() {
             return Err(invalid("target.timeout", "must be greater than zero"));

@@ -81,6 +81,9 @@ pub struct StepSpec {
 
 type Problem = (&'static str, String);
 
+/// Users or rate of one step (neither: the plan's own load).
+type LoadPoint = (Option<u64>, Option<f64>);
+
 impl SweepSection {
     pub fn validate(&self, plan: &PlanFile) -> Result<(), Problem> {
         let p = |k, s: &str| Err((k, s.to_owned()));
@@ -155,7 +158,7 @@ impl SweepSection {
 
     /// The matrix, in run order (io pairs outermost, as run_1k_4K.sh loops).
     pub fn steps(&self) -> Vec<StepSpec> {
-        let loads: Vec<(Option<u64>, Option<f64>)> = if !self.users.is_empty() {
+        let loads: Vec<LoadPoint> = if !self.users.is_empty() {
             self.users.iter().map(|u| (Some(*u), None)).collect()
         } else if !self.rate.is_empty() {
             self.rate.iter().map(|r| (None, Some(*r))).collect()
@@ -172,7 +175,7 @@ impl SweepSection {
         } else {
             self.io.iter().copied().map(Some).collect()
         };
-        let pairs: Vec<((Option<u64>, Option<f64>), Option<u64>)> = match self.pairing {
+        let pairs: Vec<(LoadPoint, Option<u64>)> = match self.pairing {
             Pairing::Zip if requests.len() == loads.len() => {
                 loads.into_iter().zip(requests).collect()
             }

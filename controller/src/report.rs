@@ -165,6 +165,8 @@ pub struct TokenSource {
     pub usage_from_server: u64,
     pub usage_estimated: u64,
     pub chunk_tokens_assumed: u64,
+    /// Chunks that carried reasoning text (counted as output too).
+    pub reasoning_chunks: u64,
 }
 
 /// Inputs of a summary that do not come from the merge.
@@ -243,6 +245,7 @@ impl Summary {
                 usage_from_server: c.usage_from_server,
                 usage_estimated: c.usage_estimated,
                 chunk_tokens_assumed: c.chunk_tokens_assumed,
+                reasoning_chunks: c.reasoning_chunks,
             },
             metrics: Metric::ALL
                 .iter()

@@ -157,6 +157,9 @@ fn target_proto(plan: &PlanFile, url: &str) -> Result<pb::Target, RunError> {
         stream: plan.target.stream,
         timeout_ms: plan.target.timeout.as_millis() as u64,
         include_usage: plan.target.include_usage,
+        connect_timeout_ms: plan.target.connect_timeout.as_millis() as u64,
+        idle_timeout_ms: plan.target.idle_timeout.map_or(0, |d| d.as_millis() as u64),
+        http2: plan.target.http_version == "2",
     })
 }
 
@@ -347,12 +350,14 @@ async fn drive(
                 max_tokens: plan.request.max_tokens,
                 temperature: plan.request.temperature,
                 ignore_eos: plan.request.ignore_eos,
-                extra_body_json: plan
-                    .request
-                    .extra_body
-                    .as_ref()
-                    .map(|t| serde_json::to_string(t).unwrap_or_default())
-                    .unwrap_or_default(),
+                extra_body_json: {
+                    let extra = plan.request.extra_json(plan.target.api);
+                    if extra.is_empty() {
+                        String::new()
+                    } else {
+                        serde_json::Value::Object(extra).to_string()
+                    }
+                },
             }),
             latency_layout: Some(layouts.latency.to_proto()),
             count_layout: Some(layouts.tokens.to_proto()),

@@ -71,7 +71,8 @@ pub struct SweepOutcome {
 
 /// A plan's outcome: one run, or a sweep of them.
 pub enum PlanOutcome {
-    Single(RunOutcome),
+    /// Boxed: a run's summary is much larger than a sweep's handle.
+    Single(Box<RunOutcome>),
     Sweep(SweepOutcome),
 }
 
@@ -91,7 +92,9 @@ pub async fn execute_plan(
     cancel: CancellationToken,
 ) -> Result<PlanOutcome, RunError> {
     let Some(sweep) = plan.sweep.clone() else {
-        return Ok(PlanOutcome::Single(execute(plan, opts, cancel).await?));
+        return Ok(PlanOutcome::Single(Box::new(
+            execute(plan, opts, cancel).await?,
+        )));
     };
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
     let dir = plan.output.dir.join(format!("{}-sweep-{stamp}", plan.name));

@@ -72,10 +72,9 @@ pub fn clearly_lost(
             let scale = if m.is_latency() { 1000.0 } else { 1.0 };
             let limit = (check.limit * scale).round() as u64;
             if let Some(n) = planned_requests {
-                let above = s
-                    .hist
-                    .count_between(limit.saturating_add(1), u64::MAX.min(s.hist.high()));
-                let allowed = ((1.0 - q) * n as f64).floor() as u64;
+                let above = s.hist.count_between(limit.saturating_add(1), s.hist.high());
+                // The epsilon keeps (1 − 0.9) × 100 at 10, not 9.999….
+                let allowed = ((1.0 - q) * n as f64 + 1e-9).floor() as u64;
                 return above > allowed;
             }
             s.count >= MIN_SAMPLES
