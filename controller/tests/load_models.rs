@@ -63,8 +63,14 @@ async fn constant_rate_is_delivered_on_schedule() {
         "achieved {}",
         o.achieved_rate
     );
+    // Precise on an idle machine (BENCHMARKS.md); loose here, CI shares cores.
     assert!(
-        o.schedule_lag_p99_ms.is_some_and(|l| l < 5.0),
+        o.schedule_lag_p50_ms.is_some_and(|l| l < 3.0),
+        "lag {:?}",
+        o.schedule_lag_p50_ms
+    );
+    assert!(
+        o.schedule_lag_p99_ms.is_some_and(|l| l < 25.0),
         "lag {:?}",
         o.schedule_lag_p99_ms
     );
