@@ -4,6 +4,7 @@
 //! ```text
 //! cargo build --release -p barrage-llm-sim
 //! cargo run --release -p barrage-controller --example engine_bench [-- 100 1000 5000]
+//! cargo run --release -p barrage-controller --example engine_bench -- open   # open-loop schedule lag
 //! ```
 //!
 //! Prints achieved vs ideal completed requests, output chunks/s, client and

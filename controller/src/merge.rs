@@ -55,6 +55,8 @@ pub struct AgentTally {
     pub cores: f64,
     /// Intervals in which the agent's process used > 90 % of its cores.
     pub hot_intervals: u64,
+    /// Encoded size of the interval and final messages received (wire cost).
+    pub delta_bytes: u64,
     pub finished: bool,
     /// Final totals differ from the sum of intervals (described).
     pub mismatch: Option<String>,
@@ -88,6 +90,7 @@ impl Merger {
                     max_cpu: 0.0,
                     cores: 1.0,
                     hot_intervals: 0,
+                    delta_bytes: 0,
                     finished: false,
                     mismatch: None,
                 })
@@ -125,6 +128,7 @@ impl Merger {
             a.intervals += 1;
             a.last_index = a.last_index.max(Some(iv.index));
             a.max_cpu = a.max_cpu.max(health.cpu_percent);
+            a.delta_bytes += prost::Message::encoded_len(iv) as u64;
             if health.cpu_percent > 90.0 * a.cores.max(1.0) {
                 a.hot_intervals += 1;
             }
@@ -160,6 +164,7 @@ impl Merger {
             .unwrap_or_default();
         if let Some(a) = self.agents.get_mut(agent) {
             a.finished = true;
+            a.delta_bytes += prost::Message::encoded_len(fin) as u64;
             let mut problems = Vec::new();
             if a.counters != counters {
                 problems.push(format!(

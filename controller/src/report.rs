@@ -79,6 +79,8 @@ pub struct AgentReport {
     pub requests_ok: u64,
     pub requests_failed: u64,
     pub max_cpu_percent: f64,
+    /// Bytes of interval and final messages this agent sent (encoded protobuf).
+    pub delta_bytes: u64,
     pub start_late_ms: Option<f64>,
     pub clock_uncertainty_ms: Option<f64>,
     /// Why the agent was lost, if it was.

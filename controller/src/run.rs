@@ -548,6 +548,7 @@ async fn drive(
             requests_ok: merger.agents[i].counters.requests_ok,
             requests_failed: merger.agents[i].counters.requests_failed,
             max_cpu_percent: merger.agents[i].max_cpu,
+            delta_bytes: merger.agents[i].delta_bytes,
             start_late_ms: late[i],
             clock_uncertainty_ms: Some(offsets[i].uncertainty().as_secs_f64() * 1000.0),
             lost: lost[i].clone(),
