@@ -144,6 +144,7 @@ async fn run_case(c: &Case) -> Result<()> {
     let cpu0 = process_cpu_time(100.0).unwrap_or_default();
     let sim0 = child_cpu_secs(sim.id());
     let outcome = execute(plan, RunOptions::default(), CancellationToken::new()).await?;
+    let sim_stats = sim_stats(&url).await;
     let client_cpu = process_cpu_time(100.0)
         .unwrap_or_default()
         .saturating_sub(cpu0)
@@ -159,7 +160,7 @@ async fn run_case(c: &Case) -> Result<()> {
     let chunks = s.metrics["ttft"].count + s.metrics["chunk_gap"].count;
     let per_m = |cpu: f64| cpu / (chunks as f64 / 1e6);
     println!(
-        "| {} | {} ms | {} / {} ({:.1} %) | {:.0} | {:.2} | {:.2} | {:+.2} / {:+.2} | {:+.2} / {:+.2} | {:.1} |",
+        "| {} | {} ms | {} / {} ({:.1} %) | {:.0} | {:.2} | {:.2} | {:+.2} / {:+.2} | {:+.2} / {:+.2} | {:.1} | {:.2} / {:.2} |",
         c.streams,
         c.itl_ms,
         s.requests_ok,
@@ -173,6 +174,8 @@ async fn run_case(c: &Case) -> Result<()> {
         q("chunk_gap", "p50") - c.itl_ms as f64,
         q("chunk_gap", "p99") - c.itl_ms as f64,
         (peak.load(Ordering::Relaxed).saturating_sub(base_rss)) as f64 / 1024.0 / c.streams as f64,
+        sim_stats.0,
+        sim_stats.1,
     );
     if s.requests_failed > 0 {
         println!("  (failed: {} {:?})", s.requests_failed, s.errors);
@@ -180,8 +183,83 @@ async fn run_case(c: &Case) -> Result<()> {
     Ok(())
 }
 
+/// The simulator's own wake-up lateness (p50, p99) in ms, from /sim/stats.
+async fn sim_stats(url: &str) -> (f64, f64) {
+    let Ok(r) = reqwest::get(format!("{url}/sim/stats")).await else {
+        return (f64::NAN, f64::NAN);
+    };
+    match r.json::<barrage_llm_sim::SimStats>().await {
+        Ok(s) => (
+            s.emit_late_p50_us as f64 / 1000.0,
+            s.emit_late_p99_us as f64 / 1000.0,
+        ),
+        Err(_) => (f64::NAN, f64::NAN),
+    }
+}
+
+/// Open loop: Poisson arrivals at a rate that keeps ~1000 requests in flight
+/// (ITL 50 ms, 64 tokens: ~3.2 s each, so 312 req/s), 20 s.
+async fn open_loop_case() -> Result<()> {
+    let (mut sim, url) = start_sim(50)?;
+    let rate = 1000.0 / ((TTFT_MS + 63 * 50) as f64 / 1000.0);
+    let plan = format!(
+        r#"
+        name = "bench-open"
+        [target]
+        url = "{url}"
+        [request]
+        max_tokens = {TOKENS}
+        [dataset]
+        input_tokens = 32
+        prompts = 64
+        [load]
+        rate = {rate}
+        arrival = "poisson"
+        duration = "20s"
+        warmup = "5s"
+        [output]
+        dir = "{out}"
+        "#,
+        out = std::env::temp_dir().join("barrage-bench").display(),
+    );
+    let plan = barrage_common::plan::from_figment(
+        figment::Figment::new()
+            .merge(<figment::providers::Toml as figment::providers::Format>::string(&plan)),
+    )?;
+    let outcome = execute(plan, RunOptions::default(), CancellationToken::new()).await?;
+    let late = sim_stats(&url).await;
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let s = &outcome.summary;
+    let o = s.open_loop.clone().context("open-loop report")?;
+    let peak_in_flight = s.timeline.iter().map(|r| r.in_flight).max().unwrap_or(0);
+    let q = |m: &str, p: &str| s.metrics[m].percentiles.get(p).copied().unwrap_or(f64::NAN);
+    println!(
+        "| offered req/s | achieved req/s | peak in flight | schedule_lag p50 / p99 / max (ms) | unsent | ttft err p50 / p99 (ms) | sim wake lateness p50 / p99 (ms) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {:.1} | {:.1} | {} | {:.3} / {:.3} / {:.3} | {} | {:+.2} / {:+.2} | {:.2} / {:.2} |",
+        o.offered_rate.unwrap_or(f64::NAN),
+        o.achieved_rate,
+        peak_in_flight,
+        o.schedule_lag_p50_ms.unwrap_or(f64::NAN),
+        o.schedule_lag_p99_ms.unwrap_or(f64::NAN),
+        o.schedule_lag_max_ms.unwrap_or(f64::NAN),
+        o.arrivals_unsent,
+        q("ttft", "p50") - TTFT_MS as f64,
+        q("ttft", "p99") - TTFT_MS as f64,
+        late.0,
+        late.1,
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("open") {
+        return open_loop_case().await;
+    }
     let args: Vec<u64> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -204,9 +282,9 @@ async fn main() -> Result<()> {
         },
     ];
     println!(
-        "| streams | itl | completed / ideal | output chunks/s | client CPU s / M chunks | sim CPU s / M chunks | ttft err p50 / p99 (ms) | chunk_gap err p50 / p99 (ms) | peak RSS KiB / stream |"
+        "| streams | itl | completed / ideal | output chunks/s | client CPU s / M chunks | sim CPU s / M chunks | ttft err p50 / p99 (ms) | chunk_gap err p50 / p99 (ms) | peak RSS KiB / stream | sim wake lateness p50 / p99 (ms) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for c in cases
         .iter()
         .filter(|c| args.is_empty() || args.contains(&c.streams))

@@ -42,6 +42,81 @@ pub struct SimStats {
     pub in_flight: u64,
     /// Highest `in_flight` seen since start or the last reset.
     pub max_in_flight: u64,
+    /// How late the simulator woke for its streamed chunks (actual − intended,
+    /// 50 µs resolution): the simulator's own share of any timing error a
+    /// client measures. p50, p99 and max, in µs.
+    #[serde(default)]
+    pub emit_late_p50_us: u64,
+    #[serde(default)]
+    pub emit_late_p99_us: u64,
+    #[serde(default)]
+    pub emit_late_max_us: u64,
+}
+
+/// Lateness histogram: 50 µs buckets up to 20 ms, then an overflow bucket.
+pub(crate) const LATE_BUCKET_US: u64 = 50;
+pub(crate) const LATE_BUCKETS: usize = 401;
+
+#[derive(Debug)]
+pub(crate) struct Lateness {
+    buckets: Vec<AtomicU64>,
+    max_us: AtomicU64,
+}
+
+impl Default for Lateness {
+    fn default() -> Self {
+        Self {
+            buckets: (0..LATE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Lateness {
+    pub(crate) fn record(&self, late: Duration) {
+        let us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        let i = usize::try_from(us / LATE_BUCKET_US)
+            .unwrap_or(usize::MAX)
+            .min(LATE_BUCKETS - 1);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.max_us.fetch_max(us, Relaxed);
+    }
+
+    /// (p50, p99, max) in µs: each quantile is its bucket's upper edge.
+    fn quantiles(&self, take: bool) -> (u64, u64, u64) {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| {
+                if take {
+                    b.swap(0, Relaxed)
+                } else {
+                    b.load(Relaxed)
+                }
+            })
+            .collect();
+        let max = if take {
+            self.max_us.swap(0, Relaxed)
+        } else {
+            self.max_us.load(Relaxed)
+        };
+        let total: u64 = counts.iter().sum();
+        let at = |q: f64| {
+            if total == 0 {
+                return 0;
+            }
+            let want = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    return ((i as u64 + 1) * LATE_BUCKET_US).min(max);
+                }
+            }
+            max
+        };
+        (at(0.5), at(0.99), max)
+    }
 }
 
 /// The live counters behind [`SimStats`]; relaxed atomics, no locks.
@@ -61,6 +136,7 @@ pub(crate) struct Counters {
     pub ttft_injected_count: AtomicU64,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    pub lateness: Lateness,
 }
 
 /// Increments a counter by one.
@@ -71,14 +147,18 @@ pub(crate) fn bump(counter: &AtomicU64) {
 impl Counters {
     /// Reads every counter (each one atomically; the set is not a transaction).
     pub fn snapshot(&self) -> SimStats {
-        self.collect(|c| c.load(Relaxed))
+        let mut s = self.collect(|c| c.load(Relaxed));
+        (s.emit_late_p50_us, s.emit_late_p99_us, s.emit_late_max_us) =
+            self.lateness.quantiles(false);
+        s
     }
 
     /// Reads and zeroes every counter; `in_flight` is a live gauge and is kept,
     /// and `max_in_flight` restarts from it.
     pub fn reset(&self) -> SimStats {
         let in_flight = self.in_flight.load(Relaxed);
-        self.collect(|c| {
+        let late = self.lateness.quantiles(true);
+        let mut s = self.collect(|c| {
             if std::ptr::eq(c, &self.in_flight) {
                 in_flight
             } else if std::ptr::eq(c, &self.max_in_flight) {
@@ -86,7 +166,9 @@ impl Counters {
             } else {
                 c.swap(0, Relaxed)
             }
-        })
+        });
+        (s.emit_late_p50_us, s.emit_late_p99_us, s.emit_late_max_us) = late;
+        s
     }
 
     fn collect(&self, read: impl Fn(&AtomicU64) -> u64) -> SimStats {
@@ -105,6 +187,7 @@ impl Counters {
             ttft_injected_count: read(&self.ttft_injected_count),
             in_flight: read(&self.in_flight),
             max_in_flight: read(&self.max_in_flight),
+            ..SimStats::default()
         }
     }
 
@@ -167,5 +250,17 @@ mod tests {
         );
         drop(guard);
         assert_eq!(counters.snapshot().in_flight, 0);
+    }
+
+    #[test]
+    fn lateness_quantiles_use_bucket_edges() {
+        let l = Lateness::default();
+        for us in [10, 20, 30, 120, 5_000] {
+            l.record(Duration::from_micros(us));
+        }
+        assert_eq!(l.quantiles(false), (50, 5_000, 5_000));
+        l.record(Duration::from_secs(1));
+        assert_eq!(l.quantiles(true).2, 1_000_000);
+        assert_eq!(l.quantiles(false), (0, 0, 0));
     }
 }

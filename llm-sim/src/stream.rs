@@ -105,6 +105,7 @@ async fn wait(st: &mut State<impl Wire>, i: u32) -> bool {
         sleep_until(st.deadline).await;
     }
     let counters = &st.job.shared.counters;
+    counters.lateness.record(Instant::now().saturating_duration_since(st.deadline));
     if stall {
         bump(&counters.stalled);
     }
