@@ -1,8 +1,10 @@
 //! Command line of the `agent` binary: `agent serve`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use barrage_common::auth::Token;
+use barrage_common::tls::ServerTls;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
@@ -45,6 +47,16 @@ pub enum Command {
         /// Targets this agent may load (host name, IP or CIDR; repeatable). Default: any.
         #[arg(long = "allow-target", value_name = "HOST|CIDR")]
         allow_targets: Vec<crate::allow::AllowEntry>,
+        /// Serve TLS with this certificate (PEM; the chain, leaf first). Needs --tls-key.
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Mutual TLS: refuse every controller without a client certificate
+        /// signed by this CA (PEM). Needs --tls-cert.
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
 }
 
@@ -54,6 +66,8 @@ pub enum CliError {
     Token(#[from] barrage_common::auth::TokenError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Tls(#[from] barrage_common::tls::TlsError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
 }
@@ -90,9 +104,24 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             threads,
             id,
             allow_targets,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
             let token = token_env.as_deref().map(Token::from_env).transpose()?;
             server::check_exposure(listen, token.as_ref(), insecure)?;
+            // Read and check the TLS files before binding: a bad file starts nothing.
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(ServerTls::load(cert, key, tls_client_ca.as_deref())?)
+                }
+                _ => None,
+            };
+            if tls.is_none() && !listen.ip().is_loopback() {
+                tracing::warn!(
+                    "no --tls-cert: the token and target API keys cross the network in clear text"
+                );
+            }
             if allow_targets.is_empty() && !listen.ip().is_loopback() {
                 tracing::warn!(
                     "no --allow-target: this agent will load any target a controller names"
@@ -118,8 +147,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let service = AgentService::new(options).map_err(ServeError::Io)?;
             // Tests and scripts read this line to learn an ephemeral port.
             println!("agent {} listening on {addr}", service.agent_id());
-            tracing::info!(%addr, auth = token.is_some(), "agent serving");
-            server::serve(listener, service, token, shutdown_signal()).await?;
+            tracing::info!(
+                %addr,
+                auth = token.is_some(),
+                tls = server::tls_mode(tls.as_ref()),
+                "agent serving"
+            );
+            server::serve_with(listener, service, token, tls, shutdown_signal()).await?;
             Ok(())
         }
     }

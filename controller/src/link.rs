@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use barrage_common::auth::{AttachToken, Token};
 use barrage_common::clock::{ClockOffset, ProbeSample, mono_now_ns};
+use barrage_common::tls::{ClientTls, describe_failure, error_chain};
 use barrage_proto::agent::v1::{self as pb, agent_client::AgentClient, agent_msg, controller_msg};
 use barrage_proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use tokio::sync::mpsc;
@@ -77,10 +78,15 @@ fn cmsg(m: controller_msg::Msg) -> pb::ControllerMsg {
 }
 
 impl AgentLink {
-    /// Connects, opens the session and exchanges hello.
+    /// Connects (over TLS when `tls` is given: `https`, the CA, the client
+    /// certificate for mutual TLS), opens the session and exchanges hello.
+    /// A failed handshake (unknown CA, wrong name, missing or refused client
+    /// certificate, plaintext on one side) is a [`LinkError::Connect`] whose
+    /// reason is the TLS error.
     pub async fn open(
         addr: &str,
         token: Option<&Token>,
+        tls: Option<&ClientTls>,
         run_id: &str,
         controller_id: &str,
     ) -> Result<Self, LinkError> {
@@ -88,23 +94,22 @@ impl AgentLink {
             addr: addr.to_owned(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| connect_err(e.to_string()))?
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| connect_err(error_chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = tls
+                .apply(endpoint)
+                .map_err(|e| connect_err(format!("TLS: {}", error_chain(&e))))?;
+        }
         let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
             .await
             .map_err(|_| connect_err("timed out".into()))?
-            .map_err(|e| {
-                connect_err(format!(
-                    "{e}: {}",
-                    std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default()
-                ))
-            })?;
+            .map_err(|e| connect_err(describe_failure(&e, tls.is_some())))?;
         let attach = AttachToken::new(token).map_err(|s| connect_err(s.message().to_owned()))?;
         let mut client = AgentClient::with_interceptor(channel, attach)
             .max_decoding_message_size(barrage_agent::server::MAX_MESSAGE_BYTES)
@@ -125,9 +130,15 @@ impl AgentLink {
                 phase: "session",
                 secs: PHASE_TIMEOUT.as_secs(),
             })?
-            .map_err(|s| LinkError::Refused {
-                addr: addr.to_owned(),
-                reason: format!("{:?}: {}", s.code(), s.message()),
+            .map_err(|s| match std::error::Error::source(&s) {
+                // No answer from the agent: the connection itself failed.
+                // With TLS 1.3 a refused client certificate shows up here,
+                // at the first request, not at connect.
+                Some(_) => connect_err(describe_failure(&s, tls.is_some())),
+                None => LinkError::Refused {
+                    addr: addr.to_owned(),
+                    reason: format!("{:?}: {}", s.code(), s.message()),
+                },
             })?
             .into_inner();
         let mut link = Self {

@@ -1,10 +1,12 @@
 //! The `gpu-exporter` command: flags ([`Cli`]), the start-up checks (token,
-//! exposure), `--once`, and [`run`], which the binary calls.
+//! exposure, TLS files), `--once`, and [`run`], which the binary calls.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use barrage_common::auth::{Token, TokenError};
+use barrage_common::tls::{ServerTls, TlsError};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -50,6 +52,17 @@ pub struct Cli {
     /// Skip PCIe throughput (each read blocks NVML for 20 ms per counter per GPU).
     #[arg(long)]
     pub no_pcie: bool,
+    /// Serve gRPC over TLS with this certificate (PEM; the chain, leaf
+    /// first). Needs --tls-key. `/metrics` stays plaintext.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: refuse every client without a certificate signed by
+    /// this CA (PEM). Needs --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -71,6 +84,8 @@ pub enum RunError {
     Exposed { addr: SocketAddr },
     #[error("token: {0}")]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -87,7 +102,7 @@ impl RunError {
     /// 64 (EX_USAGE) for configuration the user must change, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunError::Exposed { .. } | RunError::Token(_) => 64,
+            RunError::Exposed { .. } | RunError::Token(_) | RunError::Tls(_) => 64,
             _ => 1,
         }
     }
@@ -120,6 +135,17 @@ pub fn check_exposure(listen: SocketAddr, has_token: bool, insecure: bool) -> Re
         return Ok(());
     }
     Err(RunError::Exposed { addr: listen })
+}
+
+/// `--tls-cert`/`--tls-key`/`--tls-client-ca`, read and checked (clap makes
+/// sure the first two come together).
+pub fn load_tls(cli: &Cli) -> Result<Option<ServerTls>, TlsError> {
+    match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            ServerTls::load(cert, key, cli.tls_client_ca.as_deref()).map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// What `--once` prints.
@@ -197,6 +223,10 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     // Configuration first, so a refused start touches nothing.
     let token = resolve_token(cli.token_env.as_deref())?;
     check_exposure(cli.listen, token.is_some(), cli.insecure)?;
+    let tls = load_tls(&cli)?;
+    if tls.is_none() && !cli.listen.ip().is_loopback() {
+        tracing::warn!("no --tls-cert: the token and the samples cross the network in clear text");
+    }
     let grpc = bind(cli.listen).await?;
     let metrics = if cli.no_metrics {
         None
@@ -222,10 +252,15 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         gpus = info.gpu_count,
         interval = ?info.interval,
         auth = if token.is_some() { "token" } else { "none" },
+        tls = match &tls {
+            None => "off",
+            Some(t) if t.is_mutual() => "mutual-tls",
+            Some(_) => "tls",
+        },
         "gpu-exporter listening"
     );
     exporter
-        .serve(grpc, metrics, token, shutdown_signal())
+        .serve_with(grpc, metrics, token, tls, shutdown_signal())
         .await?;
     Ok(())
 }
@@ -265,6 +300,32 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["gpu-exporter", "--interval", "0s"]).is_err());
         assert!(Cli::try_parse_from(["gpu-exporter", "--interval", "fast"]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_come_together_and_bad_files_are_named() {
+        assert!(Cli::try_parse_from(["gpu-exporter", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["gpu-exporter", "--tls-key", "k.pem"]).is_err());
+        assert!(Cli::try_parse_from(["gpu-exporter", "--tls-client-ca", "ca.pem"]).is_err());
+        let cli = Cli::parse_from([
+            "gpu-exporter",
+            "--tls-cert",
+            "/surely/missing/c.pem",
+            "--tls-key",
+            "/surely/missing/k.pem",
+        ]);
+        let err = RunError::from(load_tls(&cli).expect_err("missing file"));
+        assert_eq!(err.exit_code(), 64);
+        assert!(
+            err.to_string()
+                .starts_with("--tls-cert: cannot read /surely/missing/c.pem"),
+            "{err}"
+        );
+        assert!(
+            load_tls(&Cli::parse_from(["gpu-exporter"]))
+                .expect("no TLS")
+                .is_none()
+        );
     }
 
     #[test]

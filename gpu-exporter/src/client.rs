@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use barrage_common::auth::{AttachToken, Token};
 use barrage_common::clock::{ClockOffset, ProbeSample, mono_now_ns};
+use barrage_common::tls::{ClientTls, describe_failure, error_chain};
 use barrage_proto::exporter::v1::gpu_exporter_client::GpuExporterClient;
 use barrage_proto::exporter::v1::{
     ClockRequest, HealthRequest, HealthResponse, Sample, WatchSamplesRequest,
@@ -23,12 +24,22 @@ pub enum ClientError {
     InvalidAddress { addr: String, reason: String },
     #[error("the token cannot be sent: {0}")]
     Token(String),
-    #[error("cannot connect to the exporter at {addr}: {source}")]
+    #[error(
+        "cannot connect to the exporter at {addr}: {}",
+        describe_failure(source, false)
+    )]
     Connect {
         addr: String,
         #[source]
         source: tonic::transport::Error,
     },
+    /// The exporter was reached but the connection is not usable: a TLS
+    /// handshake failed (unknown CA, wrong name; with TLS 1.3 a missing or
+    /// unknown client certificate shows only at the first call), or one
+    /// side speaks TLS and the other does not. `reason` is the whole cause
+    /// chain with a hint.
+    #[error("cannot connect to the exporter at {addr}: {reason}")]
+    Handshake { addr: String, reason: String },
     /// The exporter answered with an error (e.g. `UNAUTHENTICATED`), or the
     /// connection broke mid-call or mid-stream.
     #[error("exporter call failed: {}: {}", .0.code(), .0.message())]
@@ -71,37 +82,91 @@ impl ExporterClient {
     pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// Connects to `addr` (`host:port` or `http://host:port`), attaching
-    /// `token` to every call.
+    /// Connects to `addr` (`host:port` or `http://host:port`) in plaintext,
+    /// attaching `token` to every call: [`ExporterClient::connect_with`]
+    /// without TLS.
     pub async fn connect(addr: &str, token: Option<Token>) -> Result<Self, ClientError> {
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
+        Self::connect_with(addr, token, None).await
+    }
+
+    /// Connects to `addr`, attaching `token` to every call. With `tls`
+    /// (`host:port` or `https://host:port`), the exporter's certificate must
+    /// be signed by the CA and carry the name (`tls`'s domain, else the
+    /// host); with a client identity, it is presented (mutual TLS).
+    ///
+    /// The connection is proven here by a first `Health` call (with or
+    /// without TLS), so a wrong CA, name or client certificate, or TLS on
+    /// one side only, fails here as [`ClientError::Handshake`] naming the
+    /// reason, not at the first sample. An unreachable exporter is
+    /// [`ClientError::Connect`]; a wrong token is still only seen by the
+    /// first call the caller makes.
+    pub async fn connect_with(
+        addr: &str,
+        token: Option<Token>,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, ClientError> {
+        let invalid = |reason: String| ClientError::InvalidAddress {
+            addr: addr.to_owned(),
+            reason,
         };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::InvalidAddress {
-                addr: addr.to_owned(),
-                reason: e.to_string(),
-            })?
+        let uri = match (addr.split_once("://"), tls) {
+            (None, None) => format!("http://{addr}"),
+            (None, Some(_)) => format!("https://{addr}"),
+            (Some(("http", _)), Some(_)) => {
+                return Err(invalid(
+                    "http:// with TLS configured: write host:port or https://".into(),
+                ));
+            }
+            (Some(_), _) => addr.to_owned(),
+        };
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| invalid(e.to_string()))?
             .connect_timeout(Self::CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        if let Some(tls) = tls {
+            endpoint = tls
+                .apply(endpoint)
+                .map_err(|e| invalid(format!("TLS: {}", error_chain(&e))))?;
+        }
         let attach = AttachToken::new(token.as_ref())
             .map_err(|status| ClientError::Token(status.message().to_owned()))?;
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        Ok(Self {
+        let channel = endpoint.connect().await.map_err(|source| {
+            let chain = error_chain(&source);
+            let unreachable = ["tcp connect error", "dns error", "timed out"]
+                .iter()
+                .any(|w| chain.contains(w));
+            match tls {
+                Some(_) if !unreachable => ClientError::Handshake {
+                    addr: addr.to_owned(),
+                    reason: describe_failure(&source, true),
+                },
+                _ => ClientError::Connect {
+                    addr: addr.to_owned(),
+                    source,
+                },
+            }
+        })?;
+        let mut client = Self {
             inner: GpuExporterClient::with_interceptor(channel, attach),
             stall_timeout: Some(Self::DEFAULT_STALL_TIMEOUT),
-        })
+        };
+        // The connection is only known to work after a first call: with TLS
+        // 1.3 the server judges the client certificate after the client's
+        // side of the handshake is done, and a plaintext client talking to a
+        // TLS port learns it only from the reply. A refusal by the service
+        // itself (a wrong token) is left to the caller's first call.
+        if let Err(status) = client.inner.health(HealthRequest {}).await
+            && std::error::Error::source(&status).is_some()
+        {
+            return Err(ClientError::Handshake {
+                addr: addr.to_owned(),
+                reason: describe_failure(&status, tls.is_some()),
+            });
+        }
+        Ok(client)
     }
 
     /// How long [`ExporterClient::watch`] waits for the next sample before

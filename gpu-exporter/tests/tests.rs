@@ -6,3 +6,4 @@ mod support;
 mod binary;
 mod grpc;
 mod metrics;
+mod tls;
