@@ -24,8 +24,10 @@ struct Gap {
 #[derive(Debug, Default)]
 pub struct RequestMeasure {
     start: Option<Instant>,
-    /// Open loop: when the request was meant to be sent.
+    /// Open loop: when this request was meant to be sent.
     intended: Option<Instant>,
+    /// Set by `intend` for the next `begin` only.
+    next_intended: Option<Instant>,
     first_output: Option<Instant>,
     first_answer: Option<Instant>,
     last_output: Option<Instant>,
@@ -51,13 +53,13 @@ fn micros(d: Duration) -> u64 {
 impl RequestMeasure {
     /// Open loop: the next request's intended send time (kept by `begin`).
     pub fn intend(&mut self, at: Instant) {
-        self.intended = Some(at);
+        self.next_intended = Some(at);
     }
 
     /// Starts a request at its hand-off to the HTTP client.
     pub fn begin(&mut self, handoff: Instant) {
         let gaps = std::mem::take(&mut self.gaps);
-        let intended = self.intended.take();
+        let intended = self.next_intended.take();
         *self = Self {
             start: Some(handoff),
             intended,

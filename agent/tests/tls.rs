@@ -364,3 +364,72 @@ async fn the_log_says_mutual_tls_and_never_shows_the_key() {
     assert!(!seen.contains("PRIVATE KEY"), "key material in the log");
     assert!(!seen.contains(TOKEN), "the token in the log");
 }
+
+/// A whole run through `controller::run::execute` with `[cluster] tls_*`:
+/// mutual TLS works end to end; a foreign CA fails before any traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_with_mutual_tls_runs_and_a_wrong_ca_starts_no_traffic() {
+    let _serial = crate::support::LOAD.lock().await;
+    let pki = Pki::new();
+    let agent = pki.agent(Some("ca.pem"));
+    let sim = barrage_llm_sim::SimServer::spawn(Default::default(), ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("sim");
+    let plan = |ca: &str| {
+        crate::support::plan_from(&format!(
+            r#"
+            [target]
+            url = "http://{}"
+            [request]
+            max_tokens = 4
+            [load]
+            users = 2
+            requests = 6
+            [cluster]
+            agents = ["{}"]
+            tls_ca = "{}"
+            tls_cert = "{}"
+            tls_key = "{}"
+            tls_domain = "localhost"
+            [output]
+            dir = "{}"
+            "#,
+            sim.addr(),
+            agent.addr,
+            pki.path(ca),
+            pki.path("client.pem"),
+            pki.path("client.key"),
+            pki.dir.join("results").display()
+        ))
+    };
+    let opts = || barrage_controller::run::RunOptions {
+        agent_token: Some(barrage_common::auth::Token::new(TOKEN)),
+        ..Default::default()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new;
+    let bad = tokio::time::timeout(
+        LIMIT,
+        barrage_controller::run::execute(plan("other-ca.pem"), opts(), cancel()),
+    )
+    .await
+    .expect("bounded");
+    let err = match bad {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a foreign CA must fail"),
+    };
+    assert!(
+        err.contains(&agent.addr) && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert_eq!(sim.stats().requests, 0, "no traffic after a TLS refusal");
+    let ok = tokio::time::timeout(
+        LIMIT,
+        barrage_controller::run::execute(plan("ca.pem"), opts(), cancel()),
+    )
+    .await
+    .expect("bounded")
+    .expect("mutual TLS run");
+    assert_eq!(ok.summary.requests_ok, 6);
+    assert_eq!(sim.stats().completed, 6);
+    sim.shutdown().await;
+}

@@ -311,7 +311,9 @@ pub async fn main(cli: Cli) -> i32 {
         Err(e) => {
             eprintln!("error: {e}");
             match e {
-                crate::run::RunError::Dataset(_) => EXIT_BAD_PLAN,
+                crate::run::RunError::Dataset(_)
+                | crate::run::RunError::Trace(_)
+                | crate::run::RunError::Tls(_) => EXIT_BAD_PLAN,
                 _ => EXIT_FAILED,
             }
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use barrage_common::auth::Token;
 use barrage_common::clock::{ClockOffset, mono_now_ns};
 use barrage_common::monitor::MonitorSection;
+use barrage_common::tls::ClientTls;
 use barrage_gpu_exporter::ExporterClient;
 use barrage_gpu_exporter::summary::{ExporterSummary, Window, summarize};
 use barrage_proto::exporter::v1::Sample;
@@ -119,12 +120,16 @@ pub fn parse_prometheus(text: &str, names: &[String]) -> BTreeMap<String, f64> {
 
 impl Monitors {
     /// Connects everything before the start barrier.
-    pub async fn start(section: &MonitorSection, token: Option<Token>) -> Self {
+    pub async fn start(
+        section: &MonitorSection,
+        token: Option<Token>,
+        tls: Option<&ClientTls>,
+    ) -> Self {
         let stop = CancellationToken::new();
         let mut notes = Vec::new();
         let mut exporters = Vec::new();
         for addr in &section.gpu_exporters {
-            match connect_exporter(addr, token.clone(), stop.clone()).await {
+            match connect_exporter(addr, token.clone(), tls, stop.clone()).await {
                 Ok(w) => exporters.push(w),
                 Err(e) => notes.push(format!("gpu exporter {addr}: {e}; no GPU samples from it")),
             }
@@ -276,9 +281,10 @@ impl Monitors {
 async fn connect_exporter(
     addr: &str,
     token: Option<Token>,
+    tls: Option<&ClientTls>,
     stop: CancellationToken,
 ) -> Result<ExporterWatch, String> {
-    let mut client = ExporterClient::connect(addr, token)
+    let mut client = ExporterClient::connect_with(addr, token, tls)
         .await
         .map_err(|e| e.to_string())?;
     let offset = client.clock_offset().await.map_err(|e| e.to_string())?;

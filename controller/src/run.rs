@@ -11,6 +11,7 @@ use barrage_common::auth::Token;
 use barrage_common::clock::mono_now_ns;
 use barrage_common::metrics::{Layout, Layouts};
 use barrage_common::plan::{ApiKind, PlanFile};
+use barrage_common::tls::ClientTls;
 use barrage_llm_sim::SimServer;
 use barrage_proto::agent::v1 as pb;
 use futures::future::join_all;
@@ -62,6 +63,8 @@ pub enum RunError {
     Trace(#[from] crate::trace::TraceError),
     #[error("{0}")]
     Setup(String),
+    #[error(transparent)]
+    Tls(#[from] barrage_common::tls::TlsError),
     #[error(transparent)]
     Link(#[from] LinkError),
     #[error("metrics: {0}")]
@@ -211,8 +214,19 @@ pub async fn execute(
 ) -> Result<RunOutcome, RunError> {
     let run_id = format!("{:016x}", rand::random::<u64>());
     let started_wall = chrono::Local::now();
-    let plan_toml = plan.to_toml().map_err(|e| RunError::Setup(e.to_string()))?;
+    // Header values may carry secrets: the written plan keeps only their names.
+    let mut shown = plan.clone();
+    shown
+        .target
+        .headers
+        .values_mut()
+        .for_each(|v| *v = "<redacted>".to_owned());
+    let plan_toml = shown
+        .to_toml()
+        .map_err(|e| RunError::Setup(e.to_string()))?;
     let plan_sha = format!("{:x}", Sha256::digest(plan_toml.as_bytes()));
+    // TLS files are read and checked before anything connects.
+    let tls = ClientTls::from_cluster(&plan.cluster, opts.plan_dir.as_deref())?;
     let trace = crate::trace::load(&plan.load, opts.plan_dir.as_deref())?;
     let prompts = match &trace {
         Some(t) => t.prompts.clone(),
@@ -236,6 +250,7 @@ pub async fn execute(
         target_pb,
         &addrs,
         token.as_ref(),
+        tls.as_ref(),
         cancel,
     )
     .await;
@@ -276,13 +291,16 @@ async fn drive(
     target: pb::Target,
     addrs: &[String],
     token: Option<&Token>,
+    tls: Option<&ClientTls>,
     cancel: CancellationToken,
 ) -> Result<(Summary, Verdict), RunError> {
     let controller_id = format!("controller-{}", std::process::id());
     let embedded = plan.cluster.agents.is_empty();
     // Open every session first: a wrong token or a busy agent fails the run
     // before any traffic starts anywhere.
-    let mut links = open_links(plan, addrs, token, run_id, &controller_id).await?;
+    // Embedded agents serve plaintext on loopback; TLS is for listed agents.
+    let agent_tls = if embedded { None } else { tls };
+    let mut links = open_links(plan, addrs, token, agent_tls, run_id, &controller_id).await?;
     let offsets = join_all(links.iter_mut().map(AgentLink::align_clock)).await;
     let offsets = offsets.into_iter().collect::<Result<Vec<_>, _>>()?;
 
@@ -399,7 +417,7 @@ async fn drive(
         ),
         (None, None) => None,
     };
-    let monitors = crate::monitor::Monitors::start(&plan.monitor, monitor_token).await;
+    let monitors = crate::monitor::Monitors::start(&plan.monitor, monitor_token, tls).await;
 
     // The start barrier: one moment, translated into each agent's clock.
     let max_rtt = offsets.iter().map(|o| o.rtt_ns).max().unwrap_or(0);
@@ -723,6 +741,7 @@ async fn open_links(
     plan: &PlanFile,
     addrs: &[String],
     token: Option<&Token>,
+    tls: Option<&ClientTls>,
     run_id: &str,
     controller_id: &str,
 ) -> Result<Vec<AgentLink>, RunError> {
@@ -730,7 +749,7 @@ async fn open_links(
         let opened = join_all(
             addrs
                 .iter()
-                .map(|a| AgentLink::open(a, token, None, run_id, controller_id)),
+                .map(|a| AgentLink::open(a, token, tls, run_id, controller_id)),
         )
         .await;
         return Ok(opened.into_iter().collect::<Result<Vec<_>, _>>()?);
@@ -742,7 +761,7 @@ async fn open_links(
         let tries = join_all(
             missing
                 .iter()
-                .map(|i| AgentLink::open(&addrs[*i], token, None, run_id, controller_id)),
+                .map(|i| AgentLink::open(&addrs[*i], token, tls, run_id, controller_id)),
         )
         .await;
         let mut last_errors = Vec::new();
