@@ -156,6 +156,10 @@ impl TargetClient {
         body.insert("model".into(), json!(self.model));
         body.insert("stream".into(), json!(self.stream));
         match self.api {
+            Api::OpenaiEmbeddings => {
+                body.remove("stream");
+                body.insert("input".into(), json!(text));
+            }
             Api::OpenaiChat | Api::OpenaiCompletions | Api::Unspecified => {
                 if self.api == Api::OpenaiCompletions {
                     body.insert("prompt".into(), json!(text));

@@ -81,6 +81,8 @@ pub enum ApiKind {
     OpenaiCompletions,
     OllamaGenerate,
     OllamaChat,
+    /// `/v1/embeddings`: latency and input tokens (never streamed).
+    OpenaiEmbeddings,
 }
 
 impl ApiKind {
@@ -91,6 +93,7 @@ impl ApiKind {
             ApiKind::OpenaiCompletions => "/v1/completions",
             ApiKind::OllamaGenerate => "/api/generate",
             ApiKind::OllamaChat => "/api/chat",
+            ApiKind::OpenaiEmbeddings => "/v1/embeddings",
         }
     }
 }

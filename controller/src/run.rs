@@ -125,6 +125,7 @@ fn api(kind: ApiKind) -> pb::Api {
         ApiKind::OpenaiCompletions => pb::Api::OpenaiCompletions,
         ApiKind::OllamaGenerate => pb::Api::OllamaGenerate,
         ApiKind::OllamaChat => pb::Api::OllamaChat,
+        ApiKind::OpenaiEmbeddings => pb::Api::OpenaiEmbeddings,
     }
 }
 
@@ -157,7 +158,8 @@ fn target_proto(plan: &PlanFile, url: &str) -> Result<pb::Target, RunError> {
                 secret: true,
             })
             .collect(),
-        stream: plan.target.stream,
+        // Embeddings answer with one body.
+        stream: plan.target.stream && plan.target.api != ApiKind::OpenaiEmbeddings,
         timeout_ms: plan.target.timeout.as_millis() as u64,
         include_usage: plan.target.include_usage,
         connect_timeout_ms: plan.target.connect_timeout.as_millis() as u64,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod apis;
 mod cli;
 mod e2e;
 mod datasets;

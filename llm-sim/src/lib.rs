@@ -59,6 +59,7 @@
 //! `stall_duration`. Non-streaming: `stall` delays the body, `cut` sends half
 //! of it and drops the connection, `malformed` sends `{not json`.
 
+mod embeddings;
 mod engine;
 mod ollama;
 mod openai;

@@ -24,7 +24,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::engine::{Shared, unix_now};
 use crate::stats::{Counters, SimStats};
-use crate::{SimConfig, SimError, ollama, openai};
+use crate::{SimConfig, SimError, embeddings, ollama, openai};
 
 /// How long a shutdown lets open responses finish before cutting them.
 const GRACE: Duration = Duration::from_secs(1);
@@ -106,6 +106,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
