@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
+use crate::precise::sleep_until;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::engine::{Shared, after};
 use crate::plan::{input_tokens, words};

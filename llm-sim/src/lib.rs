@@ -64,6 +64,7 @@ mod engine;
 mod ollama;
 mod openai;
 mod plan;
+mod precise;
 mod server;
 mod stats;
 mod stream;

@@ -7,11 +7,12 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::precise::sleep_until;
 use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::engine::{Cut, Job, Piece, Slot, Summary, Wire, after};
 use crate::plan::Kind;
@@ -105,7 +106,9 @@ async fn wait(st: &mut State<impl Wire>, i: u32) -> bool {
         sleep_until(st.deadline).await;
     }
     let counters = &st.job.shared.counters;
-    counters.lateness.record(Instant::now().saturating_duration_since(st.deadline));
+    counters
+        .lateness
+        .record(Instant::now().saturating_duration_since(st.deadline));
     if stall {
         bump(&counters.stalled);
     }
