@@ -5,8 +5,8 @@ mod support;
 
 mod apis;
 mod cli;
-mod e2e;
 mod datasets;
+mod e2e;
 mod load_models;
 mod monitor;
 mod sweeps;
