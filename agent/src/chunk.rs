@@ -140,6 +140,28 @@ struct OllamaChunk<'a> {
     _choices: Option<IgnoredAny>,
 }
 
+/// How the chunks of one target are read: a built-in API, or a template.
+#[derive(Debug, Clone)]
+pub enum ChunkReader {
+    Api(Api),
+    Template(std::sync::Arc<barrage_proto::agent::v1::TemplateApi>),
+}
+
+impl ChunkReader {
+    pub fn parse(&self, data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
+        match self {
+            ChunkReader::Api(api) => parse(*api, data),
+            ChunkReader::Template(t) => crate::template::parse(t, data),
+        }
+    }
+
+    pub fn parse_body(&self, body: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
+        let mut info = self.parse(body)?;
+        info.done = true;
+        Ok(info)
+    }
+}
+
 /// Interprets one event's data (SSE) or line (NDJSON) for `api`.
 pub fn parse(api: Api, data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
     match api {

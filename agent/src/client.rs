@@ -22,6 +22,10 @@ pub enum ClientError {
     Url(String, String),
     #[error("target.api is not set")]
     NoApi,
+    #[error("target.api = \"template\" needs a [target.template] table")]
+    NoTemplate,
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
     #[error("target.headers: {0:?} is not a valid header")]
     Header(String),
     #[error("request.extra_body must be a JSON object: {0}")]
@@ -49,6 +53,9 @@ pub struct TargetClient {
     http: reqwest::Client,
     url: reqwest::Url,
     api: Api,
+    reader: chunk::ChunkReader,
+    /// Template API: NDJSON lines instead of SSE events.
+    ndjson: bool,
     stream: bool,
     include_usage: bool,
     model: String,
@@ -108,11 +115,31 @@ impl TargetClient {
             })
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
+        let template = target.template.clone().map(std::sync::Arc::new);
+        let (reader, ndjson, stream) = match (&template, api) {
+            (Some(t), Api::Template) => {
+                let format =
+                    pb::TemplateFormat::try_from(t.format).unwrap_or(pb::TemplateFormat::Sse);
+                (
+                    chunk::ChunkReader::Template(t.clone()),
+                    format == pb::TemplateFormat::Ndjson,
+                    format != pb::TemplateFormat::Json,
+                )
+            }
+            (None, Api::Template) => return Err(ClientError::NoTemplate),
+            _ => (
+                chunk::ChunkReader::Api(api),
+                matches!(api, Api::OllamaChat | Api::OllamaGenerate),
+                target.stream,
+            ),
+        };
         Ok(Self {
             http,
             url,
             api,
-            stream: target.stream,
+            reader,
+            ndjson,
+            stream,
             include_usage: target.include_usage,
             model: target.model.clone(),
             timeout,
@@ -131,6 +158,26 @@ impl TargetClient {
         prompt: &pb::Prompt,
         params: &pb::RequestParams,
     ) -> Result<PreparedPrompt, ClientError> {
+        if let chunk::ChunkReader::Template(t) = &self.reader {
+            let max_tokens = if prompt.max_tokens > 0 {
+                prompt.max_tokens
+            } else {
+                params.max_tokens
+            };
+            let words = prompt
+                .messages
+                .iter()
+                .map(|m| m.content.split_whitespace().count() as u64)
+                .sum::<u64>();
+            return Ok(PreparedPrompt {
+                body: Bytes::from(crate::template::render(t, &self.model, prompt, max_tokens)?),
+                estimated_input_tokens: if prompt.input_tokens > 0 {
+                    u64::from(prompt.input_tokens)
+                } else {
+                    words.max(1)
+                },
+            });
+        }
         let max_tokens = if prompt.max_tokens > 0 {
             prompt.max_tokens
         } else {
@@ -160,7 +207,7 @@ impl TargetClient {
                 body.remove("stream");
                 body.insert("input".into(), json!(text));
             }
-            Api::OpenaiChat | Api::OpenaiCompletions | Api::Unspecified => {
+            Api::OpenaiChat | Api::OpenaiCompletions | Api::Unspecified | Api::Template => {
                 if self.api == Api::OpenaiCompletions {
                     body.insert("prompt".into(), json!(text));
                 } else {
@@ -262,7 +309,10 @@ impl TargetClient {
             let bytes = resp.bytes().await.map_err(|e| classify(&e))?;
             let at = Instant::now();
             m.response_bytes += bytes.len() as u64;
-            let info = chunk::parse_body(self.api, &bytes).map_err(|_| ErrorClass::Stream)?;
+            let info = self
+                .reader
+                .parse_body(&bytes)
+                .map_err(|_| ErrorClass::Stream)?;
             m.on_chunk(at, &info);
             return if info.error {
                 Err(ErrorClass::Stream)
@@ -270,10 +320,10 @@ impl TargetClient {
                 Ok(())
             };
         }
-        let api = self.api;
+        let reader = &self.reader;
         let mut body = resp.bytes_stream();
         let mut failed = false;
-        let ndjson = matches!(api, Api::OllamaChat | Api::OllamaGenerate);
+        let ndjson = self.ndjson;
         parsers.sse = SseParser::new();
         parsers.ndjson = NdjsonSplitter::new();
         loop {
@@ -287,7 +337,7 @@ impl TargetClient {
             let piece = piece.map_err(|e| classify(&e))?;
             let at = Instant::now();
             m.response_bytes += piece.len() as u64;
-            let mut on_event = |data: &[u8]| match chunk::parse(api, data) {
+            let mut on_event = |data: &[u8]| match reader.parse(data) {
                 Ok(info) => {
                     failed |= info.error;
                     m.on_chunk(at, &info);
@@ -302,7 +352,7 @@ impl TargetClient {
             r.map_err(|_| ErrorClass::Stream)?;
         }
         let at = Instant::now();
-        let mut on_event = |data: &[u8]| match chunk::parse(api, data) {
+        let mut on_event = |data: &[u8]| match reader.parse(data) {
             Ok(info) => m.on_chunk(at, &info),
             Err(_) => m.malformed = true,
         };

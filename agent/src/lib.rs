@@ -16,6 +16,7 @@ pub mod server;
 pub mod service;
 mod session;
 pub mod sse;
+pub mod template;
 
 pub use service::{AgentOptions, AgentService};
 pub use session::SessionError;

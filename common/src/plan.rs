@@ -83,6 +83,30 @@ pub enum ApiKind {
     OllamaChat,
     /// `/v1/embeddings`: latency and input tokens (never streamed).
     OpenaiEmbeddings,
+    /// Any JSON-over-HTTP API, described by `[target.template]`.
+    Template,
+}
+
+/// `[target.template]`: a request body with placeholders and JSON pointers
+/// (RFC 6901) into the response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSection {
+    /// JSON with placeholders: `%m` model, `%p` prompt text, `%messages`
+    /// (the messages array), `%max_tokens`.
+    pub body: String,
+    /// "sse" (default), "ndjson" or "json" (one body).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Where each chunk (or the body) keeps generated text, e.g. "/choices/0/delta/content".
+    pub text: String,
+    pub reasoning: Option<String>,
+    pub prompt_tokens: Option<String>,
+    pub completion_tokens: Option<String>,
+    /// A pointer whose truthy value marks the last chunk, e.g. "/done".
+    pub done: Option<String>,
+    /// A whole event meaning "end" (default "[DONE]").
+    pub done_marker: Option<String>,
 }
 
 impl ApiKind {
@@ -94,6 +118,7 @@ impl ApiKind {
             ApiKind::OllamaGenerate => "/api/generate",
             ApiKind::OllamaChat => "/api/chat",
             ApiKind::OpenaiEmbeddings => "/v1/embeddings",
+            ApiKind::Template => "",
         }
     }
 }
@@ -122,6 +147,8 @@ pub struct TargetSection {
     pub idle_timeout: Option<Duration>,
     /// "1.1" (default, keep-alive) or "2" (HTTP/2; prior knowledge on http://).
     pub http_version: String,
+    /// For `api = "template"`.
+    pub template: Option<TemplateSection>,
 }
 
 impl Default for TargetSection {
@@ -138,6 +165,7 @@ impl Default for TargetSection {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: None,
             http_version: "1.1".to_owned(),
+            template: None,
         }
     }
 }
@@ -431,6 +459,42 @@ impl PlanFile {
             (None, Some(sim)) => sim
                 .validate()
                 .map_err(|e| invalid(&format!("simulator.{}", e.key), e.problem))?,
+        }
+        match (&self.target.template, self.target.api) {
+            (None, ApiKind::Template) => {
+                return Err(invalid(
+                    "target.template",
+                    "api = \"template\" needs a [target.template] table",
+                ));
+            }
+            (Some(_), api) if api != ApiKind::Template => {
+                return Err(invalid("target.template", "only for api = \"template\""));
+            }
+            (Some(t), _) => {
+                if !matches!(t.format.as_deref(), None | Some("sse" | "ndjson" | "json")) {
+                    return Err(invalid(
+                        "target.template.format",
+                        "must be \"sse\", \"ndjson\" or \"json\"",
+                    ));
+                }
+                let pointers = [
+                    Some(&t.text),
+                    t.reasoning.as_ref(),
+                    t.prompt_tokens.as_ref(),
+                    t.completion_tokens.as_ref(),
+                    t.done.as_ref(),
+                ];
+                if pointers.into_iter().flatten().any(|p| !p.starts_with('/')) {
+                    return Err(invalid(
+                        "target.template",
+                        "JSON pointers start with / (e.g. \"/choices/0/text\")",
+                    ));
+                }
+                if t.body.trim().is_empty() {
+                    return Err(invalid("target.template.body", "must not be empty"));
+                }
+            }
+            _ => {}
         }
         if self.target.http_version != "1.1" && self.target.http_version != "2" {
             return Err(invalid("target.http_version", "must be \"1.1\" or \"2\""));

@@ -126,6 +126,7 @@ fn api(kind: ApiKind) -> pb::Api {
         ApiKind::OllamaGenerate => pb::Api::OllamaGenerate,
         ApiKind::OllamaChat => pb::Api::OllamaChat,
         ApiKind::OpenaiEmbeddings => pb::Api::OpenaiEmbeddings,
+        ApiKind::Template => pb::Api::Template,
     }
 }
 
@@ -165,6 +166,20 @@ fn target_proto(plan: &PlanFile, url: &str) -> Result<pb::Target, RunError> {
         connect_timeout_ms: plan.target.connect_timeout.as_millis() as u64,
         idle_timeout_ms: plan.target.idle_timeout.map_or(0, |d| d.as_millis() as u64),
         http2: plan.target.http_version == "2",
+        template: plan.target.template.as_ref().map(|t| pb::TemplateApi {
+            body: t.body.clone(),
+            format: match t.format.as_deref() {
+                Some("ndjson") => pb::TemplateFormat::Ndjson,
+                Some("json") => pb::TemplateFormat::Json,
+                _ => pb::TemplateFormat::Sse,
+            } as i32,
+            text_pointer: t.text.clone(),
+            reasoning_pointer: t.reasoning.clone().unwrap_or_default(),
+            prompt_tokens_pointer: t.prompt_tokens.clone().unwrap_or_default(),
+            completion_tokens_pointer: t.completion_tokens.clone().unwrap_or_default(),
+            done_pointer: t.done.clone().unwrap_or_default(),
+            done_marker: t.done_marker.clone().unwrap_or_default(),
+        }),
     })
 }
 

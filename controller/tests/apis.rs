@@ -93,3 +93,94 @@ async fn embeddings_measure_latency_and_input_tokens() {
     let e2e = s.metrics["e2e"].percentiles["p50"];
     assert!((15.0..25.0).contains(&e2e), "e2e {e2e}");
 }
+
+/// The `template` API in its three formats, each aimed at a simulator
+/// endpoint whose shape the pointers describe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_api_reads_sse_ndjson_and_json_bodies_by_pointers() {
+    let _serial = LOAD.lock().await;
+    let cfg: barrage_common::simulator::SimConfig =
+        toml::from_str("ttft = \"10ms\"\nitl = \"2ms\"").expect("cfg");
+    let sim = barrage_llm_sim::SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("sim");
+    let cases = [
+        (
+            "/v1/completions",
+            r#"body = '{"model": "%m", "prompt": "%p", "max_tokens": %max_tokens, "stream": true, "stream_options": {"include_usage": true}}'
+            text = "/choices/0/text"
+            prompt_tokens = "/usage/prompt_tokens"
+            completion_tokens = "/usage/completion_tokens""#,
+        ),
+        (
+            "/api/generate",
+            r#"body = '{"model": "%m", "prompt": "%p", "options": {"num_predict": %max_tokens}}'
+            format = "ndjson"
+            text = "/response"
+            done = "/done"
+            prompt_tokens = "/prompt_eval_count"
+            completion_tokens = "/eval_count""#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"body = '{"model": "%m", "messages": %messages, "max_tokens": %max_tokens}'
+            format = "json"
+            text = "/choices/0/message/content"
+            prompt_tokens = "/usage/prompt_tokens"
+            completion_tokens = "/usage/completion_tokens""#,
+        ),
+    ];
+    for (path, template) in cases {
+        let before = sim.stats();
+        let text = format!(
+            r#"
+            [target]
+            url = "http://{}{path}"
+            api = "template"
+            [target.template]
+            {template}
+            [request]
+            max_tokens = 5
+            [dataset]
+            input_tokens = 12
+            prompts = 4
+            [load]
+            users = 2
+            requests = 6
+            [cluster]
+            embedded_agents = 1
+            [output]
+            dir = "{}"
+            "#,
+            sim.addr(),
+            scratch("template").display()
+        );
+        let o = tokio::time::timeout(
+            TEST_LIMIT,
+            execute(
+                plan_from(&text),
+                RunOptions::default(),
+                CancellationToken::new(),
+            ),
+        )
+        .await
+        .expect("bounded")
+        .expect("run");
+        let s = &o.summary;
+        let after = sim.stats();
+        assert_eq!(s.requests_ok, 6, "{path}: {:?}", s.errors);
+        assert_eq!(after.completed - before.completed, 6, "{path}");
+        assert_eq!(s.output_tokens, 6 * 5, "{path}: usage read by pointer");
+        assert_eq!(
+            s.input_tokens,
+            after.input_tokens - before.input_tokens,
+            "{path}"
+        );
+        assert_eq!(s.token_source.usage_from_server, 6, "{path}");
+        assert!(
+            s.metrics["ttft"].count == 6,
+            "{path}: output found by pointer"
+        );
+    }
+    sim.shutdown().await;
+}
