@@ -227,6 +227,8 @@ async fn sigterm_stops_load_and_still_delivers_the_final_totals() {
     assert!(a.lost.is_none(), "the final totals arrived: {:?}", a.lost);
     assert!(a.totals_mismatch.is_none());
     assert!(s.requests_ok > 0);
-    assert_eq!(s.requests_ok, sim.stats().completed);
+    // Responses finished by the server but unread at the stop are incomplete.
+    let served = sim.stats().completed;
+    assert!(s.requests_ok <= served && served <= s.requests_ok + s.requests_incomplete);
     sim.shutdown().await;
 }
