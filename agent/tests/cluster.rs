@@ -232,3 +232,48 @@ async fn sigterm_stops_load_and_still_delivers_the_final_totals() {
     assert!(s.requests_ok <= served && served <= s.requests_ok + s.requests_incomplete);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_agents_starts_with_the_agents_that_answered() {
+    let _serial = LOAD.lock().await;
+    let sim = sim("").await;
+    let agents = vec![AgentProcess::start(TOKEN, &[])];
+    let base = plan(&sim, &agents, "users = 4\nrequests = 8");
+    // A second listed agent that never answers (nothing listens on port 9).
+    let with_dead = base.replace(
+        &format!("agents = [\"{}\"]", agents[0].addr),
+        &format!("agents = [\"{}\", \"127.0.0.1:9\"]", agents[0].addr),
+    );
+    let err = match execute(plan_from(&with_dead), opts(TOKEN), CancellationToken::new()).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("all listed agents are required by default"),
+    };
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+    assert_eq!(sim.stats().requests, 0);
+    let relaxed = with_dead.replace(
+        "[cluster]",
+        "[cluster]\nmin_agents = 1\nagent_wait = \"2s\"",
+    );
+    let ok = tokio::time::timeout(
+        TEST_LIMIT,
+        execute(plan_from(&relaxed), opts(TOKEN), CancellationToken::new()),
+    )
+    .await
+    .expect("bounded")
+    .expect("runs on the agent that answered");
+    assert_eq!(ok.summary.agents.len(), 1);
+    assert_eq!(ok.summary.requests_ok, 8);
+    let too_many = with_dead.replace(
+        "[cluster]",
+        "[cluster]\nmin_agents = 2\nagent_wait = \"1s\"",
+    );
+    let err = match execute(plan_from(&too_many), opts(TOKEN), CancellationToken::new()).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("min_agents = 2 cannot be met"),
+    };
+    assert!(
+        err.contains("cluster.min_agents") && err.contains("1 of 2"),
+        "{err}"
+    );
+    sim.shutdown().await;
+}
