@@ -158,26 +158,6 @@ impl TargetClient {
         prompt: &pb::Prompt,
         params: &pb::RequestParams,
     ) -> Result<PreparedPrompt, ClientError> {
-        if let chunk::ChunkReader::Template(t) = &self.reader {
-            let max_tokens = if prompt.max_tokens > 0 {
-                prompt.max_tokens
-            } else {
-                params.max_tokens
-            };
-            let words = prompt
-                .messages
-                .iter()
-                .map(|m| m.content.split_whitespace().count() as u64)
-                .sum::<u64>();
-            return Ok(PreparedPrompt {
-                body: Bytes::from(crate::template::render(t, &self.model, prompt, max_tokens)?),
-                estimated_input_tokens: if prompt.input_tokens > 0 {
-                    u64::from(prompt.input_tokens)
-                } else {
-                    words.max(1)
-                },
-            });
-        }
         let max_tokens = if prompt.max_tokens > 0 {
             prompt.max_tokens
         } else {
@@ -199,6 +179,18 @@ impl TargetClient {
             .iter()
             .map(|m| m.content.split_whitespace().count() as u64)
             .sum::<u64>();
+        let estimated_input_tokens = if prompt.input_tokens > 0 {
+            u64::from(prompt.input_tokens)
+        } else {
+            words.max(1)
+        };
+        if let chunk::ChunkReader::Template(t) = &self.reader {
+            let body = crate::template::render(t, &self.model, &text, messages, max_tokens)?;
+            return Ok(PreparedPrompt {
+                body: Bytes::from(body),
+                estimated_input_tokens,
+            });
+        }
         let mut body = Map::new();
         body.insert("model".into(), json!(self.model));
         body.insert("stream".into(), json!(self.stream));
@@ -250,11 +242,7 @@ impl TargetClient {
             .map_err(|e| ClientError::ExtraBody(e.to_string()))?;
         Ok(PreparedPrompt {
             body: Bytes::from(body),
-            estimated_input_tokens: if prompt.input_tokens > 0 {
-                u64::from(prompt.input_tokens)
-            } else {
-                words.max(1)
-            },
+            estimated_input_tokens,
         })
     }
 

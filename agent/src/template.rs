@@ -26,30 +26,21 @@ fn escaped(s: &str) -> String {
         .to_owned()
 }
 
-/// Fills the placeholders for one prompt and checks the result is JSON.
+/// Fills the placeholders for one prompt (its text and messages, built by
+/// the client) and checks the result is JSON.
 pub fn render(
     t: &pb::TemplateApi,
     model: &str,
-    prompt: &pb::Prompt,
+    text: &str,
+    messages: Vec<Value>,
     max_tokens: u32,
 ) -> Result<Vec<u8>, TemplateError> {
-    let text = prompt
-        .messages
-        .iter()
-        .map(|m| m.content.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let messages: Vec<Value> = prompt
-        .messages
-        .iter()
-        .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
-        .collect();
     let body = t
         .body
         .replace("%messages", &Value::Array(messages).to_string())
         .replace("%max_tokens", &max_tokens.to_string())
         .replace("%m", &escaped(model))
-        .replace("%p", &escaped(&text));
+        .replace("%p", &escaped(text));
     serde_json::from_str::<Value>(&body).map_err(|e| TemplateError::Body(e.to_string()))?;
     Ok(body.into_bytes())
 }
@@ -123,7 +114,8 @@ mod tests {
             }],
             ..pb::Prompt::default()
         };
-        let body = render(&template(), "m-1", &prompt, 7).expect("json");
+        let text = &prompt.messages[0].content;
+        let body = render(&template(), "m-1", text, Vec::new(), 7).expect("json");
         let v: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["prompt"], "say \"hi\"\nplease");
         assert_eq!(v["max_tokens"], 7);
@@ -132,7 +124,7 @@ mod tests {
             body: "{\"a\": %p}".into(),
             ..template()
         };
-        assert!(render(&bad, "m", &prompt, 1).is_err());
+        assert!(render(&bad, "m", text, Vec::new(), 1).is_err());
     }
 
     #[test]
