@@ -23,6 +23,8 @@ pub struct ChunkInfo {
     pub completion_tokens: Option<u64>,
     /// The server reported an error inside the stream.
     pub error: bool,
+    /// Ollama's own timings (ns): load, prompt eval, eval.
+    pub server_ns: Option<[u64; 3]>,
 }
 
 /// Not JSON, or JSON of an unexpected shape: a `stream` error.
@@ -134,6 +136,12 @@ struct OllamaChunk<'a> {
     prompt_eval_count: Option<u64>,
     #[serde(default)]
     eval_count: Option<u64>,
+    #[serde(default)]
+    load_duration: Option<u64>,
+    #[serde(default)]
+    prompt_eval_duration: Option<u64>,
+    #[serde(default)]
+    eval_duration: Option<u64>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
     #[serde(default, rename = "choices")]
@@ -191,6 +199,7 @@ fn parse_openai(data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,
         error: c.error.is_some_and(|e| e.get() != "null"),
+        server_ns: None,
     })
 }
 
@@ -209,6 +218,10 @@ fn parse_ollama(data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
         prompt_tokens: c.prompt_eval_count,
         completion_tokens: c.eval_count,
         error: c.error.is_some(),
+        server_ns: match (c.load_duration, c.prompt_eval_duration, c.eval_duration) {
+            (None, None, None) => None,
+            (l, p, e) => Some([l.unwrap_or(0), p.unwrap_or(0), e.unwrap_or(0)]),
+        },
     })
 }
 

@@ -42,6 +42,8 @@ pub struct RequestMeasure {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub response_bytes: u64,
+    /// Ollama's own load / prompt-eval / eval durations (ns), when reported.
+    pub server_ns: Option<[u64; 3]>,
     pub saw_done: bool,
     pub malformed: bool,
 }
@@ -80,6 +82,9 @@ impl RequestMeasure {
         }
         if let Some(c) = info.completion_tokens {
             self.completion_tokens = Some(c);
+        }
+        if info.server_ns.is_some() {
+            self.server_ns = info.server_ns;
         }
         if !info.output {
             return;
@@ -169,6 +174,18 @@ impl RequestMeasure {
             counters.usage_estimated += 1;
         }
         metrics.record(Metric::E2e, e2e);
+        if let Some(ns) = self.server_ns {
+            for (m, v) in [
+                Metric::ServerLoad,
+                Metric::ServerPromptEval,
+                Metric::ServerEval,
+            ]
+            .into_iter()
+            .zip(ns)
+            {
+                metrics.record(m, v / 1000);
+            }
+        }
         if let Some(from_intended) = intended {
             metrics.record(Metric::E2eIntended, from_intended(end));
         }

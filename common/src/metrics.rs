@@ -26,10 +26,16 @@ pub enum Metric {
     ScheduleLag,
     TtftIntended,
     E2eIntended,
+    /// Server-reported (Ollama `load_duration`): a cold model load shows here.
+    ServerLoad,
+    /// Server-reported (Ollama `prompt_eval_duration`).
+    ServerPromptEval,
+    /// Server-reported (Ollama `eval_duration`).
+    ServerEval,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 15] = [
         Metric::Ttft,
         Metric::Ttfo,
         Metric::ChunkGap,
@@ -42,6 +48,9 @@ impl Metric {
         Metric::ScheduleLag,
         Metric::TtftIntended,
         Metric::E2eIntended,
+        Metric::ServerLoad,
+        Metric::ServerPromptEval,
+        Metric::ServerEval,
     ];
 
     /// The one name used in proto fields, JSON keys and report labels.
@@ -59,6 +68,9 @@ impl Metric {
             Metric::ScheduleLag => "schedule_lag",
             Metric::TtftIntended => "ttft_intended",
             Metric::E2eIntended => "e2e_intended",
+            Metric::ServerLoad => "server_load",
+            Metric::ServerPromptEval => "server_prompt_eval",
+            Metric::ServerEval => "server_eval",
         }
     }
 

@@ -27,7 +27,7 @@ pub const PERCENTILES: [(&str, f64); 11] = [
 ];
 
 /// Distributions in the percentile table, in order.
-pub const TABLE_METRICS: [Metric; 10] = [
+pub const TABLE_METRICS: [Metric; 13] = [
     Metric::Ttft,
     Metric::Ttfo,
     Metric::ChunkGap,
@@ -38,6 +38,9 @@ pub const TABLE_METRICS: [Metric; 10] = [
     Metric::ScheduleLag,
     Metric::TtftIntended,
     Metric::E2eIntended,
+    Metric::ServerLoad,
+    Metric::ServerPromptEval,
+    Metric::ServerEval,
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -342,7 +345,12 @@ pub fn render(s: &Summary) -> String {
         if d.count == 0
             && matches!(
                 m,
-                Metric::ScheduleLag | Metric::TtftIntended | Metric::E2eIntended
+                Metric::ScheduleLag
+                    | Metric::TtftIntended
+                    | Metric::E2eIntended
+                    | Metric::ServerLoad
+                    | Metric::ServerPromptEval
+                    | Metric::ServerEval
             )
         {
             continue;

@@ -67,6 +67,16 @@ async fn every_generation_api_streaming_and_not_counts_what_the_server_served() 
                 s.token_source.usage_from_server, 8,
                 "{case}: usage read from the response"
             );
+            if api.starts_with("ollama") {
+                // Ollama's own durations are kept per request.
+                let pe = &s.metrics["server_prompt_eval"];
+                assert_eq!(pe.count, 8, "{case}");
+                let p50 = pe.percentiles["p50"];
+                assert!((14.0..22.0).contains(&p50), "{case}: prompt_eval {p50}");
+                assert_eq!(s.metrics["server_eval"].count, 8, "{case}");
+            } else {
+                assert_eq!(s.metrics["server_prompt_eval"].count, 0, "{case}");
+            }
             let ttft = s.metrics["ttft"].percentiles["p50"];
             if stream {
                 assert!((15.0..25.0).contains(&ttft), "{case}: ttft {ttft}");
