@@ -25,6 +25,19 @@ pub struct ChunkInfo {
     pub error: bool,
     /// Ollama's own timings (ns): load, prompt eval, eval.
     pub server_ns: Option<[u64; 3]>,
+    /// Where the generated text (a JSON string, quotes included) sits in
+    /// the event's bytes, for counting it with a tokenizer later.
+    pub text_span: Option<(u32, u32)>,
+}
+
+/// The byte range of `raw` inside `data` (both borrowed from the same slice).
+fn span_in(data: &[u8], raw: Option<&RawValue>) -> Option<(u32, u32)> {
+    let raw = raw.filter(|r| r.get().starts_with('"'))?;
+    let start = (raw.get().as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+    let end = start + raw.get().len();
+    (end <= data.len())
+        .then(|| (u32::try_from(start).ok(), u32::try_from(end).ok()))
+        .and_then(|(a, b)| Some((a?, b?)))
 }
 
 /// Not JSON, or JSON of an unexpected shape: a `stream` error.
@@ -60,23 +73,28 @@ struct Choice<'a> {
 
 /// Flags folded over the `choices` array without collecting it.
 #[derive(Default)]
-struct ChoicesSummary {
+struct ChoicesSummary<'a> {
     output: bool,
     answer: bool,
+    /// The first choice's generated text, answer or reasoning.
+    text: Option<&'a RawValue>,
 }
 
-impl<'de> Deserialize<'de> for ChoicesSummary {
+impl<'de: 'a, 'a> Deserialize<'de> for ChoicesSummary<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ChoicesSummary;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ChoicesSummary<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a choices array")
             }
-            fn visit_unit<E>(self) -> Result<ChoicesSummary, E> {
+            fn visit_unit<E>(self) -> Result<ChoicesSummary<'a>, E> {
                 Ok(ChoicesSummary::default())
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ChoicesSummary, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ChoicesSummary<'a>, A::Error> {
                 let mut s = ChoicesSummary::default();
                 while let Some(c) = seq.next_element::<Choice<'de>>()? {
                     let d = c.delta.as_ref().or(c.message.as_ref());
@@ -86,11 +104,22 @@ impl<'de> Deserialize<'de> for ChoicesSummary {
                         d.is_some_and(|d| has_text(d.reasoning_content) || has_text(d.reasoning));
                     s.answer |= answer;
                     s.output |= answer || reasoning;
+                    if s.text.is_none() {
+                        s.text = [
+                            c.text,
+                            d.and_then(|d| d.content),
+                            d.and_then(|d| d.reasoning_content),
+                            d.and_then(|d| d.reasoning),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .find(|r| has_text(Some(r)));
+                    }
                 }
                 Ok(s)
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -104,8 +133,8 @@ struct Usage {
 
 #[derive(Deserialize)]
 struct OpenAiChunk<'a> {
-    #[serde(default)]
-    choices: Option<ChoicesSummary>,
+    #[serde(borrow, default)]
+    choices: Option<ChoicesSummary<'a>>,
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(borrow, default)]
@@ -200,6 +229,7 @@ fn parse_openai(data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
         completion_tokens: usage.completion_tokens,
         error: c.error.is_some_and(|e| e.get() != "null"),
         server_ns: None,
+        text_span: span_in(data, choices.text),
     })
 }
 
@@ -222,6 +252,13 @@ fn parse_ollama(data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
             (None, None, None) => None,
             (l, p, e) => Some([l.unwrap_or(0), p.unwrap_or(0), e.unwrap_or(0)]),
         },
+        text_span: span_in(
+            data,
+            [content, thinking]
+                .into_iter()
+                .flatten()
+                .find(|r| has_text(Some(r))),
+        ),
     })
 }
 

@@ -329,6 +329,7 @@ impl TargetClient {
                 Ok(info) => {
                     failed |= info.error;
                     m.on_chunk(at, &info);
+                    m.keep_text(data, &info);
                 }
                 Err(_) => m.malformed = true,
             };
@@ -341,7 +342,10 @@ impl TargetClient {
         }
         let at = Instant::now();
         let mut on_event = |data: &[u8]| match reader.parse(data) {
-            Ok(info) => m.on_chunk(at, &info),
+            Ok(info) => {
+                m.on_chunk(at, &info);
+                m.keep_text(data, &info);
+            }
             Err(_) => m.malformed = true,
         };
         if ndjson {

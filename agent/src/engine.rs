@@ -72,6 +72,8 @@ pub struct Workload {
     pub recorder: Arc<Recorder>,
     /// Per-request limits for goodput.
     pub slo: barrage_proto::agent::v1::RequestSlo,
+    /// The plan's tokenizer: counts output when the server reports no usage.
+    pub tokenizer: Option<Arc<tokenizers::Tokenizer>>,
     next_prompt: AtomicUsize,
     budget: Option<AtomicU64>,
     in_flight: AtomicU64,
@@ -95,6 +97,7 @@ impl Workload {
             prompts,
             recorder,
             slo: Default::default(),
+            tokenizer: None,
             next_prompt: AtomicUsize::new(start),
             budget: max_requests.map(AtomicU64::new),
             in_flight: AtomicU64::new(0),
@@ -137,6 +140,7 @@ impl Workload {
         self.recorder
             .with_shard(slot, |s| s.counters.requests_started += 1);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        m.capture_text(self.tokenizer.is_some());
         let result = tokio::select! {
             r = self.client.send(prompt.body.clone(), m, p) => Some(r),
             _ = stop.cancelled() => None,
@@ -144,6 +148,11 @@ impl Workload {
         let end = Instant::now();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let result = result?;
+        if let Some(tok) = &self.tokenizer {
+            // Tokenizing is CPU work: let the runtime move other streams'
+            // timestamping off this worker meanwhile.
+            tokio::task::block_in_place(|| m.count_with(tok));
+        }
         self.recorder.with_shard(slot, |s| {
             m.record(
                 end,

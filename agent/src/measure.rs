@@ -44,6 +44,13 @@ pub struct RequestMeasure {
     pub response_bytes: u64,
     /// Ollama's own load / prompt-eval / eval durations (ns), when reported.
     pub server_ns: Option<[u64; 3]>,
+    /// With a tokenizer: each output chunk's text (raw JSON strings) and where
+    /// each ends, copied into buffers reused across requests.
+    capture: bool,
+    texts: Vec<u8>,
+    text_ends: Vec<u32>,
+    /// Output was counted with the tokenizer (see `count_with`).
+    tokenized: bool,
     pub saw_done: bool,
     pub malformed: bool,
 }
@@ -53,6 +60,61 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl RequestMeasure {
+    /// Keep each output chunk's text so `count_with` can count it later.
+    pub fn capture_text(&mut self, on: bool) {
+        self.capture = on;
+    }
+
+    /// Copies an output chunk's text (called right after `on_chunk` for the
+    /// same event). A plain copy into a reused buffer: no tokenizing here.
+    pub fn keep_text(&mut self, data: &[u8], info: &ChunkInfo) {
+        if !self.capture || !info.output {
+            return;
+        }
+        if let Some((a, b)) = info.text_span
+            && let Some(bytes) = data.get(a as usize..b as usize)
+        {
+            self.texts.extend_from_slice(bytes);
+        }
+        self.text_ends
+            .push(u32::try_from(self.texts.len()).unwrap_or(u32::MAX));
+    }
+
+    /// After the request, off the timed path: counts each chunk's text with
+    /// the tokenizer. The counts replace "1 per chunk" for `itl` (unless the
+    /// server sent continuous usage) and give `output_tokens` when the server
+    /// reported none.
+    pub fn count_with(&mut self, tok: &tokenizers::Tokenizer) {
+        if self.text_ends.is_empty() || self.text_ends.len() as u64 != self.chunk_tokens_chunks() {
+            return;
+        }
+        let mut counts = Vec::with_capacity(self.text_ends.len());
+        let mut from = 0usize;
+        for end in &self.text_ends {
+            let raw = self.texts.get(from..*end as usize).unwrap_or_default();
+            from = *end as usize;
+            let text: String = serde_json::from_slice(raw).unwrap_or_default();
+            let n = tok
+                .encode_fast(text, false)
+                .map(|e| e.len() as u64)
+                .unwrap_or(0);
+            counts.push(n);
+        }
+        if self.continuous_usage != Some(true) {
+            for (g, n) in self.gaps.iter_mut().zip(counts.iter().skip(1)) {
+                g.tokens = (*n).max(1);
+            }
+            self.chunks_assumed = 0;
+        }
+        self.chunk_tokens = counts.iter().sum();
+        self.tokenized = true;
+    }
+
+    /// Output chunks seen (the first plus one per gap).
+    fn chunk_tokens_chunks(&self) -> u64 {
+        u64::from(self.first_output.is_some()) + self.gaps.len() as u64
+    }
+
     /// Open loop: the next request's intended send time (kept by `begin`).
     pub fn intend(&mut self, at: Instant) {
         self.next_intended = Some(at);
@@ -61,14 +123,21 @@ impl RequestMeasure {
     /// Starts a request at its hand-off to the HTTP client.
     pub fn begin(&mut self, handoff: Instant) {
         let gaps = std::mem::take(&mut self.gaps);
+        let texts = std::mem::take(&mut self.texts);
+        let text_ends = std::mem::take(&mut self.text_ends);
         let intended = self.next_intended.take();
         *self = Self {
             start: Some(handoff),
             intended,
             gaps,
+            capture: self.capture,
+            texts,
+            text_ends,
             ..Self::default()
         };
         self.gaps.clear();
+        self.texts.clear();
+        self.text_ends.clear();
     }
 
     /// One chunk, stamped with the time its bytes were read.
@@ -170,6 +239,8 @@ impl RequestMeasure {
         counters.output_tokens += output_tokens;
         if self.prompt_tokens.is_some() && self.completion_tokens.is_some() {
             counters.usage_from_server += 1;
+        } else if self.completion_tokens.is_none() && self.tokenized {
+            counters.usage_tokenizer += 1;
         } else {
             counters.usage_estimated += 1;
         }

@@ -199,6 +199,11 @@ fn prepare(
     };
     let mut work = Workload::new(client, bodies, recorder, p.seed, spec.max_requests);
     work.slo = p.slo.unwrap_or_default();
+    if !p.tokenizer_json.is_empty() {
+        let tok = tokenizers::Tokenizer::from_bytes(&p.tokenizer_json)
+            .map_err(|e| SessionError::Prepare(format!("dataset.tokenizer: {e}")))?;
+        work.tokenizer = Some(Arc::new(tok));
+    }
     let work = Arc::new(work);
     tracing::info!(
         run_id = %p.run_id, step = p.step, users = slice.user_indexes.len(),

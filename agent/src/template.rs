@@ -88,6 +88,7 @@ pub fn parse(t: &pb::TemplateApi, data: &[u8]) -> Result<ChunkInfo, MalformedChu
         completion_tokens: pointer(&v, &t.completion_tokens_pointer).and_then(Value::as_u64),
         error: v.get("error").is_some_and(|e| !e.is_null()),
         server_ns: None,
+        text_span: None,
     })
 }
 

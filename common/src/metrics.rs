@@ -501,6 +501,8 @@ pub struct Counters {
     pub requests_good: u64,
     /// Chunks that carried reasoning text.
     pub reasoning_chunks: u64,
+    /// Requests whose output tokens were counted with the plan's tokenizer.
+    pub usage_tokenizer: u64,
 }
 
 impl Counters {
@@ -522,6 +524,7 @@ impl Counters {
         self.arrivals_unsent += o.arrivals_unsent;
         self.requests_good += o.requests_good;
         self.reasoning_chunks += o.reasoning_chunks;
+        self.usage_tokenizer += o.usage_tokenizer;
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -556,6 +559,7 @@ impl Counters {
             arrivals_unsent: self.arrivals_unsent,
             requests_good: self.requests_good,
             reasoning_chunks: self.reasoning_chunks,
+            usage_tokenizer: self.usage_tokenizer,
         }
     }
 
@@ -577,6 +581,7 @@ impl Counters {
             arrivals_unsent: p.arrivals_unsent,
             requests_good: p.requests_good,
             reasoning_chunks: p.reasoning_chunks,
+            usage_tokenizer: p.usage_tokenizer,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

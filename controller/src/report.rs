@@ -172,6 +172,8 @@ pub struct TokenSource {
     pub chunk_tokens_assumed: u64,
     /// Chunks that carried reasoning text (counted as output too).
     pub reasoning_chunks: u64,
+    /// Requests whose output tokens were counted with the plan's tokenizer.
+    pub usage_tokenizer: u64,
 }
 
 /// Inputs of a summary that do not come from the merge.
@@ -251,6 +253,7 @@ impl Summary {
                 usage_estimated: c.usage_estimated,
                 chunk_tokens_assumed: c.chunk_tokens_assumed,
                 reasoning_chunks: c.reasoning_chunks,
+                usage_tokenizer: c.usage_tokenizer,
             },
             metrics: Metric::ALL
                 .iter()
@@ -322,9 +325,10 @@ pub fn render(s: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "  {:<w$}  server usage {} / estimated {} requests; {} chunks assumed 1 token",
+        "  {:<w$}  server usage {} / tokenizer {} / estimated {} requests; {} chunks assumed 1 token",
         "Token counts from",
         s.token_source.usage_from_server,
+        s.token_source.usage_tokenizer,
         s.token_source.usage_estimated,
         s.token_source.chunk_tokens_assumed
     );

@@ -245,6 +245,20 @@ pub async fn execute(
     // TLS files are read and checked before anything connects.
     let tls = ClientTls::from_cluster(&plan.cluster, opts.plan_dir.as_deref())?;
     let trace = crate::trace::load(&plan.load, opts.plan_dir.as_deref())?;
+    // Agents count output with the plan's tokenizer when the server reports
+    // no usage: they get the file's bytes, not its path.
+    let tokenizer_json = match &plan.dataset.tokenizer {
+        Some(p) => {
+            let path = match opts.plan_dir.as_deref() {
+                Some(dir) if p.is_relative() => dir.join(p),
+                _ => p.clone(),
+            };
+            std::fs::read(&path).map_err(|e| {
+                RunError::Setup(format!("dataset.tokenizer {}: {e}", path.display()))
+            })?
+        }
+        None => Vec::new(),
+    };
     let prompts = match &trace {
         Some(t) => t.prompts.clone(),
         None => dataset::load(&plan.dataset, opts.plan_dir.as_deref())?,
@@ -268,6 +282,7 @@ pub async fn execute(
         &addrs,
         token.as_ref(),
         tls.as_ref(),
+        &tokenizer_json,
         cancel,
     )
     .await;
@@ -309,6 +324,7 @@ async fn drive(
     addrs: &[String],
     token: Option<&Token>,
     tls: Option<&ClientTls>,
+    tokenizer_json: &[u8],
     cancel: CancellationToken,
 ) -> Result<(Summary, Verdict), RunError> {
     let controller_id = format!("controller-{}", std::process::id());
@@ -403,6 +419,7 @@ async fn drive(
             dataset_len: per_agent.as_ref().map_or(prompts.len(), |p| p[i].len()) as u64,
             plan_sha256: plan_sha.to_owned(),
             slo: Some(request_slo(plan)),
+            tokenizer_json: tokenizer_json.to_vec(),
         };
         link.prepare(prepare, &chunks[i])
     });

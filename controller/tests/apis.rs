@@ -194,3 +194,84 @@ async fn template_api_reads_sse_ndjson_and_json_bodies_by_pointers() {
     }
     sim.shutdown().await;
 }
+
+/// A server that sends no usage (llama-cpp-python's streams do not): output
+/// tokens come from the plan's tokenizer, per chunk for `itl` too, labelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_server_usage_the_tokenizer_counts_output_per_chunk() {
+    use std::collections::HashMap;
+    use tokenizers::Tokenizer;
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+
+    let _serial = LOAD.lock().await;
+    let dir = scratch("tokenizer-output");
+    let mut vocab: HashMap<String, u32> = HashMap::new();
+    for w in [
+        "[UNK]", "tok", "alpha", "bravo", "delta", "echo", "golf", "hotel",
+    ] {
+        vocab.insert(w.into(), vocab.len() as u32);
+    }
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("[UNK]".into())
+        .build()
+        .expect("model");
+    let mut t = Tokenizer::new(model);
+    t.with_pre_tokenizer(Some(WhitespaceSplit));
+    let path = dir.join("tokenizer.json");
+    t.save(&path, false).expect("save");
+    let text = format!(
+        r#"
+        [target]
+        include_usage = false
+        [request]
+        max_tokens = 12
+        [dataset]
+        tokenizer = "{}"
+        input_tokens = 10
+        prompts = 4
+        [load]
+        users = 2
+        requests = 6
+        [cluster]
+        embedded_agents = 1
+        [output]
+        dir = "{}"
+        [simulator]
+        ttft = "10ms"
+        itl = "2ms"
+        tokens_per_chunk = 3
+        "#,
+        path.display(),
+        dir.display()
+    );
+    let o = tokio::time::timeout(
+        TEST_LIMIT,
+        execute(
+            plan_from(&text),
+            RunOptions::default(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("bounded")
+    .expect("run");
+    let s = &o.summary;
+    let sim = s.simulator.clone().expect("sim");
+    assert_eq!(s.requests_ok, 6);
+    assert_eq!(
+        s.output_tokens, sim.output_tokens,
+        "the tokenizer's count equals the server's"
+    );
+    assert_eq!(s.output_tokens, 6 * 12);
+    assert_eq!(
+        s.token_source.usage_tokenizer, 6,
+        "labelled as tokenizer counts"
+    );
+    assert_eq!(s.token_source.usage_from_server, 0);
+    assert_eq!(s.token_source.chunk_tokens_assumed, 0);
+    // 4 chunks of 3 tokens per request: 3 gaps, each spread over 3 tokens.
+    assert_eq!(s.metrics["chunk_gap"].count, 6 * 3);
+    assert_eq!(s.metrics["itl"].count, 6 * 3 * 3);
+}
