@@ -259,7 +259,9 @@ async fn a_conversation_dataset_runs_and_the_simulator_counts_what_it_predicts()
         s.input_tokens, sim.input_tokens,
         "the tokenizer's counts reached the agent"
     );
-    assert_eq!(s.token_source.usage_estimated, requests);
+    // No usage from the server: the agents counted with the plan's tokenizer.
+    assert_eq!(s.token_source.usage_tokenizer, requests);
+    assert_eq!(s.output_tokens, requests * 4);
     assert_eq!(
         sim.output_tokens,
         requests * 4,
