@@ -386,11 +386,13 @@ fn hint(reason: &str, tls: bool) -> Option<&'static str> {
             || has("reset")
             || has("closed")
             || has("eof")
+            || has("not ready")
             || has("unexpected end"))
     {
         // Its certificate was accepted (else the reason says so), then it
         // hung up: what a server requiring mutual TLS does, when the alert
-        // it sent was lost to the race with our first write.
+        // it sent was lost to the race with our first write (hyper then says
+        // "closed", "reset" or "connection was not ready").
         return Some(
             "TLS: the server closed the connection after the handshake: it may require a client \
              certificate (cluster.tls_cert and cluster.tls_key) or not accept ours",
