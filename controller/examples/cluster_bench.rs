@@ -11,15 +11,14 @@
 //! agent per second, start skew, and measured-minus-injected ttft and
 //! chunk_gap at p50/p99.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
+use std::process::Child;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use barrage_agent::health::{process_cpu_time, rss_bytes};
+use anyhow::Result;
+use barrage_agent::health::process_cpu_time;
 use barrage_common::auth::Token;
 use barrage_controller::run::{RunOptions, execute};
 use tokio_util::sync::CancellationToken;
@@ -28,43 +27,13 @@ const TTFT_MS: f64 = 100.0;
 const ITL_MS: f64 = 500.0;
 const TOKEN: &str = "cluster-bench-token";
 
-fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join(name))
-        .context("locating binaries")?;
-    if !bin.is_file() {
-        bail!(
-            "{} not found: run `cargo build --release -p barrage-agent -p barrage-llm-sim` first",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// Starts a child and reads its "... listening on ADDR" line.
+/// Starts a release binary beside this example and reads its address.
 fn spawn(bin: &str, args: &[&str]) -> Result<(Child, String)> {
-    let mut child = Command::new(sibling(bin)?)
-        .args(args)
-        .env("BENCH_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {bin}"))?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .context("address line")?
-        .trim_start_matches("http://")
-        .to_owned();
-    Ok((child, addr))
+    bench_support::spawn_listening(
+        bench_support::sibling(bin)?,
+        args,
+        &[("BENCH_TOKEN", TOKEN)],
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -133,22 +102,8 @@ async fn main() -> Result<()> {
         agents = list.join(", "),
         out = std::env::temp_dir().join("barrage-bench").display(),
     );
-    let plan = barrage_common::plan::from_figment(
-        figment::Figment::new()
-            .merge(<figment::providers::Toml as figment::providers::Format>::string(&plan)),
-    )?;
-    let base_rss = rss_bytes().unwrap_or(0);
-    let peak = Arc::new(AtomicU64::new(base_rss));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_bytes().unwrap_or(0), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let plan = bench_support::plan(&plan)?;
+    let rss = bench_support::PeakRss::start(Duration::from_millis(100));
     let cpu0 = process_cpu_time(100.0).unwrap_or_default();
     let opts = RunOptions {
         agent_token: Some(Token::new(TOKEN)),
@@ -159,8 +114,7 @@ async fn main() -> Result<()> {
         .unwrap_or_default()
         .saturating_sub(cpu0)
         .as_secs_f64();
-    done.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    let (peak_rss, _) = rss.finish();
     for (mut c, _) in agents {
         let _ = c.kill();
         let _ = c.wait();
@@ -185,7 +139,7 @@ async fn main() -> Result<()> {
         s.requests_ok,
         chunks as f64 / s.duration_s,
         100.0 * cpu / s.duration_s,
-        peak.load(Ordering::Relaxed) as f64 / 1048576.0,
+        peak_rss as f64 / 1048576.0,
         bytes_per_agent_s.join(" / "),
         s.max_start_skew_ms
             .map_or("-".into(), |v| format!("{v:.2}")),

@@ -11,15 +11,14 @@
 //! simulator CPU seconds per million chunks, measured-minus-injected `ttft`
 //! and `chunk_gap` at p50/p99, and peak client RSS growth per stream.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
+use std::process::Child;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use barrage_agent::health::{process_cpu_time, rss_bytes};
+use anyhow::{Context, Result};
+use barrage_agent::health::process_cpu_time;
 use barrage_controller::run::{RunOptions, execute};
 use tokio_util::sync::CancellationToken;
 
@@ -33,50 +32,18 @@ struct Case {
     rounds: u64,
 }
 
-fn sim_binary() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("LLM_SIM_BIN") {
-        return Ok(p.into());
-    }
-    // target/<profile>/examples/engine_bench -> target/<profile>/llm-sim
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("llm-sim"))
-        .context("locating llm-sim")?;
-    if !bin.is_file() {
-        bail!(
-            "{} not found: run `cargo build --release -p barrage-llm-sim` first (or set LLM_SIM_BIN)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 fn start_sim(itl_ms: u64) -> Result<(Child, String)> {
-    let mut child = Command::new(sim_binary()?)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--ttft",
-            &format!("{TTFT_MS}ms"),
-            "--itl",
-            &format!("{itl_ms}ms"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting llm-sim")?;
-    let stdout = child.stdout.take().context("llm-sim stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .context("llm-sim address line")?
-        .to_owned();
-    Ok((child, url))
+    let bin = match std::env::var("LLM_SIM_BIN") {
+        Ok(p) => p.into(),
+        Err(_) => bench_support::sibling("llm-sim")?,
+    };
+    let (ttft, itl) = (format!("{TTFT_MS}ms"), format!("{itl_ms}ms"));
+    let (child, addr) = bench_support::spawn_listening(
+        bin,
+        &["--listen", "127.0.0.1:0", "--ttft", &ttft, "--itl", &itl],
+        &[],
+    )?;
+    Ok((child, format!("http://{addr}")))
 }
 
 fn child_cpu_secs(pid: u32) -> f64 {
@@ -124,23 +91,9 @@ async fn run_case(c: &Case) -> Result<()> {
         streams = c.streams,
         out = std::env::temp_dir().join("barrage-bench").display(),
     );
-    let plan = barrage_common::plan::from_figment(
-        figment::Figment::new()
-            .merge(<figment::providers::Toml as figment::providers::Format>::string(&plan)),
-    )?;
+    let plan = bench_support::plan(&plan)?;
 
-    let base_rss = rss_bytes().unwrap_or(0);
-    let peak = Arc::new(AtomicU64::new(base_rss));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_bytes().unwrap_or(0), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let rss = bench_support::PeakRss::start(Duration::from_millis(50));
     let cpu0 = process_cpu_time(100.0).unwrap_or_default();
     let sim0 = child_cpu_secs(sim.id());
     let outcome = execute(plan, RunOptions::default(), CancellationToken::new()).await?;
@@ -150,8 +103,7 @@ async fn run_case(c: &Case) -> Result<()> {
         .saturating_sub(cpu0)
         .as_secs_f64();
     let sim_cpu = child_cpu_secs(sim.id()) - sim0;
-    done.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    let (_, rss_growth) = rss.finish();
     let _ = sim.kill();
     let _ = sim.wait();
 
@@ -173,7 +125,7 @@ async fn run_case(c: &Case) -> Result<()> {
         q("ttft", "p99") - TTFT_MS as f64,
         q("chunk_gap", "p50") - c.itl_ms as f64,
         q("chunk_gap", "p99") - c.itl_ms as f64,
-        (peak.load(Ordering::Relaxed).saturating_sub(base_rss)) as f64 / 1024.0 / c.streams as f64,
+        rss_growth as f64 / 1024.0 / c.streams as f64,
         sim_stats.0,
         sim_stats.1,
     );
@@ -222,10 +174,7 @@ async fn open_loop_case() -> Result<()> {
         "#,
         out = std::env::temp_dir().join("barrage-bench").display(),
     );
-    let plan = barrage_common::plan::from_figment(
-        figment::Figment::new()
-            .merge(<figment::providers::Toml as figment::providers::Format>::string(&plan)),
-    )?;
+    let plan = bench_support::plan(&plan)?;
     let outcome = execute(plan, RunOptions::default(), CancellationToken::new()).await?;
     let late = sim_stats(&url).await;
     let _ = sim.kill();
