@@ -1,10 +1,9 @@
 //! Every API against the built-in simulator, streaming and not: the counts
 //! the controller reports equal what the simulator served.
 
-use barrage_controller::run::{RunOptions, Verdict, execute};
-use tokio_util::sync::CancellationToken;
+use barrage_controller::run::{RunOptions, Verdict};
 
-use crate::support::{LOAD, TEST_LIMIT, plan_from, scratch};
+use crate::support::{LOAD, run_text, scratch};
 
 async fn run(api: &str, stream: bool) -> (barrage_controller::report::Summary, Verdict) {
     let text = format!(
@@ -30,17 +29,7 @@ async fn run(api: &str, stream: bool) -> (barrage_controller::report::Summary, V
         "#,
         scratch("apis").display()
     );
-    let o = tokio::time::timeout(
-        TEST_LIMIT,
-        execute(
-            plan_from(&text),
-            RunOptions::default(),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("bounded")
-    .expect("run");
+    let o = run_text(&text, RunOptions::default()).await;
     (o.summary, o.verdict)
 }
 
@@ -165,17 +154,7 @@ async fn template_api_reads_sse_ndjson_and_json_bodies_by_pointers() {
             sim.addr(),
             scratch("template").display()
         );
-        let o = tokio::time::timeout(
-            TEST_LIMIT,
-            execute(
-                plan_from(&text),
-                RunOptions::default(),
-                CancellationToken::new(),
-            ),
-        )
-        .await
-        .expect("bounded")
-        .expect("run");
+        let o = run_text(&text, RunOptions::default()).await;
         let s = &o.summary;
         let after = sim.stats();
         assert_eq!(s.requests_ok, 6, "{path}: {:?}", s.errors);
@@ -246,17 +225,7 @@ async fn without_server_usage_the_tokenizer_counts_output_per_chunk() {
         path.display(),
         dir.display()
     );
-    let o = tokio::time::timeout(
-        TEST_LIMIT,
-        execute(
-            plan_from(&text),
-            RunOptions::default(),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("bounded")
-    .expect("run");
+    let o = run_text(&text, RunOptions::default()).await;
     let s = &o.summary;
     let sim = s.simulator.clone().expect("sim");
     assert_eq!(s.requests_ok, 6);

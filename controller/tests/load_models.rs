@@ -3,10 +3,9 @@
 //! threshold verdicts.
 
 use barrage_controller::report::Summary;
-use barrage_controller::run::{RunOptions, Verdict, execute};
-use tokio_util::sync::CancellationToken;
+use barrage_controller::run::{RunOptions, Verdict};
 
-use crate::support::{LOAD, TEST_LIMIT, plan_from, scratch};
+use crate::support::{LOAD, run_text, scratch};
 
 async fn run(load: &str, extra: &str) -> (Summary, Verdict) {
     let text = format!(
@@ -30,17 +29,7 @@ async fn run(load: &str, extra: &str) -> (Summary, Verdict) {
         "#,
         scratch("models").display()
     );
-    let outcome = tokio::time::timeout(
-        TEST_LIMIT,
-        execute(
-            plan_from(&text),
-            RunOptions::default(),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("bounded")
-    .expect("run");
+    let outcome = run_text(&text, RunOptions::default()).await;
     (outcome.summary, outcome.verdict)
 }
 

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{LOAD, TEST_LIMIT, plan_from, scratch};
+use crate::support::{LOAD, TEST_LIMIT, plan_from, run_text, scratch};
 
 const TOKEN: &str = "monitor-token";
 
@@ -101,17 +101,7 @@ async fn gpu_and_server_metrics_land_on_the_run_timeline() {
     let _serial = LOAD.lock().await;
     let (addr, _stop) = exporter(2).await;
     let prom = prometheus("# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine=\"0\"} 3\nvllm:num_requests_running{engine=\"1\"} 2\nvllm:gpu_cache_usage_perc 0.5\n").await;
-    let outcome = tokio::time::timeout(
-        TEST_LIMIT,
-        execute(
-            plan_from(&plan(&addr, &prom)),
-            opts(),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("bounded")
-    .expect("run");
+    let outcome = run_text(&plan(&addr, &prom), opts()).await;
     assert_eq!(outcome.verdict, Verdict::Completed);
     let m = outcome.summary.monitor.clone().expect("monitor report");
     assert_eq!(m.exporters.len(), 1);
@@ -199,17 +189,7 @@ async fn an_exporter_lost_mid_run_leaves_a_gap_and_a_note_not_a_failure() {
 async fn an_unreachable_exporter_is_a_note_and_the_run_goes_on() {
     let _serial = LOAD.lock().await;
     let prom = prometheus("vllm:num_requests_running 1\n").await;
-    let outcome = tokio::time::timeout(
-        TEST_LIMIT,
-        execute(
-            plan_from(&plan("127.0.0.1:9", &prom)),
-            opts(),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("bounded")
-    .expect("run");
+    let outcome = run_text(&plan("127.0.0.1:9", &prom), opts()).await;
     assert_eq!(outcome.verdict, Verdict::Completed);
     assert!(
         outcome

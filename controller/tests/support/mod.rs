@@ -26,3 +26,22 @@ pub const TEST_LIMIT: Duration = Duration::from_secs(90);
 /// Tests that generate load hold this, so a timing assertion never competes
 /// with another test's load for this machine's cores.
 pub static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs a plan given as TOML text through `execute`, bounded by
+/// `TEST_LIMIT`; a run that errors fails the test.
+pub async fn run_text(
+    text: &str,
+    opts: barrage_controller::run::RunOptions,
+) -> barrage_controller::run::RunOutcome {
+    tokio::time::timeout(
+        TEST_LIMIT,
+        barrage_controller::run::execute(
+            plan_from(text),
+            opts,
+            tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("bounded")
+    .expect("run")
+}
