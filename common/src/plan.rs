@@ -435,6 +435,7 @@ fn describe(err: figment::Error) -> String {
 impl PlanFile {
     /// Checks what types cannot: ranges, combinations, files.
     pub fn validate(&self) -> Result<(), PlanError> {
+        crate::limits::check(self).map_err(|(key, problem)| invalid(&key, problem))?;
         match (&self.target.url, &self.simulator) {
             (None, None) => {
                 return Err(invalid(
@@ -493,19 +494,21 @@ impl PlanFile {
                 if t.body.trim().is_empty() {
                     return Err(invalid("target.template.body", "must not be empty"));
                 }
+                self.check_template_body(t)?;
             }
             _ => {}
         }
         if self.target.http_version != "1.1" && self.target.http_version != "2" {
             return Err(invalid("target.http_version", "must be \"1.1\" or \"2\""));
         }
-        if self.target.connect_timeout.is_zero()
-            || self.target.idle_timeout.is_some_and(|d| d.is_zero())
-        {
+        if self.target.connect_timeout.is_zero() {
             return Err(invalid(
                 "target.connect_timeout",
-                "timeouts must be greater than zero",
+                "must be greater than zero",
             ));
+        }
+        if self.target.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("target.idle_timeout", "must be greater than zero"));
         }
         if self.target.timeout.is_zero() {
             return Err(invalid("target.timeout", "must be greater than zero"));
@@ -575,6 +578,13 @@ impl PlanFile {
             return Err(invalid("cluster.embedded_agents", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// Renders the body with sample values, as the agent will.
+    fn check_template_body(&self, t: &TemplateSection) -> Result<(), PlanError> {
+        let model = self.target.model.as_deref().unwrap_or("model");
+        crate::template::check_body(&t.body, model, self.request.max_tokens)
+            .map_err(|e| invalid("target.template.body", e.to_string()))
     }
 
     /// The full request URL for a target given by URL.
