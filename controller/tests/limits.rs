@@ -246,6 +246,14 @@ fn values_at_the_limits_are_accepted() {
 /// Runs `controller run` on a plan text aimed at a live simulator; returns
 /// (status, stderr, requests the simulator saw).
 async fn run_binary(dir: &Path, body: &str) -> (Option<i32>, String, u64) {
+    run_binary_with(dir, body, &[]).await
+}
+
+async fn run_binary_with(
+    dir: &Path,
+    body: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, u64) {
     let _serial = LOAD.lock().await;
     let sim = SimServer::spawn(SimConfig::default(), ([127, 0, 0, 1], 0).into())
         .await
@@ -255,8 +263,13 @@ async fn run_binary(dir: &Path, body: &str) -> (Option<i32>, String, u64) {
         .replace("SIM_URL", &format!("http://{}", sim.addr()))
         .replace("OUT", &dir.join("out").display().to_string());
     std::fs::write(&plan, text).expect("write plan");
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_controller"))
+            .envs(env)
             .arg("run")
             .arg(&plan)
             .arg("--quiet")
@@ -359,5 +372,26 @@ async fn a_misspelled_template_placeholder_is_refused_once_naming_it() {
         err.contains("target.template.body") && err.contains("not JSON"),
         "{err}"
     );
+    assert_eq!(seen, 0, "no traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_an_embedded_agent_reports_at_prepare_is_printed_once() {
+    let dir = scratch("limits-prepare");
+    // A key with a line break cannot be an Authorization header: the agent
+    // refuses it at prepare and tells the controller, which prints it.
+    let var = "BARRAGE_LIMITS_TEST_KEY";
+    let plan = format!(
+        "{}[load]\nusers = 1\nrequests = 2\n",
+        TARGET.replace("[cluster]", &format!("api_key_env = \"{var}\"\n[cluster]"))
+    );
+    let (code, err, seen) = run_binary_with(&dir, &plan, &[(var, "line\nbreak")]).await;
+    assert_ne!(code, Some(0), "{err}");
+    assert_eq!(
+        err.matches("Authorization").count(),
+        1,
+        "printed once: {err}"
+    );
+    assert!(!err.contains("break"), "the key is never shown: {err}");
     assert_eq!(seen, 0, "no traffic");
 }
