@@ -174,15 +174,22 @@ impl pb::agent_server::Agent for AgentService {
         tokio::spawn(async move {
             let _guard = guard;
             if let Err(e) = run_session(inner, inbound, tx.clone()).await {
-                tracing::warn!(error = %e, "session ended with an error");
                 let code = e.code().to_owned();
-                let _ = tx
+                let delivered = tx
                     .send(Ok(msg(agent_msg::Msg::Error(pb::AgentError {
                         code,
                         message: e.to_string(),
                         fatal: true,
                     }))))
-                    .await;
+                    .await
+                    .is_ok();
+                // The controller prints what it was told (embedded agents
+                // share its stderr): warn only about what it never heard.
+                if delivered {
+                    tracing::info!(error = %e, "session ended with an error (told the controller)");
+                } else {
+                    tracing::warn!(error = %e, "session ended with an error");
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

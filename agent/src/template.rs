@@ -17,15 +17,6 @@ pub enum TemplateError {
     Body(String),
 }
 
-/// JSON-string contents of `s` (escaped, without the surrounding quotes).
-fn escaped(s: &str) -> String {
-    let quoted = serde_json::to_string(s).unwrap_or_default();
-    quoted
-        .get(1..quoted.len().saturating_sub(1))
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// Fills the placeholders for one prompt (its text and messages, built by
 /// the client) and checks the result is JSON.
 pub fn render(
@@ -35,12 +26,7 @@ pub fn render(
     messages: Vec<Value>,
     max_tokens: u32,
 ) -> Result<Vec<u8>, TemplateError> {
-    let body = t
-        .body
-        .replace("%messages", &Value::Array(messages).to_string())
-        .replace("%max_tokens", &max_tokens.to_string())
-        .replace("%m", &escaped(model))
-        .replace("%p", &escaped(text));
+    let body = barrage_common::template::fill(&t.body, model, text, messages, max_tokens);
     serde_json::from_str::<Value>(&body).map_err(|e| TemplateError::Body(e.to_string()))?;
     Ok(body.into_bytes())
 }

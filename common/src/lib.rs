@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod clock;
 pub mod dataset;
+pub mod limits;
 pub mod load;
 pub mod metrics;
 pub mod monitor;
@@ -12,5 +13,6 @@ pub mod plan;
 pub mod simulator;
 pub mod split;
 pub mod sweep;
+pub mod template;
 pub mod thresholds;
 pub mod tls;

@@ -139,7 +139,10 @@ impl LoadSection {
 
     /// Total length of the stages.
     pub fn stages_duration(&self) -> Duration {
-        self.stages.iter().map(|s| s.duration).sum()
+        // Saturating: limits::check refuses the overflow with its key.
+        self.stages
+            .iter()
+            .fold(Duration::ZERO, |t, s| t.saturating_add(s.duration))
     }
 
     /// When the step ends by time: `duration`, else the stages' length.

@@ -284,7 +284,7 @@ impl Series {
             metric: metric.name().to_owned(),
             reason: format!("{e:?}"),
         })?;
-        self.count += other.count;
+        self.count = self.count.saturating_add(other.count);
         self.sum = self.sum.saturating_add(other.sum);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
@@ -506,25 +506,31 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Saturating: counters arrive from agents over the network, and a
+    /// wrong or hostile value must not wrap (or panic) the run's totals.
     pub fn add(&mut self, o: &Counters) {
-        self.requests_started += o.requests_started;
-        self.requests_ok += o.requests_ok;
-        self.requests_failed += o.requests_failed;
+        self.requests_started = self.requests_started.saturating_add(o.requests_started);
+        self.requests_ok = self.requests_ok.saturating_add(o.requests_ok);
+        self.requests_failed = self.requests_failed.saturating_add(o.requests_failed);
         for (a, b) in self.errors.iter_mut().zip(o.errors) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.failed_output_tokens += o.failed_output_tokens;
-        self.response_bytes += o.response_bytes;
-        self.chunks += o.chunks;
-        self.usage_from_server += o.usage_from_server;
-        self.usage_estimated += o.usage_estimated;
-        self.chunk_tokens_assumed += o.chunk_tokens_assumed;
-        self.arrivals_unsent += o.arrivals_unsent;
-        self.requests_good += o.requests_good;
-        self.reasoning_chunks += o.reasoning_chunks;
-        self.usage_tokenizer += o.usage_tokenizer;
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.failed_output_tokens = self
+            .failed_output_tokens
+            .saturating_add(o.failed_output_tokens);
+        self.response_bytes = self.response_bytes.saturating_add(o.response_bytes);
+        self.chunks = self.chunks.saturating_add(o.chunks);
+        self.usage_from_server = self.usage_from_server.saturating_add(o.usage_from_server);
+        self.usage_estimated = self.usage_estimated.saturating_add(o.usage_estimated);
+        self.chunk_tokens_assumed = self
+            .chunk_tokens_assumed
+            .saturating_add(o.chunk_tokens_assumed);
+        self.arrivals_unsent = self.arrivals_unsent.saturating_add(o.arrivals_unsent);
+        self.requests_good = self.requests_good.saturating_add(o.requests_good);
+        self.reasoning_chunks = self.reasoning_chunks.saturating_add(o.reasoning_chunks);
+        self.usage_tokenizer = self.usage_tokenizer.saturating_add(o.usage_tokenizer);
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -532,7 +538,7 @@ impl Counters {
     }
 
     pub fn count_error(&mut self, c: ErrorClass) {
-        self.errors[c as usize] += 1;
+        self.errors[c as usize] = self.errors[c as usize].saturating_add(1);
     }
 
     pub fn to_proto(&self) -> pb::Counters {
@@ -585,7 +591,7 @@ impl Counters {
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);
-            c.errors[class as usize] += e.count;
+            c.errors[class as usize] = c.errors[class as usize].saturating_add(e.count);
         }
         c
     }

@@ -16,7 +16,8 @@ pub struct MonitorSection {
     pub token_env: Option<String>,
     /// Prometheus text endpoints to scrape (`http://model-host:8000/metrics`).
     pub prometheus: Vec<String>,
-    /// Metric names to keep from those endpoints (values summed over labels).
+    /// Metric names to keep from those endpoints: per scrape, counters are
+    /// summed over their label sets, gauges averaged (by `# TYPE`).
     pub prometheus_metrics: Vec<String>,
     /// How often to scrape. Default 1 s.
     #[serde(with = "humantime_serde")]

@@ -377,6 +377,32 @@ fn invalid(key: &str, problem: impl Into<String>) -> PlanError {
     }
 }
 
+/// Header names must be HTTP tokens and values free of control characters,
+/// or every agent fails at prepare. Values may be secrets: never shown.
+fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), PlanError> {
+    const TCHAR: &str = "!#$%&'*+-.^_`|~";
+    for (name, value) in headers {
+        let key = format!("target.headers.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || TCHAR.contains(c))
+        {
+            return Err(invalid(
+                &key,
+                format!("{name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~ only)"),
+            ));
+        }
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(invalid(
+                &key,
+                "the value holds a control character (e.g. a line break)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Figment sources of a plan: the file, then `BARRAGE_SECTION__KEY=value`.
 pub fn figment_for(path: &Path) -> Figment {
     Figment::new()
@@ -435,6 +461,7 @@ fn describe(err: figment::Error) -> String {
 impl PlanFile {
     /// Checks what types cannot: ranges, combinations, files.
     pub fn validate(&self) -> Result<(), PlanError> {
+        crate::limits::check(self).map_err(|(key, problem)| invalid(&key, problem))?;
         match (&self.target.url, &self.simulator) {
             (None, None) => {
                 return Err(invalid(
@@ -493,19 +520,22 @@ impl PlanFile {
                 if t.body.trim().is_empty() {
                     return Err(invalid("target.template.body", "must not be empty"));
                 }
+                self.check_template_body(t)?;
             }
             _ => {}
         }
+        check_headers(&self.target.headers)?;
         if self.target.http_version != "1.1" && self.target.http_version != "2" {
             return Err(invalid("target.http_version", "must be \"1.1\" or \"2\""));
         }
-        if self.target.connect_timeout.is_zero()
-            || self.target.idle_timeout.is_some_and(|d| d.is_zero())
-        {
+        if self.target.connect_timeout.is_zero() {
             return Err(invalid(
                 "target.connect_timeout",
-                "timeouts must be greater than zero",
+                "must be greater than zero",
             ));
+        }
+        if self.target.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("target.idle_timeout", "must be greater than zero"));
         }
         if self.target.timeout.is_zero() {
             return Err(invalid("target.timeout", "must be greater than zero"));
@@ -575,6 +605,13 @@ impl PlanFile {
             return Err(invalid("cluster.embedded_agents", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// Renders the body with sample values, as the agent will.
+    fn check_template_body(&self, t: &TemplateSection) -> Result<(), PlanError> {
+        let model = self.target.model.as_deref().unwrap_or("model");
+        crate::template::check_body(&t.body, model, self.request.max_tokens)
+            .map_err(|e| invalid("target.template.body", e.to_string()))
     }
 
     /// The full request URL for a target given by URL.
@@ -662,6 +699,27 @@ mod tests {
             err.to_string().starts_with("simulator.faults.http_500"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bad_header_names_and_values_are_refused_without_showing_the_value() {
+        let err = parse(&format!(
+            "{MINIMAL}\n[target.headers]\n\"bad name\" = \"x\"\n"
+        ))
+        .expect_err("space in the name");
+        assert!(
+            err.to_string().starts_with("target.headers.bad name:"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}\n[target.headers]\nX-Key = \"sec\\r\\nret\"\n"
+        ))
+        .expect_err("line break in the value");
+        assert!(
+            err.to_string().starts_with("target.headers.X-Key:"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("sec"), "{err}");
     }
 
     #[test]

@@ -150,6 +150,7 @@ impl SimConfig {
                 problem: problem.to_owned(),
             })
         };
+        self.check_limits()?;
         if self.tokens_per_chunk == 0 {
             return err("tokens_per_chunk", "must be at least 1");
         }
@@ -178,6 +179,75 @@ impl SimConfig {
         }
         if f.http_500 + f.http_429 > 1.0 {
             return err("faults", "http_500 + http_429 must not exceed 1");
+        }
+        Ok(())
+    }
+}
+
+/// Longest simulated delay (per token, per step, or once).
+pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+/// Most tokens a simulated response carries (the token histograms' top).
+pub const MAX_TOKENS: u32 = 10_000_000;
+
+impl SimConfig {
+    /// Values whose arithmetic would overflow (delay × tokens × batch).
+    fn check_limits(&self) -> Result<(), SimConfigError> {
+        let too_long = |key: &'static str, d: Duration| {
+            (d > MAX_DELAY).then(|| SimConfigError {
+                key,
+                problem: format!(
+                    "must be at most {} (got {})",
+                    humantime::format_duration(MAX_DELAY),
+                    humantime::format_duration(d)
+                ),
+            })
+        };
+        let jitter = |j: &Jitter| match j {
+            Jitter::None => Duration::ZERO,
+            Jitter::Uniform { max } => *max,
+            Jitter::Exponential { mean } => *mean,
+        };
+        let delays = [
+            ("ttft", self.ttft),
+            ("prefill_per_token", self.prefill_per_token),
+            ("itl", self.itl),
+            ("ttft_jitter", jitter(&self.ttft_jitter)),
+            ("itl_jitter", jitter(&self.itl_jitter)),
+            ("faults.stall_duration", self.faults.stall_duration),
+        ];
+        if let Some(e) = delays.into_iter().find_map(|(k, d)| too_long(k, d)) {
+            return Err(e);
+        }
+        let longest = match self.output_tokens {
+            OutputLength::Fixed(n) => n,
+            OutputLength::Uniform { max, .. } => max,
+        };
+        for (key, n) in [
+            ("output_tokens", longest),
+            ("reasoning_tokens", self.reasoning_tokens),
+            ("tokens_per_chunk", self.tokens_per_chunk),
+        ] {
+            if n > MAX_TOKENS {
+                return Err(SimConfigError {
+                    key,
+                    problem: format!("must be at most {MAX_TOKENS} (got {n})"),
+                });
+            }
+        }
+        let ranges = [
+            ("batch_slowdown", self.batch_slowdown, 0.0, 1000.0),
+            ("tokens_per_word", self.tokens_per_word, 0.001, 1000.0),
+        ];
+        for (key, v, min, max) in ranges {
+            if !(min..=max).contains(&v) {
+                return Err(SimConfigError {
+                    key,
+                    problem: format!(
+                        "must be between {min} and {max} (got {})",
+                        crate::limits::show(v)
+                    ),
+                });
+            }
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod link;
 pub mod merge;
 pub mod monitor;
+pub mod prometheus;
 pub mod report;
 pub mod run;
 pub mod slices;

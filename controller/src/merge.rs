@@ -128,7 +128,9 @@ impl Merger {
             a.intervals += 1;
             a.last_index = a.last_index.max(Some(iv.index));
             a.max_cpu = a.max_cpu.max(health.cpu_percent);
-            a.delta_bytes += prost::Message::encoded_len(iv) as u64;
+            a.delta_bytes = a
+                .delta_bytes
+                .saturating_add(prost::Message::encoded_len(iv) as u64);
             if health.cpu_percent > 90.0 * a.cores.max(1.0) {
                 a.hot_intervals += 1;
             }
@@ -149,7 +151,7 @@ impl Merger {
         slot.reporters += 1;
         slot.max_cpu = slot.max_cpu.max(health.cpu_percent);
         slot.max_lag_us = slot.max_lag_us.max(health.scheduler_lag_us);
-        slot.in_flight += health.in_flight;
+        slot.in_flight = slot.in_flight.saturating_add(health.in_flight);
         self.flush_settled();
         Ok(())
     }
@@ -164,7 +166,9 @@ impl Merger {
             .unwrap_or_default();
         if let Some(a) = self.agents.get_mut(agent) {
             a.finished = true;
-            a.delta_bytes += prost::Message::encoded_len(fin) as u64;
+            a.delta_bytes = a
+                .delta_bytes
+                .saturating_add(prost::Message::encoded_len(fin) as u64);
             let mut problems = Vec::new();
             if a.counters != counters {
                 problems.push(format!(
@@ -358,5 +362,22 @@ mod tests {
         };
         assert!(m.add_interval(0, &iv).is_err());
         assert_eq!(m.totals.get(Metric::Ttft).count, 0);
+    }
+
+    #[test]
+    fn counters_from_agents_saturate_instead_of_wrapping() {
+        let mut m = Merger::new(Layouts::default(), 2, 1.0).expect("merger");
+        let huge = Counters {
+            requests_ok: u64::MAX,
+            response_bytes: u64::MAX - 1,
+            ..Counters::default()
+        };
+        for agent in 0..2 {
+            let mut iv = interval(0, &[1000], 0);
+            iv.counters = Some(huge.to_proto());
+            m.add_interval(agent, &iv).expect("add");
+        }
+        assert_eq!(m.counters.requests_ok, u64::MAX);
+        assert_eq!(m.counters.response_bytes, u64::MAX);
     }
 }

@@ -19,6 +19,8 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::prometheus::{self, Aggregation, Exposition};
+
 type Shared<T> = Arc<Mutex<T>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -33,17 +35,24 @@ struct ExporterWatch {
     task: JoinHandle<Option<String>>,
 }
 
-/// One scraped value on the controller's clock.
+/// One scraped metric on the controller's clock: its series reduced to one
+/// value by type (see `prometheus`).
 #[derive(Debug, Clone, Copy)]
 struct Point {
     at_ns: u64,
     value: f64,
+    series: usize,
+    how: Aggregation,
 }
 
 pub struct Monitors {
     exporters: Vec<ExporterWatch>,
     scraped: Shared<BTreeMap<String, Vec<Point>>>,
     scrape_errors: Shared<Vec<String>>,
+    /// Named metrics, to say which never appeared.
+    scrape_names: Vec<String>,
+    /// Per endpoint, a note on lines that could not be read (latest scrape).
+    scrape_skipped: Shared<BTreeMap<String, String>>,
     scraper: Option<JoinHandle<()>>,
     stop: CancellationToken,
     /// Problems at start (unreachable exporter, wrong token).
@@ -65,6 +74,10 @@ pub struct SeriesStat {
     pub max: f64,
     pub last: f64,
     pub samples: u64,
+    /// Most label sets (across every endpoint) in one scrape.
+    pub series: u64,
+    /// How those series became one value: "sum" (counters) or "mean" (gauges).
+    pub aggregation: Aggregation,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
@@ -88,36 +101,6 @@ pub struct IntervalMonitor {
     pub server: BTreeMap<String, f64>,
 }
 
-/// Sums the values of `names` in a Prometheus text exposition (all label
-/// sets added together; comments and other metrics skipped).
-pub fn parse_prometheus(text: &str, names: &[String]) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-        let name = &line[..name_end];
-        if !names.iter().any(|n| n == name) {
-            continue;
-        }
-        // The value follows the labels (which may hold spaces inside quotes).
-        let rest = match line[name_end..].strip_prefix('{') {
-            Some(r) => r.rfind('}').map_or("", |i| &r[i + 1..]),
-            None => &line[name_end..],
-        };
-        if let Some(v) = rest
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            *out.entry(name.to_owned()).or_insert(0.0) += v;
-        }
-    }
-    out
-}
-
 impl Monitors {
     /// Connects everything before the start barrier.
     pub async fn start(
@@ -136,6 +119,7 @@ impl Monitors {
         }
         let scraped: Shared<BTreeMap<String, Vec<Point>>> = Arc::default();
         let scrape_errors: Shared<Vec<String>> = Arc::default();
+        let scrape_skipped: Shared<BTreeMap<String, String>> = Arc::default();
         let scraper = (!section.prometheus.is_empty()).then(|| {
             tokio::spawn(scrape_loop(
                 section.prometheus.clone(),
@@ -143,6 +127,7 @@ impl Monitors {
                 section.scrape_interval,
                 scraped.clone(),
                 scrape_errors.clone(),
+                scrape_skipped.clone(),
                 stop.clone(),
             ))
         });
@@ -150,6 +135,8 @@ impl Monitors {
             exporters,
             scraped,
             scrape_errors,
+            scrape_names: section.prometheus_metrics.clone(),
+            scrape_skipped,
             scraper,
             stop,
             notes,
@@ -237,25 +224,35 @@ impl Monitors {
         report.output_tokens_per_joule = energy
             .filter(|j| *j > 0.0)
             .map(|j| output_tokens as f64 / j);
+        let scraping = self.scraper.is_some();
         if let Some(task) = self.scraper {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
-        for (name, points) in std::mem::take(&mut *lock(&self.scraped)) {
+        let scraped = std::mem::take(&mut *lock(&self.scraped));
+        report
+            .notes
+            .extend(std::mem::take(&mut *lock(&self.scrape_skipped)).into_values());
+        let missing: Vec<&str> = self
+            .scrape_names
+            .iter()
+            .filter(|n| !scraped.contains_key(*n))
+            .map(String::as_str)
+            .collect();
+        if scraping && !missing.is_empty() {
+            report.notes.push(format!(
+                "prometheus: {} never appeared in a scrape",
+                missing.join(", ")
+            ));
+        }
+        for (name, points) in scraped {
             let inside: Vec<Point> = points
                 .into_iter()
                 .filter(|p| (start_ns..=end_ns).contains(&p.at_ns))
                 .collect();
-            let Some(last) = inside.last() else { continue };
-            let sum: f64 = inside.iter().map(|p| p.value).sum();
-            report.server_metrics.insert(
-                name.clone(),
-                SeriesStat {
-                    avg: sum / inside.len() as f64,
-                    max: inside.iter().map(|p| p.value).fold(f64::MIN, f64::max),
-                    last: last.value,
-                    samples: inside.len() as u64,
-                },
-            );
+            let Some(stat) = series_stat(&inside) else {
+                continue;
+            };
+            report.server_metrics.insert(name.clone(), stat);
             let mut per: BTreeMap<usize, (f64, u32)> = BTreeMap::new();
             for p in &inside {
                 if let Some(k) = slot(p.at_ns) {
@@ -276,6 +273,20 @@ impl Monitors {
         }
         (report, rows)
     }
+}
+
+/// Average, max and last of one metric's points over the run.
+fn series_stat(points: &[Point]) -> Option<SeriesStat> {
+    let last = points.last()?;
+    let sum: f64 = points.iter().map(|p| p.value).sum();
+    Some(SeriesStat {
+        avg: sum / points.len() as f64,
+        max: points.iter().map(|p| p.value).fold(f64::MIN, f64::max),
+        last: last.value,
+        samples: points.len() as u64,
+        series: points.iter().map(|p| p.series as u64).max().unwrap_or(0),
+        aggregation: last.how,
+    })
 }
 
 async fn connect_exporter(
@@ -317,6 +328,7 @@ async fn scrape_loop(
     every: Duration,
     out: Shared<BTreeMap<String, Vec<Point>>>,
     errors: Shared<Vec<String>>,
+    skipped: Shared<BTreeMap<String, String>>,
     stop: CancellationToken,
 ) {
     let http = match reqwest::Client::builder()
@@ -335,47 +347,52 @@ async fn scrape_loop(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
+        let at_ns = mono_now_ns();
+        let mut page = Exposition::default();
         for url in &urls {
-            let at_ns = mono_now_ns();
-            let text = match http
-                .get(url)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-            {
-                Ok(r) => r.text().await,
-                Err(e) => Err(e),
-            };
-            match text {
-                Ok(t) => {
-                    let mut map = lock(&out);
-                    for (name, value) in parse_prometheus(&t, &names) {
-                        map.entry(name).or_default().push(Point { at_ns, value });
+            match scrape_one(&http, url).await {
+                Ok(p) => {
+                    if let Some((line, why)) = p.malformed.first() {
+                        let note = format!(
+                            "prometheus {url}: {} lines not in the exposition format were skipped (line {line}: {why})",
+                            p.malformed.len()
+                        );
+                        lock(&skipped).insert(url.clone(), note);
                     }
+                    absorb(&mut page, p, url);
                 }
                 Err(e) => lock(&errors).push(format!("{url}: {e}")),
             }
         }
+        let mut map = lock(&out);
+        for (name, r) in page.reduce(&names) {
+            map.entry(name).or_default().push(Point {
+                at_ns,
+                value: r.value,
+                series: r.series,
+                how: r.how,
+            });
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+async fn scrape_one(http: &reqwest::Client, url: &str) -> Result<Exposition, reqwest::Error> {
+    let text = http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(prometheus::parse(&text))
+}
 
-    #[test]
-    fn prometheus_values_are_summed_over_labels() {
-        let text = "# HELP vllm:num_requests_running x\n# TYPE vllm:num_requests_running gauge\n\
-            vllm:num_requests_running{model_name=\"a b\",engine=\"0\"} 3\n\
-            vllm:num_requests_running{model_name=\"a b\",engine=\"1\"} 4.5\n\
-            vllm:gpu_cache_usage_perc 0.25 1712345678\nother_metric 9\n";
-        let names = vec![
-            "vllm:num_requests_running".to_owned(),
-            "vllm:gpu_cache_usage_perc".to_owned(),
-        ];
-        let got = parse_prometheus(text, &names);
-        assert_eq!(got["vllm:num_requests_running"], 7.5);
-        assert_eq!(got["vllm:gpu_cache_usage_perc"], 0.25);
-        assert!(!got.contains_key("other_metric"));
-    }
+/// Adds one endpoint's page to the tick's; its series stay apart from the
+/// same label sets on other endpoints.
+fn absorb(into: &mut Exposition, page: Exposition, url: &str) {
+    into.types.extend(page.types);
+    into.samples.extend(page.samples.into_iter().map(|mut s| {
+        s.labels.push(("__endpoint__".to_owned(), url.to_owned()));
+        s
+    }));
 }

@@ -484,8 +484,13 @@ fn render_monitor(out: &mut String, m: &crate::monitor::MonitorReport) {
     for (name, v) in &m.server_metrics {
         let _ = writeln!(
             out,
-            "  server {name}: avg {:.3} max {:.3} last {:.3} ({} scrapes)",
-            v.avg, v.max, v.last, v.samples
+            "  server {name}: avg {:.3} max {:.3} last {:.3} ({} scrapes; {} of {} series)",
+            v.avg,
+            v.max,
+            v.last,
+            v.samples,
+            v.aggregation.name(),
+            v.series
         );
     }
 }

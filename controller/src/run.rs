@@ -247,18 +247,7 @@ pub async fn execute(
     let trace = crate::trace::load(&plan.load, opts.plan_dir.as_deref())?;
     // Agents count output with the plan's tokenizer when the server reports
     // no usage: they get the file's bytes, not its path.
-    let tokenizer_json = match &plan.dataset.tokenizer {
-        Some(p) => {
-            let path = match opts.plan_dir.as_deref() {
-                Some(dir) if p.is_relative() => dir.join(p),
-                _ => p.clone(),
-            };
-            std::fs::read(&path).map_err(|e| {
-                RunError::Setup(format!("dataset.tokenizer {}: {e}", path.display()))
-            })?
-        }
-        None => Vec::new(),
-    };
+    let tokenizer_json = dataset::tokenizer_bytes(&plan.dataset, opts.plan_dir.as_deref())?;
     let prompts = match &trace {
         Some(t) => t.prompts.clone(),
         None => dataset::load(&plan.dataset, opts.plan_dir.as_deref())?,

@@ -91,7 +91,7 @@ pub fn load(load: &LoadSection, base: Option<&Path>) -> Result<Option<Trace>, Tr
         if r.prompt.is_none() && r.input_tokens.unwrap_or(0) == 0 {
             return Err(bad("needs input_tokens (or a prompt)".into()));
         }
-        rows.push(r);
+        rows.push((i + 1, r));
     }
     if rows.is_empty() {
         return Err(TraceError::Read {
@@ -99,14 +99,15 @@ pub fn load(load: &LoadSection, base: Option<&Path>) -> Result<Option<Trace>, Tr
             reason: "holds no request".into(),
         });
     }
-    rows.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
-    let t0 = rows[0].timestamp;
+    rows.sort_by(|a, b| a.1.timestamp.total_cmp(&b.1.timestamp));
+    let t0 = rows[0].1.timestamp;
+    check_span(&rows, t0, unit * scale, &path)?;
     let mut rng = StdRng::seed_from_u64(0x7ace);
     let mut trace = Trace {
         offsets_s: Vec::with_capacity(rows.len()),
         prompts: Vec::with_capacity(rows.len()),
     };
-    for (id, r) in rows.into_iter().enumerate() {
+    for (id, (_, r)) in rows.into_iter().enumerate() {
         trace.offsets_s.push((r.timestamp - t0) * unit * scale);
         let words = r.input_tokens.unwrap_or(0);
         let content = r.prompt.unwrap_or_else(|| synthetic(id, words, &mut rng));
@@ -120,6 +121,26 @@ pub fn load(load: &LoadSection, base: Option<&Path>) -> Result<Option<Trace>, Tr
         });
     }
     Ok(Some(trace))
+}
+
+/// Refuses a trace whose replay would outlast `limits::MAX_RUN` (a huge
+/// timestamp would otherwise overflow the agents' clocks), naming the line.
+fn check_span(rows: &[(usize, Row)], t0: f64, to_s: f64, path: &Path) -> Result<(), TraceError> {
+    let max = barrage_common::limits::MAX_RUN;
+    match rows.last() {
+        Some((line, r)) if (r.timestamp - t0) * to_s > max.as_secs_f64() => Err(TraceError::Line {
+            path: path.to_owned(),
+            line: *line,
+            reason: format!(
+                "timestamp {} is {:.3e} s after the first request (after load.time_scale); \
+                     a replay lasts at most {}",
+                barrage_common::limits::show(r.timestamp),
+                (r.timestamp - t0) * to_s,
+                humantime::format_duration(max)
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl Trace {

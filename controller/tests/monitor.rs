@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use barrage_common::auth::Token;
+use barrage_controller::prometheus::Aggregation;
 use barrage_controller::run::{RunOptions, Verdict, execute};
 use barrage_gpu_exporter::Exporter;
 use barrage_gpu_exporter::host::FakeHost;
@@ -121,7 +122,8 @@ async fn gpu_and_server_metrics_land_on_the_run_timeline() {
         assert!(g.energy_j.is_some_and(|j| j > 0.0));
     }
     assert!(m.output_tokens_per_joule.is_some_and(|t| t > 0.0));
-    assert_eq!(m.server_metrics["vllm:num_requests_running"].avg, 5.0);
+    // A gauge: the two engines' series are averaged, not added.
+    assert_eq!(m.server_metrics["vllm:num_requests_running"].avg, 2.5);
     assert_eq!(m.server_metrics["vllm:gpu_cache_usage_perc"].max, 0.5);
     // On the timeline: every full interval carries the GPU average.
     let rows: Vec<_> = outcome
@@ -134,7 +136,7 @@ async fn gpu_and_server_metrics_land_on_the_run_timeline() {
     assert!(rows.iter().all(|r| r.monitor.gpu_util_pct == Some(70.0)));
     assert!(
         rows.iter()
-            .any(|r| r.monitor.server.get("vllm:num_requests_running") == Some(&5.0))
+            .any(|r| r.monitor.server.get("vllm:num_requests_running") == Some(&2.5))
     );
     let csv = std::fs::read_to_string(outcome.dir.join("timeline.csv")).expect("csv");
     assert!(
@@ -197,6 +199,63 @@ async fn an_unreachable_exporter_is_a_note_and_the_run_goes_on() {
             .notes
             .iter()
             .any(|n| n.contains("gpu exporter 127.0.0.1:9")),
+        "{:?}",
+        outcome.summary.notes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gpus_at_55_percent_read_55_and_counters_add_up() {
+    let _serial = LOAD.lock().await;
+    let prom = prometheus(
+        "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n\
+         DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",UUID=\"GPU-a\",modelName=\"NVIDIA H100 80GB HBM3\"} 55\n\
+         DCGM_FI_DEV_GPU_UTIL{gpu=\"1\",UUID=\"GPU-b\",modelName=\"NVIDIA H100 80GB HBM3\"} 55\n\
+         # TYPE vllm:prompt_tokens counter\n\
+         vllm:prompt_tokens_total{engine=\"0\"} 100.0\nvllm:prompt_tokens_total{engine=\"1\"} 300.0\n",
+    )
+    .await;
+    let plan = format!(
+        r#"
+        name = "monitor-series"
+        [request]
+        max_tokens = 4
+        [load]
+        users = 2
+        duration = "2s"
+        [cluster]
+        embedded_agents = 1
+        [monitor]
+        prometheus = ["{prom}"]
+        prometheus_metrics = ["DCGM_FI_DEV_GPU_UTIL", "vllm:prompt_tokens_total", "vllm:absent"]
+        scrape_interval = "200ms"
+        [output]
+        dir = "{}"
+        [simulator]
+        ttft = "5ms"
+        itl = "5ms"
+        "#,
+        scratch("monitor-series").display()
+    );
+    let outcome = run_text(&plan, RunOptions::default()).await;
+    let m = outcome.summary.monitor.clone().expect("monitor report");
+    let util = &m.server_metrics["DCGM_FI_DEV_GPU_UTIL"];
+    assert_eq!((util.avg, util.max, util.series), (55.0, 55.0, 2));
+    assert_eq!(util.aggregation, Aggregation::Mean);
+    let tokens = &m.server_metrics["vllm:prompt_tokens_total"];
+    assert_eq!((tokens.last, tokens.aggregation), (400.0, Aggregation::Sum));
+    let text = barrage_controller::report::render(&outcome.summary);
+    assert!(
+        text.contains("server DCGM_FI_DEV_GPU_UTIL: avg 55.000")
+            && text.contains("mean of 2 series"),
+        "{text}"
+    );
+    assert!(
+        outcome
+            .summary
+            .notes
+            .iter()
+            .any(|n| n.contains("vllm:absent")),
         "{:?}",
         outcome.summary.notes
     );

@@ -293,7 +293,7 @@ impl SeqTracker {
             Some(last) if seq == last + 1 => SeqEvent::InOrder,
             Some(last) if seq > last => {
                 let missed = seq - last - 1;
-                self.missed += missed;
+                self.missed = self.missed.saturating_add(missed);
                 SeqEvent::Gap { missed }
             }
             Some(_) => SeqEvent::Restarted,

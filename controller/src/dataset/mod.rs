@@ -74,6 +74,18 @@ pub fn count_source(d: &DatasetSection, plan_dir: Option<&Path>) -> CountSource 
     }
 }
 
+/// The plan's tokenizer file for the agents (empty without one), checked to
+/// load; errors name `dataset.tokenizer` and the file.
+pub fn tokenizer_bytes(
+    d: &DatasetSection,
+    plan_dir: Option<&Path>,
+) -> Result<Vec<u8>, DatasetError> {
+    match &d.tokenizer {
+        Some(p) => PromptTokenizer::checked_bytes(&resolve(plan_dir, p)),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// One prompt before the common steps: its messages and, when known, its
 /// length (tokens with a tokenizer, else words).
 #[derive(Debug, Clone, PartialEq)]

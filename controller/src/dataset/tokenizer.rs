@@ -44,6 +44,18 @@ impl PromptTokenizer {
         })
     }
 
+    /// The file's bytes for the agents, loaded here first: a missing or bad
+    /// file is a bad plan (exit 2) before any agent is asked to prepare.
+    pub fn checked_bytes(path: &Path) -> Result<Vec<u8>, DatasetError> {
+        let fail = |reason: String| DatasetError::Tokenizer {
+            path: path.to_owned(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        Tokenizer::from_bytes(&bytes).map_err(|e| fail(format!("not a tokenizer.json: {e}")))?;
+        Ok(bytes)
+    }
+
     /// The file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
