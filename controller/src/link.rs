@@ -44,6 +44,26 @@ pub enum LinkError {
     },
 }
 
+impl LinkError {
+    /// Nothing answered at the address (not up yet, refused, timed out):
+    /// worth retrying while agents come up. A TLS or token refusal is not.
+    pub fn is_unreachable(&self) -> bool {
+        let LinkError::Connect { reason, .. } = self else {
+            return false;
+        };
+        let lower = reason.to_ascii_lowercase();
+        let nobody = [
+            "refused",
+            "timed out",
+            "unreachable",
+            "no route",
+            "dns",
+            "resolve",
+        ];
+        !reason.contains("TLS") && nobody.iter().any(|w| lower.contains(w))
+    }
+}
+
 /// What the pump hands to the merger.
 #[derive(Debug)]
 pub enum LinkEvent {

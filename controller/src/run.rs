@@ -768,9 +768,12 @@ fn expected_arrivals(s: &pb::Slice) -> f64 {
     area
 }
 
-/// Opens every agent's session. Without `min_agents` all must answer at once
-/// (fail fast, nothing started); with it, retry until enough answered or
-/// `agent_wait` passed, and run on those.
+/// Opens every agent's session. Agents that cannot be reached yet (not up,
+/// connection refused) are retried until `agent_wait` has passed; an agent
+/// that answers and refuses (token, busy, version) fails the run at once
+/// unless `min_agents` allows starting without it. Without `min_agents`
+/// every listed agent is needed; with it, the run starts once that many
+/// answered (or all did).
 async fn open_links(
     plan: &PlanFile,
     addrs: &[String],
@@ -779,15 +782,7 @@ async fn open_links(
     run_id: &str,
     controller_id: &str,
 ) -> Result<Vec<AgentLink>, RunError> {
-    let Some(min) = plan.cluster.min_agents else {
-        let opened = join_all(
-            addrs
-                .iter()
-                .map(|a| AgentLink::open(a, token, tls, run_id, controller_id)),
-        )
-        .await;
-        return Ok(opened.into_iter().collect::<Result<Vec<_>, _>>()?);
-    };
+    let needed = plan.cluster.min_agents.unwrap_or(addrs.len());
     let deadline = Instant::now() + plan.cluster.agent_wait;
     let mut links: Vec<Option<AgentLink>> = addrs.iter().map(|_| None).collect();
     loop {
@@ -802,11 +797,14 @@ async fn open_links(
         for (i, r) in missing.into_iter().zip(tries) {
             match r {
                 Ok(l) => links[i] = Some(l),
+                Err(e) if plan.cluster.min_agents.is_none() && !e.is_unreachable() => {
+                    return Err(e.into());
+                }
                 Err(e) => last_errors.push(e.to_string()),
             }
         }
         let ready = links.iter().flatten().count();
-        if ready >= min || ready == addrs.len() {
+        if ready >= needed || ready == addrs.len() {
             if ready < addrs.len() {
                 tracing::warn!(
                     ready,
@@ -818,14 +816,33 @@ async fn open_links(
             return Ok(links.into_iter().flatten().collect());
         }
         if Instant::now() >= deadline {
-            return Err(RunError::Setup(format!(
-                "cluster.min_agents: {ready} of {min} agents answered within {}: {}",
-                humantime::format_duration(plan.cluster.agent_wait),
-                last_errors.join("; ")
-            )));
+            return Err(agents_missing(plan, ready, needed, &last_errors));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tracing::info!(
+            ready,
+            needed,
+            "waiting for agents: {}",
+            last_errors.join("; ")
+        );
+        tokio::time::sleep(AGENT_RETRY.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
     }
+}
+
+/// Pause between two rounds of connection attempts while agents come up.
+const AGENT_RETRY: Duration = Duration::from_millis(500);
+
+fn agents_missing(plan: &PlanFile, ready: usize, needed: usize, errors: &[String]) -> RunError {
+    let key = if plan.cluster.min_agents.is_some() {
+        "cluster.min_agents"
+    } else {
+        "cluster.agent_wait"
+    };
+    RunError::Setup(format!(
+        "{key}: {ready} of {needed} agents answered within {}: {}",
+        humantime::format_duration(plan.cluster.agent_wait),
+        errors.join("; ")
+    ))
 }
 
 /// The quantity a slice carries: users, else its (peak) rate.
