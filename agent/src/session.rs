@@ -207,7 +207,7 @@ fn prepare(
     let work = Arc::new(work);
     tracing::info!(
         run_id = %p.run_id, step = p.step, users = slice.user_indexes.len(),
-        target = %target.url, "step prepared"
+        target = %barrage_common::redact::redact_url(&target.url), "step prepared"
     );
     Ok(Prepared {
         prepare: p,

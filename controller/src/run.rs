@@ -231,14 +231,8 @@ pub async fn execute(
 ) -> Result<RunOutcome, RunError> {
     let run_id = format!("{:016x}", rand::random::<u64>());
     let started_wall = chrono::Local::now();
-    // Header values may carry secrets: the written plan keeps only their names.
-    let mut shown = plan.clone();
-    shown
-        .target
-        .headers
-        .values_mut()
-        .for_each(|v| *v = "<redacted>".to_owned());
-    let plan_toml = shown
+    // Header values and URL credentials may be secrets: the written plan hides them.
+    let plan_toml = barrage_common::redact::plan_for_display(&plan)
         .to_toml()
         .map_err(|e| RunError::Setup(e.to_string()))?;
     let plan_sha = format!("{:x}", Sha256::digest(plan_toml.as_bytes()));
@@ -688,7 +682,7 @@ async fn drive(
         name: plan.name.clone(),
         run_id: run_id.to_owned(),
         started_at: String::new(),
-        target: target.url.clone(),
+        target: barrage_common::redact::redact_url(&target.url),
         api: format!("{:?}", plan.target.api),
         status: verdict.name().to_owned(),
         duration_s: measured_s,

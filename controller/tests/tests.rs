@@ -5,8 +5,10 @@ mod support;
 
 mod apis;
 mod cli;
+mod cluster_edges;
 mod datasets;
 mod e2e;
 mod load_models;
 mod monitor;
+mod secrets;
 mod sweeps;
