@@ -522,6 +522,7 @@ async fn drive(
                             merge_errors.push(format!("agent {}: final totals rejected: {e}", infos[agent].1));
                         }
                     }
+                    LinkEvent::Resumed { agent } => merger.agent_resumed(agent),
                     LinkEvent::Lost { agent, reason } => {
                         tracing::warn!(agent = %infos[agent].1, %reason, "agent lost");
                         lost[agent] = Some(reason);
@@ -599,11 +600,14 @@ async fn drive(
             clock_uncertainty_ms: Some(offsets[i].uncertainty().as_secs_f64() * 1000.0),
             lost: lost[i].clone(),
             totals_mismatch: merger.agents[i].mismatch.clone(),
+            intervals_duplicated: merger.agents[i].duplicates,
+            intervals_missing: merger.agents[i].missing(),
+            reconnects: merger.agents[i].resumes,
         })
         .collect();
     let degraded = agents
         .iter()
-        .any(|a| a.lost.is_some() || a.totals_mismatch.is_some())
+        .any(|a| a.lost.is_some() || a.totals_mismatch.is_some() || a.intervals_missing > 0)
         || !merge_errors.is_empty();
     let run_s = end.saturating_duration_since(start_instant).as_secs_f64();
     let measured_s = if warmup.as_secs_f64() < run_s {
@@ -638,6 +642,7 @@ async fn drive(
         Verdict::Completed
     };
     let mut notes = merge_errors;
+    notes.extend(agents.iter().filter_map(sequence_note));
     if let Some(key) = &aborted {
         notes.push(format!(
             "stopped early: threshold {key} was clearly lost (abort_on_breach)"
@@ -837,6 +842,25 @@ fn agents_missing(plan: &PlanFile, ready: usize, needed: usize, errors: &[String
         humantime::format_duration(plan.cluster.agent_wait),
         errors.join("; ")
     ))
+}
+
+/// What the sequence check found for one agent: reconnects, resent
+/// intervals dropped, intervals that never arrived.
+fn sequence_note(a: &AgentReport) -> Option<String> {
+    let mut parts = Vec::new();
+    if a.reconnects > 0 {
+        parts.push(format!(
+            "connection dropped and resumed {} time(s), {} resent interval(s) dropped",
+            a.reconnects, a.intervals_duplicated
+        ));
+    }
+    if a.intervals_missing > 0 {
+        parts.push(format!(
+            "{} interval(s) never arrived: its figures are incomplete",
+            a.intervals_missing
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("agent {} ({}): {}", a.id, a.addr, parts.join("; ")))
 }
 
 /// The quantity a slice carries: users, else its (peak) rate.
