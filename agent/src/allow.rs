@@ -68,10 +68,11 @@ impl AllowList {
         if self.is_empty() {
             return Ok(None);
         }
-        let parsed = reqwest::Url::parse(url).map_err(|_| AllowError::Url(url.to_owned()))?;
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|_| AllowError::Url(barrage_common::redact::redact_url(url)))?;
         let host = parsed
             .host_str()
-            .ok_or_else(|| AllowError::Url(url.to_owned()))?
+            .ok_or_else(|| AllowError::Url(barrage_common::redact::redact_url(url)))?
             .to_ascii_lowercase();
         let port = parsed.port_or_known_default().unwrap_or(80);
         let bare = host.trim_start_matches('[').trim_end_matches(']');

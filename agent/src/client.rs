@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use barrage_common::metrics::ErrorClass;
+use barrage_common::redact::redact_url;
 use barrage_proto::agent::v1::{self as pb, Api};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -73,7 +74,7 @@ impl TargetClient {
         pinned: Option<(String, Vec<std::net::SocketAddr>)>,
     ) -> Result<Self, ClientError> {
         let url = reqwest::Url::parse(&target.url)
-            .map_err(|e| ClientError::Url(target.url.clone(), e.to_string()))?;
+            .map_err(|e| ClientError::Url(redact_url(&target.url), e.to_string()))?;
         let api = match Api::try_from(target.api) {
             Ok(Api::Unspecified) | Err(_) => return Err(ClientError::NoApi),
             Ok(a) => a,
@@ -259,7 +260,7 @@ impl TargetClient {
         let debug = tracing::enabled!(tracing::Level::DEBUG);
         if debug {
             let shown = &body[..body.len().min(300)];
-            tracing::debug!(url = %self.url, body = %String::from_utf8_lossy(shown), "request");
+            tracing::debug!(url = %redact_url(self.url.as_str()), body = %String::from_utf8_lossy(shown), "request");
         }
         let result = self.send_measured(body, m, parsers).await;
         if debug {

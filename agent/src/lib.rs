@@ -12,6 +12,7 @@ pub mod measure;
 pub mod ndjson;
 pub mod profile;
 pub mod recorder;
+mod resume;
 pub mod server;
 pub mod service;
 mod session;

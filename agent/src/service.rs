@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::resume::{Conn, ResumeDoor};
 use crate::session::{SessionError, run_session};
 
 /// How an agent presents itself and how much it accepts.
@@ -68,6 +69,8 @@ pub(crate) struct Inner {
     busy: Mutex<Option<String>>,
     /// Cancelled on SIGTERM: a running step stops and flushes its final totals.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// Open while a step runs: a controller whose connection dropped resumes here.
+    pub(crate) resume: ResumeDoor,
 }
 
 impl Inner {
@@ -112,6 +115,7 @@ impl AgentService {
                 runtime: LoadRuntime(Some(runtime)),
                 busy: Mutex::new(None),
                 shutdown: tokio_util::sync::CancellationToken::new(),
+                resume: ResumeDoor::default(),
             }),
         })
     }
@@ -167,15 +171,26 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<Streaming<pb::ControllerMsg>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let guard = self.try_claim()?;
+        let claimed = self.try_claim();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
+        let mut conn = Conn { inbound, tx };
+        let guard = match claimed {
+            Ok(g) => g,
+            Err(busy) => {
+                // Busy: unless this is the running run's controller coming back.
+                self.inner.resume.hand_over(conn, busy).await?;
+                return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+            }
+        };
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = run_session(inner, inbound, tx.clone()).await {
+            if let Err(e) = run_session(inner, &mut conn).await {
                 let code = e.code().to_owned();
-                let delivered = tx
+                // The latest stream: a resumed session answers on its own.
+                let delivered = conn
+                    .tx
                     .send(Ok(msg(agent_msg::Msg::Error(pb::AgentError {
                         code,
                         message: e.to_string(),

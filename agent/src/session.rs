@@ -10,13 +10,14 @@ use barrage_common::metrics::{Counters, Layout, Layouts, MetricSet};
 use barrage_proto::agent::v1::{self as pb, agent_msg, controller_msg};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 use crate::client::{ClientError, TargetClient};
 use crate::engine::{self, Arrivals, Shape, SliceSpec, Workload};
 use crate::health::{LagProbe, ProcessSampler, health};
 use crate::profile::Profile;
 use crate::recorder::Recorder;
+use crate::resume::{Conn, Resumed, Tx, Unacked};
 use crate::service::{HELLO_TIMEOUT, Inner, clock_reply, hello_ack, kind, msg, start_instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +45,6 @@ impl SessionError {
     }
 }
 
-type Tx = mpsc::Sender<Result<pb::AgentMsg, Status>>;
-
 async fn send(tx: &Tx, m: agent_msg::Msg) -> Result<(), SessionError> {
     tx.send(Ok(msg(m)))
         .await
@@ -62,6 +61,25 @@ async fn next(
     }
 }
 
+/// How a running step's stream ended.
+enum StreamEnd {
+    /// The controller closed or cancelled its stream: it is done with us.
+    Closed,
+    /// The connection broke (partition, crash): it may resume within the lease.
+    Broken(String),
+}
+
+async fn next_in_step(
+    inbound: &mut Streaming<pb::ControllerMsg>,
+) -> Result<Option<controller_msg::Msg>, StreamEnd> {
+    match inbound.message().await {
+        Ok(Some(m)) => Ok(m.msg),
+        Ok(None) => Err(StreamEnd::Closed),
+        Err(s) if s.code() == tonic::Code::Cancelled => Err(StreamEnd::Closed),
+        Err(s) => Err(StreamEnd::Broken(s.message().to_owned())),
+    }
+}
+
 /// A prepared step: everything needed to start on the go signal.
 struct Prepared {
     prepare: pb::Prepare,
@@ -70,12 +88,8 @@ struct Prepared {
     layouts: Layouts,
 }
 
-pub(crate) async fn run_session(
-    inner: Arc<Inner>,
-    mut inbound: Streaming<pb::ControllerMsg>,
-    tx: Tx,
-) -> Result<(), SessionError> {
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next(&mut inbound)).await {
+pub(crate) async fn run_session(inner: Arc<Inner>, conn: &mut Conn) -> Result<(), SessionError> {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next(&mut conn.inbound)).await {
         Ok(Ok(Some(controller_msg::Msg::Hello(h)))) => h,
         Ok(Ok(other)) => {
             return Err(SessionError::Protocol(format!(
@@ -86,8 +100,15 @@ pub(crate) async fn run_session(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(SessionError::Protocol("no hello within 30 s".into())),
     };
+    if hello.resume {
+        return Err(SessionError::Protocol(format!(
+            "nothing to resume: run {} is not running on this agent",
+            hello.run_id
+        )));
+    }
     inner.set_run_id(&hello.run_id);
     tracing::info!(run_id = %hello.run_id, controller = %hello.controller_id, "session opened");
+    let tx = conn.tx.clone();
     send(&tx, agent_msg::Msg::Hello(hello_ack(&inner, &hello)?)).await?;
 
     let mut pending: Option<pb::Prepare> = None;
@@ -95,7 +116,7 @@ pub(crate) async fn run_session(
     let mut prepared: Option<Prepared> = None;
     loop {
         let m = tokio::select! {
-            m = next(&mut inbound) => m?,
+            m = next(&mut conn.inbound) => m?,
             _ = inner.shutdown.cancelled() => return Err(SessionError::Stream("agent shutting down".into())),
         };
         match m {
@@ -135,7 +156,7 @@ pub(crate) async fn run_session(
                         "start before the step was prepared".into(),
                     ));
                 };
-                return run_step(&inner, p, start_instant(&s), &mut inbound, &tx).await;
+                return run_step(&inner, p, start_instant(&s), conn).await;
             }
             Some(controller_msg::Msg::Stop(_)) => return Ok(()),
             Some(controller_msg::Msg::Heartbeat(_) | controller_msg::Msg::FinalAck(_)) | None => {}
@@ -207,7 +228,7 @@ fn prepare(
     let work = Arc::new(work);
     tracing::info!(
         run_id = %p.run_id, step = p.step, users = slice.user_indexes.len(),
-        target = %target.url, "step prepared"
+        target = %barrage_common::redact::redact_url(&target.url), "step prepared"
     );
     Ok(Prepared {
         prepare: p,
@@ -281,15 +302,23 @@ struct Intervals {
     totals: MetricSet,
     total_counters: Counters,
     sent: u64,
+    /// Kept until the controller acknowledges them, resent after a resume.
+    unacked: Unacked,
 }
 
+/// Longest wait for room on the stream: a controller that does not read
+/// gets the interval on resume (it is kept), and the lease decides.
+const SEND_WAIT: Duration = Duration::from_secs(2);
+
 impl Intervals {
+    /// Cuts interval `index`, keeps it until acknowledged, and sends it
+    /// when a controller is attached.
     async fn cut(
         &mut self,
         index: u64,
         work: &Workload,
         health: pb::GeneratorHealth,
-        tx: &Tx,
+        tx: Option<&Tx>,
     ) -> Result<(), SessionError> {
         let (metrics, counters) = work.recorder.cut()?;
         self.totals.add(&metrics)?;
@@ -303,16 +332,50 @@ impl Intervals {
             counters: Some(counters.to_proto()),
             health: Some(health),
         };
-        send(tx, agent_msg::Msg::Interval(interval)).await
+        self.unacked.keep(interval.clone());
+        if let Some(tx) = tx {
+            let sending = tx.send(Ok(msg(agent_msg::Msg::Interval(interval))));
+            let _ = tokio::time::timeout(SEND_WAIT, sending).await;
+        }
+        Ok(())
     }
+
+    /// Takes over a resumed controller's stream: hello, then every interval
+    /// it does not have yet.
+    async fn take_over(
+        &mut self,
+        inner: &Inner,
+        conn: &mut Conn,
+        r: Resumed,
+    ) -> Result<(), SessionError> {
+        *conn = r.conn;
+        send(&conn.tx, agent_msg::Msg::Hello(hello_ack(inner, &r.hello)?)).await?;
+        self.unacked.ack(r.hello.acked_through_seq);
+        for i in self.unacked.iter() {
+            send(&conn.tx, agent_msg::Msg::Interval(i.clone())).await?;
+        }
+        tracing::info!(
+            resent = self.unacked.iter().count(),
+            "resumed: unacknowledged intervals resent"
+        );
+        Ok(())
+    }
+}
+
+/// At the end of a step whose controller connection broke: waits (until the
+/// lease ends) for the controller to resume, so it still gets the totals.
+async fn await_resume(resumes: &mut mpsc::Receiver<Resumed>, until: Instant) -> Option<Resumed> {
+    tokio::time::timeout_at(until.into(), resumes.recv())
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn run_step(
     inner: &Inner,
     p: Prepared,
     start: Instant,
-    inbound: &mut Streaming<pb::ControllerMsg>,
-    tx: &Tx,
+    conn: &mut Conn,
 ) -> Result<(), SessionError> {
     let Some(rt) = inner.runtime.handle() else {
         return Err(SessionError::Prepare("load runtime is gone".into()));
@@ -333,11 +396,12 @@ async fn run_step(
         start,
         stop.clone(),
     ));
+    let (mut resumes, _door) = inner.resume.open(&p.prepare.run_id);
 
     tokio::time::sleep_until(start.into()).await;
     let late = Instant::now().saturating_duration_since(start);
     send(
-        tx,
+        &conn.tx,
         agent_msg::Msg::Started(pb::Started {
             actual_start_agent_mono_ns: barrage_common::clock::mono_now_ns(),
             late_by_ns: i64::try_from(late.as_nanos()).unwrap_or(i64::MAX),
@@ -352,11 +416,15 @@ async fn run_step(
         totals: MetricSet::new(p.layouts)?,
         total_counters: Counters::default(),
         sent: 0,
+        unacked: Unacked::default(),
     };
     let mut index = 0u64;
     let mut lease_until = Instant::now() + lease;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    // Closed on purpose by the controller: no resume, the load stops now.
     let mut controller_gone = false;
+    // False while the connection is broken and the controller may resume.
+    let mut attached = true;
     let mut stopped_by: Option<pb::StopReason> = None;
     let reason = loop {
         let boundary = start + interval * (index as u32 + 1);
@@ -365,10 +433,10 @@ async fn run_step(
             r = &mut engine => break r.unwrap_or(pb::StopReason::Shutdown),
             _ = tokio::time::sleep_until(boundary.into()) => {
                 let h = health(&mut sampler, &lag, p.work.in_flight());
-                iv.cut(index, &p.work, h, tx).await?;
+                iv.cut(index, &p.work, h, attached.then_some(&conn.tx)).await?;
                 index += 1;
             }
-            _ = heartbeat.tick() => {
+            _ = heartbeat.tick(), if attached => {
                 let hb = pb::AgentHeartbeat {
                     seq: iv.seq,
                     state: pb::AgentState::Running as i32,
@@ -376,7 +444,7 @@ async fn run_step(
                     health: None,
                 };
                 // A full channel means the controller is not reading: the lease decides.
-                let _ = tx.try_send(Ok(msg(agent_msg::Msg::Heartbeat(hb))));
+                let _ = conn.tx.try_send(Ok(msg(agent_msg::Msg::Heartbeat(hb))));
             }
             _ = inner.shutdown.cancelled(), if stopped_by.is_none() => {
                 tracing::info!("agent shutting down: stopping load");
@@ -389,23 +457,34 @@ async fn run_step(
                 stopped_by = Some(why);
                 stop.cancel();
             }
-            m = next(inbound), if !controller_gone => match m {
+            Some(r) = resumes.recv(), if !controller_gone => {
+                attached = iv.take_over(inner, conn, r).await.is_ok();
+                // The resumed controller renews the lease from its next heartbeat.
+                lease_until = lease_until.max(Instant::now() + lease);
+            }
+            m = next_in_step(&mut conn.inbound), if attached && !controller_gone => match m {
                 Ok(Some(controller_msg::Msg::Heartbeat(h))) => {
                     lease_until = Instant::now() + Duration::from_millis(h.lease_extend_ms.max(1000));
+                    iv.unacked.ack(h.acked_through_seq);
                 }
                 Ok(Some(controller_msg::Msg::Stop(s))) => {
                     tracing::info!(reason = %s.reason, "stop from controller");
                     stopped_by.get_or_insert(pb::StopReason::Controller);
                     stop.cancel();
                 }
-                Ok(Some(controller_msg::Msg::Probe(pr))) => send(tx, agent_msg::Msg::Probe(clock_reply(&pr))).await?,
+                Ok(Some(controller_msg::Msg::Probe(pr))) => send(&conn.tx, agent_msg::Msg::Probe(clock_reply(&pr))).await?,
                 Ok(_) => {}
-                Err(e) => {
+                Err(StreamEnd::Closed) => {
                     // Dead-man switch: no controller, no load.
-                    tracing::warn!(error = %e, "controller stream lost: stopping load");
+                    tracing::warn!("controller closed the stream: stopping load");
                     controller_gone = true;
                     stopped_by.get_or_insert(pb::StopReason::LeaseExpired);
                     stop.cancel();
+                }
+                Err(StreamEnd::Broken(e)) => {
+                    // The lease still stops the load if it does not come back.
+                    tracing::warn!(error = %e, "controller connection lost: load goes on until the lease ends unless it resumes");
+                    attached = false;
                 }
             },
         }
@@ -413,12 +492,28 @@ async fn run_step(
     stop.cancel();
     let reason = stopped_by.unwrap_or(reason);
     let h = health(&mut sampler, &lag, 0);
-    iv.cut(index, &p.work, h, tx).await?;
-    if controller_gone {
+    iv.cut(index, &p.work, h, attached.then_some(&conn.tx))
+        .await?;
+    if !attached && !controller_gone {
+        attached = match await_resume(&mut resumes, lease_until).await {
+            Some(r) => iv.take_over(inner, conn, r).await.is_ok(),
+            None => false,
+        };
+    }
+    if controller_gone || !attached {
         return Err(SessionError::Stream(
             "controller lost during the run".into(),
         ));
     }
+    finish_step(conn, &iv, reason).await
+}
+
+/// Sends the step's totals and waits (bounded) for the controller's ack.
+async fn finish_step(
+    conn: &mut Conn,
+    iv: &Intervals,
+    reason: pb::StopReason,
+) -> Result<(), SessionError> {
     let fin = pb::Final {
         last_seq: iv.seq,
         intervals: iv.sent,
@@ -426,14 +521,14 @@ async fn run_step(
         counters: Some(iv.total_counters.to_proto()),
         reason: reason as i32,
     };
-    send(tx, agent_msg::Msg::Final(fin)).await?;
+    send(&conn.tx, agent_msg::Msg::Final(fin)).await?;
     // Wait (bounded) for the ack so the controller surely has the totals.
     let acked = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            match next(inbound).await {
+            match next(&mut conn.inbound).await {
                 Ok(Some(controller_msg::Msg::FinalAck(_))) => return true,
                 Ok(Some(controller_msg::Msg::Probe(pr))) => {
-                    let _ = send(tx, agent_msg::Msg::Probe(clock_reply(&pr))).await;
+                    let _ = send(&conn.tx, agent_msg::Msg::Probe(clock_reply(&pr))).await;
                 }
                 Ok(_) => {}
                 Err(_) => return false,

@@ -9,7 +9,7 @@ use barrage_controller::run::{RunError, RunOptions, Verdict, execute};
 use barrage_llm_sim::SimServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{AgentProcess, LOAD, TEST_LIMIT, plan_from, scratch};
+use crate::support::{AgentProcess, LOAD, TEST_LIMIT, free_port, plan_from, scratch};
 
 const TOKEN: &str = "cluster-test-token";
 
@@ -244,11 +244,15 @@ async fn min_agents_starts_with_the_agents_that_answered() {
         &format!("agents = [\"{}\"]", agents[0].addr),
         &format!("agents = [\"{}\", \"127.0.0.1:9\"]", agents[0].addr),
     );
-    let err = match execute(plan_from(&with_dead), opts(TOKEN), CancellationToken::new()).await {
+    let waiting = with_dead.replace("[cluster]", "[cluster]\nagent_wait = \"1s\"");
+    let err = match execute(plan_from(&waiting), opts(TOKEN), CancellationToken::new()).await {
         Err(e) => e.to_string(),
         Ok(_) => panic!("all listed agents are required by default"),
     };
-    assert!(err.contains("127.0.0.1:9"), "{err}");
+    assert!(
+        err.contains("127.0.0.1:9") && err.contains("cluster.agent_wait: 1 of 2"),
+        "{err}"
+    );
     assert_eq!(sim.stats().requests, 0);
     let relaxed = with_dead.replace(
         "[cluster]",
@@ -275,5 +279,41 @@ async fn min_agents_starts_with_the_agents_that_answered() {
         err.contains("cluster.min_agents") && err.contains("1 of 2"),
         "{err}"
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_wait_waits_for_a_listed_agent_that_comes_up_late() {
+    let _serial = LOAD.lock().await;
+    let sim = sim("").await;
+    let early = vec![AgentProcess::start(TOKEN, &[])];
+    let late_addr = free_port();
+    // No min_agents: every listed agent is needed, and agent_wait says how
+    // long to wait for them to come up.
+    let text = plan(&sim, &early, "users = 4\nrequests = 8").replace(
+        &format!("agents = [\"{}\"]", early[0].addr),
+        &format!(
+            "agents = [\"{}\", \"{late_addr}\"]\nagent_wait = \"30s\"",
+            early[0].addr
+        ),
+    );
+    let run = tokio::spawn(execute(
+        plan_from(&text),
+        opts(TOKEN),
+        CancellationToken::new(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let late = AgentProcess::start_on(&late_addr, TOKEN, &[]);
+    let outcome = tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("bounded")
+        .expect("join")
+        .expect("the run waited for the late agent");
+    let s = &outcome.summary;
+    assert_eq!(outcome.verdict, Verdict::Completed, "{:?}", s.notes);
+    assert_eq!(s.agents.len(), 2);
+    assert!(s.agents.iter().any(|a| a.addr == late.addr));
+    assert_eq!(s.requests_ok, 8);
+    assert_eq!(sim.stats().completed, 8);
     sim.shutdown().await;
 }

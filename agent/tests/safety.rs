@@ -41,6 +41,7 @@ async fn start_run(agent: &AgentProcess, sim: &SimServer, hard_deadline_ms: u64)
         protocol_minor: 0,
         controller_id: "raw-test".into(),
         run_id: "raw".into(),
+        ..pb::Hello::default()
     })))
     .await
     .expect("hello");

@@ -5,5 +5,6 @@
 mod support;
 
 mod cluster;
+mod partition;
 mod safety;
 mod tls;

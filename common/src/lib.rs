@@ -10,6 +10,7 @@ pub mod load;
 pub mod metrics;
 pub mod monitor;
 pub mod plan;
+pub mod redact;
 pub mod simulator;
 pub mod split;
 pub mod sweep;

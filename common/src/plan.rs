@@ -615,13 +615,18 @@ impl PlanFile {
     }
 
     /// The full request URL for a target given by URL.
+    /// A query string (`?api_key=…`) stays after the added path.
     pub fn endpoint_url(&self, base: &str) -> String {
+        let (base, query) = match base.find(['?', '#']) {
+            Some(i) => base.split_at(i),
+            None => (base, ""),
+        };
         let trimmed = base.trim_end_matches('/');
         let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest);
         if after_scheme.contains('/') {
-            trimmed.to_owned()
+            format!("{trimmed}{query}")
         } else {
-            format!("{trimmed}{}", self.target.api.default_path())
+            format!("{trimmed}{}{query}", self.target.api.default_path())
         }
     }
 
@@ -661,6 +666,10 @@ mod tests {
         assert_eq!(
             p.endpoint_url("http://h:1/v1/chat/completions"),
             "http://h:1/v1/chat/completions"
+        );
+        assert_eq!(
+            p.endpoint_url("http://h:1?api_key=k"),
+            "http://h:1/v1/chat/completions?api_key=k"
         );
     }
 

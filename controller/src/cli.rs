@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// cluster.agents, comma separated host:port.
     #[arg(long, value_delimiter = ',')]
     pub agents: Vec<String>,
+    /// cluster.token_env: the environment variable holding the agents' token.
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
 }
 
 fn set(table: &mut toml::Table, path: &str, value: toml::Value) {
@@ -205,6 +208,9 @@ impl RunArgs {
                 toml::Value::Array(self.agents.iter().map(|a| s(a)).collect()),
             );
         }
+        if let Some(v) = &self.token_env {
+            set(&mut t, "cluster.token_env", s(v));
+        }
         if let Some(v) = &self.output {
             set(&mut t, "output.dir", path(v));
         }
@@ -270,7 +276,7 @@ pub async fn main(cli: Cli) -> i32 {
         }
     };
     if args.print_plan {
-        return match plan.to_toml() {
+        return match barrage_common::redact::plan_for_display(&plan).to_toml() {
             Ok(t) => {
                 print!("{t}");
                 0

@@ -44,6 +44,26 @@ pub enum LinkError {
     },
 }
 
+impl LinkError {
+    /// Nothing answered at the address (not up yet, refused, timed out):
+    /// worth retrying while agents come up. A TLS or token refusal is not.
+    pub fn is_unreachable(&self) -> bool {
+        let LinkError::Connect { reason, .. } = self else {
+            return false;
+        };
+        let lower = reason.to_ascii_lowercase();
+        let nobody = [
+            "refused",
+            "timed out",
+            "unreachable",
+            "no route",
+            "dns",
+            "resolve",
+        ];
+        !reason.contains("TLS") && nobody.iter().any(|w| lower.contains(w))
+    }
+}
+
 /// What the pump hands to the merger.
 #[derive(Debug)]
 pub enum LinkEvent {
@@ -63,18 +83,104 @@ pub enum LinkEvent {
         agent: usize,
         reason: String,
     },
+    /// The connection dropped and the session was resumed within the lease.
+    Resumed {
+        agent: usize,
+    },
 }
 
 pub struct AgentLink {
     pub addr: String,
     pub hello: pb::HelloAck,
     pub offset: Option<ClockOffset>,
+    dial: Dial,
     tx: mpsc::Sender<pb::ControllerMsg>,
     rx: Streaming<pb::AgentMsg>,
 }
 
+/// What it takes to dial the agent again: a resume after a dropped
+/// connection uses the same token, TLS and run.
+struct Dial {
+    token: Option<Token>,
+    tls: Option<ClientTls>,
+    run_id: String,
+    controller_id: String,
+}
+
+impl Dial {
+    fn hello(&self, acked_through_seq: Option<u64>) -> pb::Hello {
+        pb::Hello {
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR,
+            controller_id: self.controller_id.clone(),
+            run_id: self.run_id.clone(),
+            resume: acked_through_seq.is_some(),
+            acked_through_seq: acked_through_seq.unwrap_or(0),
+        }
+    }
+}
+
+/// Pause between two attempts to resume a dropped session.
+const RESUME_RETRY: Duration = Duration::from_millis(250);
+
+type Session = (mpsc::Sender<pb::ControllerMsg>, Streaming<pb::AgentMsg>);
+
 fn cmsg(m: controller_msg::Msg) -> pb::ControllerMsg {
     pb::ControllerMsg { msg: Some(m) }
+}
+
+/// Connects (over TLS when the dial has it), opens the session stream and
+/// sends `hello` first.
+async fn connect_session(addr: &str, dial: &Dial, hello: pb::Hello) -> Result<Session, LinkError> {
+    let tls = dial.tls.as_ref();
+    let connect_err = |reason: String| LinkError::Connect {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| connect_err(error_chain(&e)))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = tls
+            .apply(endpoint)
+            .map_err(|e| connect_err(format!("TLS: {}", error_chain(&e))))?;
+    }
+    let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+        .await
+        .map_err(|_| connect_err("timed out".into()))?
+        .map_err(|e| connect_err(describe_failure(&e, tls.is_some())))?;
+    let attach =
+        AttachToken::new(dial.token.as_ref()).map_err(|s| connect_err(s.message().to_owned()))?;
+    let mut client = AgentClient::with_interceptor(channel, attach)
+        .max_decoding_message_size(barrage_agent::server::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(barrage_agent::server::MAX_MESSAGE_BYTES);
+    let (tx, out) = mpsc::channel(64);
+    tx.send(cmsg(controller_msg::Msg::Hello(hello)))
+        .await
+        .map_err(|_| connect_err("session closed".into()))?;
+    let rx = tokio::time::timeout(PHASE_TIMEOUT, client.session(ReceiverStream::new(out)))
+        .await
+        .map_err(|_| LinkError::Timeout {
+            addr: addr.to_owned(),
+            phase: "session",
+            secs: PHASE_TIMEOUT.as_secs(),
+        })?
+        .map_err(|s| match std::error::Error::source(&s) {
+            // No answer from the agent: the connection itself failed.
+            // With TLS 1.3 a refused client certificate shows up here,
+            // at the first request, not at connect.
+            Some(_) => connect_err(describe_failure(&s, tls.is_some())),
+            None => LinkError::Refused {
+                addr: addr.to_owned(),
+                reason: format!("{:?}: {}", s.code(), s.message()),
+            },
+        })?
+        .into_inner();
+    Ok((tx, rx))
 }
 
 impl AgentLink {
@@ -90,61 +196,18 @@ impl AgentLink {
         run_id: &str,
         controller_id: &str,
     ) -> Result<Self, LinkError> {
-        let connect_err = |reason: String| LinkError::Connect {
-            addr: addr.to_owned(),
-            reason,
-        };
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(|e| connect_err(error_chain(&e)))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        if let Some(tls) = tls {
-            endpoint = tls
-                .apply(endpoint)
-                .map_err(|e| connect_err(format!("TLS: {}", error_chain(&e))))?;
-        }
-        let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
-            .await
-            .map_err(|_| connect_err("timed out".into()))?
-            .map_err(|e| connect_err(describe_failure(&e, tls.is_some())))?;
-        let attach = AttachToken::new(token).map_err(|s| connect_err(s.message().to_owned()))?;
-        let mut client = AgentClient::with_interceptor(channel, attach)
-            .max_decoding_message_size(barrage_agent::server::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(barrage_agent::server::MAX_MESSAGE_BYTES);
-        let (tx, out) = mpsc::channel(64);
-        tx.send(cmsg(controller_msg::Msg::Hello(pb::Hello {
-            protocol_major: PROTOCOL_MAJOR,
-            protocol_minor: PROTOCOL_MINOR,
-            controller_id: controller_id.to_owned(),
+        let dial = Dial {
+            token: token.cloned(),
+            tls: tls.cloned(),
             run_id: run_id.to_owned(),
-        })))
-        .await
-        .map_err(|_| connect_err("session closed".into()))?;
-        let rx = tokio::time::timeout(PHASE_TIMEOUT, client.session(ReceiverStream::new(out)))
-            .await
-            .map_err(|_| LinkError::Timeout {
-                addr: addr.to_owned(),
-                phase: "session",
-                secs: PHASE_TIMEOUT.as_secs(),
-            })?
-            .map_err(|s| match std::error::Error::source(&s) {
-                // No answer from the agent: the connection itself failed.
-                // With TLS 1.3 a refused client certificate shows up here,
-                // at the first request, not at connect.
-                Some(_) => connect_err(describe_failure(&s, tls.is_some())),
-                None => LinkError::Refused {
-                    addr: addr.to_owned(),
-                    reason: format!("{:?}: {}", s.code(), s.message()),
-                },
-            })?
-            .into_inner();
+            controller_id: controller_id.to_owned(),
+        };
+        let (tx, rx) = connect_session(addr, &dial, dial.hello(None)).await?;
         let mut link = Self {
             addr: addr.to_owned(),
             hello: pb::HelloAck::default(),
             offset: None,
+            dial,
             tx,
             rx,
         };
@@ -153,6 +216,41 @@ impl AgentLink {
             other => return Err(link.unexpected("hello", &other)),
         }
         Ok(link)
+    }
+
+    /// Opens a new session that resumes the running one: the agent answers
+    /// hello and resends every interval after `acked`.
+    async fn resume(&mut self, acked: u64) -> Result<(), LinkError> {
+        let (tx, rx) =
+            connect_session(&self.addr, &self.dial, self.dial.hello(Some(acked))).await?;
+        self.tx = tx;
+        self.rx = rx;
+        match self.recv("resume").await? {
+            agent_msg::Msg::Hello(_) => Ok(()),
+            other => Err(self.unexpected("resume", &other)),
+        }
+    }
+
+    /// Tries to resume until `until` (when the agent's lease runs out).
+    async fn resume_until(
+        &mut self,
+        acked: u64,
+        until: tokio::time::Instant,
+    ) -> Result<(), String> {
+        let mut last = "no attempt".to_owned();
+        while tokio::time::Instant::now() < until {
+            match tokio::time::timeout_at(until, self.resume(acked)).await {
+                Ok(Ok(())) => return Ok(()),
+                // It answered and refused: trying again will not help.
+                Ok(Err(e @ LinkError::Agent { .. })) => {
+                    return Err(e.to_string());
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => break,
+            }
+            tokio::time::sleep(RESUME_RETRY).await;
+        }
+        Err(format!("not resumed within the lease: {last}"))
     }
 
     fn unexpected(&self, phase: &str, m: &agent_msg::Msg) -> LinkError {
@@ -258,8 +356,10 @@ impl AgentLink {
     }
 
     /// Renews the lease and forwards everything until the agent's Final (or
-    /// its loss). `stop` asks the agent to stop early. Marked lost after
-    /// `lease + margin` of silence: by then the agent has stopped itself.
+    /// its loss). `stop` asks the agent to stop early. A dropped connection
+    /// is resumed within the lease (the agent resends what was not acked).
+    /// Marked lost after `lease + margin` of silence: by then the agent has
+    /// stopped itself.
     pub async fn pump(
         mut self,
         agent: usize,
@@ -269,6 +369,7 @@ impl AgentLink {
         let silence_limit = LEASE + Duration::from_secs(2);
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut hb_seq = 0u64;
+        // Cumulative: every interval up to here has arrived.
         let mut acked = 0u64;
         let mut last_heard = tokio::time::Instant::now();
         let mut stop_sent = false;
@@ -282,27 +383,43 @@ impl AgentLink {
                     }
                     hb_seq += 1;
                     let hb = pb::ControllerHeartbeat { seq: hb_seq, lease_extend_ms: LEASE.as_millis() as u64, acked_through_seq: acked };
-                    if self.send(controller_msg::Msg::Heartbeat(hb)).await.is_err() {
-                        let _ = events.send(lost("session closed".into())).await;
-                        return;
-                    }
+                    // A closed stream shows up on the receiving side (resume) or as silence.
+                    let _ = self.send(controller_msg::Msg::Heartbeat(hb)).await;
                 }
                 _ = stop.cancelled(), if !stop_sent => {
                     stop_sent = true;
                     let _ = self.send(controller_msg::Msg::Stop(pb::Stop { reason: "controller stop".into(), grace_ms: 0 })).await;
                 }
                 m = self.rx.message() => {
-                    last_heard = tokio::time::Instant::now();
                     let ev = match m {
                         Ok(Some(pb::AgentMsg { msg: Some(m) })) => m,
                         Ok(Some(_)) => continue,
                         Ok(None) => { let _ = events.send(lost("session ended before final totals".into())).await; return; }
-                        Err(s) => { let _ = events.send(lost(format!("{:?}: {}", s.code(), s.message()))).await; return; }
+                        Err(s) => {
+                            // The agent's lease runs from about its last word.
+                            match self.resume_until(acked, last_heard + LEASE).await {
+                                Ok(()) => {
+                                    tracing::info!(agent = %self.addr, "session resumed after a dropped connection");
+                                    last_heard = tokio::time::Instant::now();
+                                    // A stop asked during the partition is sent again.
+                                    stop_sent = false;
+                                    let _ = events.send(LinkEvent::Resumed { agent }).await;
+                                }
+                                Err(why) => {
+                                    let _ = events.send(lost(format!("{:?}: {}; {why}", s.code(), s.message()))).await;
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
                     };
+                    last_heard = tokio::time::Instant::now();
                     match ev {
                         agent_msg::Msg::Started(s) => { let _ = events.send(LinkEvent::Started { agent, late_ns: s.late_by_ns }).await; }
                         agent_msg::Msg::Interval(i) => {
-                            acked = acked.max(i.seq);
+                            if i.seq == acked + 1 {
+                                acked = i.seq;
+                            }
                             let _ = events.send(LinkEvent::Interval { agent, interval: i }).await;
                         }
                         agent_msg::Msg::Final(f) => {

@@ -3,7 +3,7 @@
 //! timing), a per-interval timeline for the report, and per-agent sums that
 //! must equal each agent's final totals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use barrage_common::metrics::{Counters, Layouts, Metric, MetricError, MetricSet};
 use barrage_proto::agent::v1 as pb;
@@ -60,6 +60,22 @@ pub struct AgentTally {
     pub finished: bool,
     /// Final totals differ from the sum of intervals (described).
     pub mismatch: Option<String>,
+    /// Interval sequence numbers received (resends are dropped by these).
+    pub seqs: BTreeSet<u64>,
+    /// Intervals received twice (resent after a resume) and dropped.
+    pub duplicates: u64,
+    /// Highest sequence number the agent says it sent (its final's last_seq).
+    pub last_seq: u64,
+    /// Times its session was resumed after a dropped connection.
+    pub resumes: u64,
+}
+
+impl AgentTally {
+    /// Sequence numbers up to the last one sent that never arrived.
+    pub fn missing(&self) -> u64 {
+        let last = self.seqs.last().copied().unwrap_or(0).max(self.last_seq);
+        last - self.seqs.range(1..=last).count() as u64
+    }
 }
 
 pub struct Merger {
@@ -93,6 +109,10 @@ impl Merger {
                     delta_bytes: 0,
                     finished: false,
                     mismatch: None,
+                    seqs: BTreeSet::new(),
+                    duplicates: 0,
+                    last_seq: 0,
+                    resumes: 0,
                 })
             })
             .collect::<Result<_, MetricError>>()?;
@@ -110,7 +130,12 @@ impl Merger {
 
     /// Adds one interval delta of one agent. A histogram of another layout is
     /// refused (the whole interval is then rejected, nothing half-added).
+    /// An interval already merged (same agent and seq, resent after a
+    /// resume) is dropped: merging is idempotent.
     pub fn add_interval(&mut self, agent: usize, iv: &pb::Interval) -> Result<(), MetricError> {
+        if self.is_duplicate(agent, iv.seq) {
+            return Ok(());
+        }
         let metrics = MetricSet::decode(&iv.metrics, self.layouts)?;
         let counters = iv
             .counters
@@ -123,6 +148,9 @@ impl Merger {
         }
         let health = iv.health.unwrap_or_default();
         if let Some(a) = self.agents.get_mut(agent) {
+            if iv.seq > 0 {
+                a.seqs.insert(iv.seq);
+            }
             a.metrics.add(&metrics)?;
             a.counters.add(&counters);
             a.intervals += 1;
@@ -166,6 +194,7 @@ impl Merger {
             .unwrap_or_default();
         if let Some(a) = self.agents.get_mut(agent) {
             a.finished = true;
+            a.last_seq = fin.last_seq;
             a.delta_bytes = a
                 .delta_bytes
                 .saturating_add(prost::Message::encoded_len(fin) as u64);
@@ -198,6 +227,25 @@ impl Merger {
         }
         self.flush_settled();
         Ok(())
+    }
+
+    /// True (and counted) when this agent's interval `seq` was merged already.
+    fn is_duplicate(&mut self, agent: usize, seq: u64) -> bool {
+        let Some(a) = self.agents.get_mut(agent) else {
+            return false;
+        };
+        let dup = seq > 0 && a.seqs.contains(&seq);
+        if dup {
+            a.duplicates += 1;
+        }
+        dup
+    }
+
+    /// Counts a session resumed after a dropped connection.
+    pub fn agent_resumed(&mut self, agent: usize) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.resumes += 1;
+        }
     }
 
     /// Marks an agent as gone so the timeline does not wait for it.
@@ -340,6 +388,26 @@ mod tests {
             "{why}"
         );
         assert_eq!(m.finish().len(), 2);
+    }
+
+    #[test]
+    fn a_resent_interval_is_dropped_and_a_gap_is_counted() {
+        let mut m = Merger::new(Layouts::default(), 1, 1.0).expect("merger");
+        m.add_interval(0, &interval(0, &[1000], 1)).expect("add");
+        m.add_interval(0, &interval(0, &[1000], 1)).expect("resent");
+        // seq 3 arrives, seq 2 never does.
+        m.add_interval(0, &interval(2, &[2000], 1)).expect("add");
+        assert_eq!(m.counters.requests_ok, 2, "the resend is not counted twice");
+        assert_eq!(m.totals.get(Metric::Ttft).count, 2);
+        assert_eq!(m.agents[0].duplicates, 1);
+        assert_eq!(m.agents[0].missing(), 1);
+        // The final says four were sent: seq 4 is missing too.
+        let fin = pb::Final {
+            last_seq: 4,
+            ..pb::Final::default()
+        };
+        m.add_final(0, &fin).expect("final");
+        assert_eq!(m.agents[0].missing(), 2);
     }
 
     #[test]

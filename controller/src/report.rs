@@ -90,6 +90,12 @@ pub struct AgentReport {
     pub lost: Option<String>,
     /// Its final totals disagreed with the sum of its intervals.
     pub totals_mismatch: Option<String>,
+    /// Intervals received twice (resent after a reconnect) and merged once.
+    pub intervals_duplicated: u64,
+    /// Intervals it sent (by sequence number) that never arrived.
+    pub intervals_missing: u64,
+    /// Times its session was resumed after the connection dropped.
+    pub reconnects: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -231,14 +231,8 @@ pub async fn execute(
 ) -> Result<RunOutcome, RunError> {
     let run_id = format!("{:016x}", rand::random::<u64>());
     let started_wall = chrono::Local::now();
-    // Header values may carry secrets: the written plan keeps only their names.
-    let mut shown = plan.clone();
-    shown
-        .target
-        .headers
-        .values_mut()
-        .for_each(|v| *v = "<redacted>".to_owned());
-    let plan_toml = shown
+    // Header values and URL credentials may be secrets: the written plan hides them.
+    let plan_toml = barrage_common::redact::plan_for_display(&plan)
         .to_toml()
         .map_err(|e| RunError::Setup(e.to_string()))?;
     let plan_sha = format!("{:x}", Sha256::digest(plan_toml.as_bytes()));
@@ -517,6 +511,7 @@ async fn drive(
                             merge_errors.push(format!("agent {}: final totals rejected: {e}", infos[agent].1));
                         }
                     }
+                    LinkEvent::Resumed { agent } => merger.agent_resumed(agent),
                     LinkEvent::Lost { agent, reason } => {
                         tracing::warn!(agent = %infos[agent].1, %reason, "agent lost");
                         lost[agent] = Some(reason);
@@ -594,11 +589,14 @@ async fn drive(
             clock_uncertainty_ms: Some(offsets[i].uncertainty().as_secs_f64() * 1000.0),
             lost: lost[i].clone(),
             totals_mismatch: merger.agents[i].mismatch.clone(),
+            intervals_duplicated: merger.agents[i].duplicates,
+            intervals_missing: merger.agents[i].missing(),
+            reconnects: merger.agents[i].resumes,
         })
         .collect();
     let degraded = agents
         .iter()
-        .any(|a| a.lost.is_some() || a.totals_mismatch.is_some())
+        .any(|a| a.lost.is_some() || a.totals_mismatch.is_some() || a.intervals_missing > 0)
         || !merge_errors.is_empty();
     let run_s = end.saturating_duration_since(start_instant).as_secs_f64();
     let measured_s = if warmup.as_secs_f64() < run_s {
@@ -633,6 +631,7 @@ async fn drive(
         Verdict::Completed
     };
     let mut notes = merge_errors;
+    notes.extend(agents.iter().filter_map(sequence_note));
     if let Some(key) = &aborted {
         notes.push(format!(
             "stopped early: threshold {key} was clearly lost (abort_on_breach)"
@@ -677,7 +676,7 @@ async fn drive(
         name: plan.name.clone(),
         run_id: run_id.to_owned(),
         started_at: String::new(),
-        target: target.url.clone(),
+        target: barrage_common::redact::redact_url(&target.url),
         api: format!("{:?}", plan.target.api),
         status: verdict.name().to_owned(),
         duration_s: measured_s,
@@ -757,9 +756,12 @@ fn expected_arrivals(s: &pb::Slice) -> f64 {
     area
 }
 
-/// Opens every agent's session. Without `min_agents` all must answer at once
-/// (fail fast, nothing started); with it, retry until enough answered or
-/// `agent_wait` passed, and run on those.
+/// Opens every agent's session. Agents that cannot be reached yet (not up,
+/// connection refused) are retried until `agent_wait` has passed; an agent
+/// that answers and refuses (token, busy, version) fails the run at once
+/// unless `min_agents` allows starting without it. Without `min_agents`
+/// every listed agent is needed; with it, the run starts once that many
+/// answered (or all did).
 async fn open_links(
     plan: &PlanFile,
     addrs: &[String],
@@ -768,15 +770,7 @@ async fn open_links(
     run_id: &str,
     controller_id: &str,
 ) -> Result<Vec<AgentLink>, RunError> {
-    let Some(min) = plan.cluster.min_agents else {
-        let opened = join_all(
-            addrs
-                .iter()
-                .map(|a| AgentLink::open(a, token, tls, run_id, controller_id)),
-        )
-        .await;
-        return Ok(opened.into_iter().collect::<Result<Vec<_>, _>>()?);
-    };
+    let needed = plan.cluster.min_agents.unwrap_or(addrs.len());
     let deadline = Instant::now() + plan.cluster.agent_wait;
     let mut links: Vec<Option<AgentLink>> = addrs.iter().map(|_| None).collect();
     loop {
@@ -791,11 +785,14 @@ async fn open_links(
         for (i, r) in missing.into_iter().zip(tries) {
             match r {
                 Ok(l) => links[i] = Some(l),
+                Err(e) if plan.cluster.min_agents.is_none() && !e.is_unreachable() => {
+                    return Err(e.into());
+                }
                 Err(e) => last_errors.push(e.to_string()),
             }
         }
         let ready = links.iter().flatten().count();
-        if ready >= min || ready == addrs.len() {
+        if ready >= needed || ready == addrs.len() {
             if ready < addrs.len() {
                 tracing::warn!(
                     ready,
@@ -807,14 +804,52 @@ async fn open_links(
             return Ok(links.into_iter().flatten().collect());
         }
         if Instant::now() >= deadline {
-            return Err(RunError::Setup(format!(
-                "cluster.min_agents: {ready} of {min} agents answered within {}: {}",
-                humantime::format_duration(plan.cluster.agent_wait),
-                last_errors.join("; ")
-            )));
+            return Err(agents_missing(plan, ready, needed, &last_errors));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tracing::info!(
+            ready,
+            needed,
+            "waiting for agents: {}",
+            last_errors.join("; ")
+        );
+        tokio::time::sleep(AGENT_RETRY.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
     }
+}
+
+/// Pause between two rounds of connection attempts while agents come up.
+const AGENT_RETRY: Duration = Duration::from_millis(500);
+
+fn agents_missing(plan: &PlanFile, ready: usize, needed: usize, errors: &[String]) -> RunError {
+    let key = if plan.cluster.min_agents.is_some() {
+        "cluster.min_agents"
+    } else {
+        "cluster.agent_wait"
+    };
+    RunError::Setup(format!(
+        "{key}: {ready} of {needed} agents answered within {}: {}",
+        humantime::format_duration(plan.cluster.agent_wait),
+        errors.join("; ")
+    ))
+}
+
+/// What the sequence check found for one agent: reconnects, resent
+/// intervals dropped, intervals that never arrived.
+fn sequence_note(a: &AgentReport) -> Option<String> {
+    let mut parts = Vec::new();
+    if a.reconnects > 0 {
+        parts.push(format!(
+            "connection dropped and resumed {} time(s), {} resent interval(s) dropped",
+            a.reconnects, a.intervals_duplicated
+        ));
+    }
+    if a.intervals_missing > 0 {
+        parts.push(format!(
+            "{} interval(s) never arrived: its figures are incomplete",
+            a.intervals_missing
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("agent {} ({}): {}", a.id, a.addr, parts.join("; ")))
 }
 
 /// The quantity a slice carries: users, else its (peak) rate.

@@ -5,9 +5,11 @@ mod support;
 
 mod apis;
 mod cli;
+mod cluster_edges;
 mod datasets;
 mod e2e;
 mod limits;
 mod load_models;
 mod monitor;
+mod secrets;
 mod sweeps;

@@ -22,11 +22,16 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start(token: &str, extra: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", token, extra)
+    }
+
+    /// An agent on a given address (a port reserved with [`free_port`]).
+    pub fn start_on(listen: &str, token: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--token-env",
                 TOKEN_VAR,
                 "--threads",
@@ -66,6 +71,12 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback address nobody listens on (yet): bound, read, released.
+pub fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
 }
 
 pub fn scratch(name: &str) -> PathBuf {
