@@ -17,7 +17,7 @@ use crate::engine::{self, Arrivals, Shape, SliceSpec, Workload};
 use crate::health::{LagProbe, ProcessSampler, health};
 use crate::profile::Profile;
 use crate::recorder::Recorder;
-use crate::service::{HELLO_TIMEOUT, Inner, clock_reply, hello_ack, kind, msg, start_instant};
+use crate::service::{HELLO_TIMEOUT, Inner, clock_reply, hello_ack, kind, msg, start_instants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -135,7 +135,8 @@ pub(crate) async fn run_session(
                         "start before the step was prepared".into(),
                     ));
                 };
-                return run_step(&inner, p, start_instant(&s), &mut inbound, &tx).await;
+                let (agreed, start) = start_instants(&s);
+                return run_step(&inner, p, [agreed, start], &mut inbound, &tx).await;
             }
             Some(controller_msg::Msg::Stop(_)) => return Ok(()),
             Some(controller_msg::Msg::Heartbeat(_) | controller_msg::Msg::FinalAck(_)) | None => {}
@@ -195,6 +196,7 @@ fn prepare(
         shape,
         max_requests: slice.max_requests,
         duration: (slice.duration_ms > 0).then(|| Duration::from_millis(slice.duration_ms)),
+        drain: Duration::from_millis(p.drain_ms),
         seed: p.seed,
     };
     let mut work = Workload::new(client, bodies, recorder, p.seed, spec.max_requests);
@@ -307,10 +309,12 @@ impl Intervals {
     }
 }
 
+/// `[agreed, start]`: the agreed start and the real one (later when the
+/// `Start` arrived late).
 async fn run_step(
     inner: &Inner,
     p: Prepared,
-    start: Instant,
+    [agreed, start]: [Instant; 2],
     inbound: &mut Streaming<pb::ControllerMsg>,
     tx: &Tx,
 ) -> Result<(), SessionError> {
@@ -335,7 +339,7 @@ async fn run_step(
     ));
 
     tokio::time::sleep_until(start.into()).await;
-    let late = Instant::now().saturating_duration_since(start);
+    let late = Instant::now().saturating_duration_since(agreed);
     send(
         tx,
         agent_msg::Msg::Started(pb::Started {
@@ -425,6 +429,7 @@ async fn run_step(
         metrics: iv.totals.encode()?,
         counters: Some(iv.total_counters.to_proto()),
         reason: reason as i32,
+        last_arrival_us: p.work.last_arrival_us(),
     };
     send(tx, agent_msg::Msg::Final(fin)).await?;
     // Wait (bounded) for the ack so the controller surely has the totals.

@@ -6,4 +6,5 @@ mod support;
 
 mod cluster;
 mod safety;
+mod start;
 mod tls;

@@ -503,6 +503,8 @@ pub struct Counters {
     pub reasoning_chunks: u64,
     /// Requests whose output tokens were counted with the plan's tokenizer.
     pub usage_tokenizer: u64,
+    /// Started requests cut by the end of the drain or a stop (e2e censored).
+    pub requests_incomplete: u64,
 }
 
 impl Counters {
@@ -525,6 +527,7 @@ impl Counters {
         self.requests_good += o.requests_good;
         self.reasoning_chunks += o.reasoning_chunks;
         self.usage_tokenizer += o.usage_tokenizer;
+        self.requests_incomplete += o.requests_incomplete;
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -560,6 +563,7 @@ impl Counters {
             requests_good: self.requests_good,
             reasoning_chunks: self.reasoning_chunks,
             usage_tokenizer: self.usage_tokenizer,
+            requests_incomplete: self.requests_incomplete,
         }
     }
 
@@ -582,6 +586,7 @@ impl Counters {
             requests_good: p.requests_good,
             reasoning_chunks: p.reasoning_chunks,
             usage_tokenizer: p.usage_tokenizer,
+            requests_incomplete: p.requests_incomplete,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);
