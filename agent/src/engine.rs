@@ -82,6 +82,9 @@ pub struct Workload {
     in_flight: AtomicU64,
     /// Open loop: µs after the start of the last arrival sent, plus one (0 = none).
     last_arrival: AtomicU64,
+    /// Intervals of the warmup: a request started in them that ends after
+    /// them is counted as `requests_from_warmup` where it ends.
+    pub warmup_intervals: u64,
 }
 
 impl Workload {
@@ -107,6 +110,7 @@ impl Workload {
             budget: max_requests.map(AtomicU64::new),
             in_flight: AtomicU64::new(0),
             last_arrival: AtomicU64::new(0),
+            warmup_intervals: 0,
         }
     }
 
@@ -164,8 +168,10 @@ impl Workload {
         let i = prompt.unwrap_or_else(|| self.next_prompt.fetch_add(1, Ordering::Relaxed))
             % self.prompts.len();
         let prompt = &self.prompts[i];
-        self.recorder
-            .with_shard(slot, |s| s.counters.requests_started += 1);
+        let started_in = self.recorder.with_shard(slot, |s| {
+            s.counters.requests_started += 1;
+            s.interval
+        });
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         m.capture_text(self.tokenizer.is_some());
         let result = tokio::select! {
@@ -176,8 +182,10 @@ impl Workload {
         let end = Instant::now();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Some(result) = result else {
-            self.recorder
-                .with_shard(slot, |s| m.record_cut(&mut s.metrics, &mut s.counters));
+            self.recorder.with_shard(slot, |s| {
+                m.record_cut(&mut s.metrics, &mut s.counters);
+                self.count_from_warmup(started_in, s);
+            });
             return None;
         };
         if let Some(tok) = &self.tokenizer {
@@ -193,9 +201,19 @@ impl Workload {
                 &self.slo,
                 &mut s.metrics,
                 &mut s.counters,
-            )
+            );
+            self.count_from_warmup(started_in, s);
         });
         Some(())
+    }
+
+    /// A request started in the warmup that ends after it: its outcome
+    /// counts, so it is counted as started in the same window as its outcome
+    /// (started + from warmup = ok + failed + incomplete after the warmup).
+    fn count_from_warmup(&self, started_in: u64, s: &mut crate::recorder::Shard) {
+        if started_in < self.warmup_intervals && s.interval >= self.warmup_intervals {
+            s.counters.requests_from_warmup += 1;
+        }
     }
 }
 

@@ -201,6 +201,7 @@ fn prepare(
     };
     let mut work = Workload::new(client, bodies, recorder, p.seed, spec.max_requests);
     work.slo = p.slo.unwrap_or_default();
+    work.warmup_intervals = p.warmup_intervals;
     if !p.tokenizer_json.is_empty() {
         let tok = tokenizers::Tokenizer::from_bytes(&p.tokenizer_json)
             .map_err(|e| SessionError::Prepare(format!("dataset.tokenizer: {e}")))?;

@@ -505,6 +505,8 @@ pub struct Counters {
     pub usage_tokenizer: u64,
     /// Started requests cut by the end of the drain or a stop (e2e censored).
     pub requests_incomplete: u64,
+    /// Requests started in the warmup that ended after it.
+    pub requests_from_warmup: u64,
 }
 
 impl Counters {
@@ -528,6 +530,7 @@ impl Counters {
         self.reasoning_chunks += o.reasoning_chunks;
         self.usage_tokenizer += o.usage_tokenizer;
         self.requests_incomplete += o.requests_incomplete;
+        self.requests_from_warmup += o.requests_from_warmup;
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -564,6 +567,7 @@ impl Counters {
             reasoning_chunks: self.reasoning_chunks,
             usage_tokenizer: self.usage_tokenizer,
             requests_incomplete: self.requests_incomplete,
+            requests_from_warmup: self.requests_from_warmup,
         }
     }
 
@@ -587,6 +591,7 @@ impl Counters {
             reasoning_chunks: p.reasoning_chunks,
             usage_tokenizer: p.usage_tokenizer,
             requests_incomplete: p.requests_incomplete,
+            requests_from_warmup: p.requests_from_warmup,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

@@ -75,6 +75,22 @@ pub fn cut_note(
     })
 }
 
+/// An agent whose `Start` arrived after the agreed moment began its load
+/// that much later than the others: say so (a few ms is timer jitter).
+pub fn late_start_notes(agents: &[crate::report::AgentReport]) -> Vec<String> {
+    const NOTEWORTHY_MS: f64 = 50.0;
+    agents
+        .iter()
+        .filter_map(|a| {
+            let ms = a.start_late_ms.filter(|ms| *ms > NOTEWORTHY_MS)?;
+            Some(format!(
+                "agent {} ({}) started {ms:.0} ms after the agreed moment: its Start arrived late, so its load began that much later",
+                a.id, a.addr
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

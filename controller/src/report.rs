@@ -104,7 +104,9 @@ pub struct Summary {
     pub status: String,
     pub duration_s: f64,
     pub users: u64,
-    /// Handed to the HTTP client: each ends as ok, failed or incomplete.
+    /// Handed to the HTTP client after the warmup, plus those started in
+    /// the warmup that ended after it: each ends as exactly one of ok,
+    /// failed or incomplete.
     pub requests_started: u64,
     pub requests_total: u64,
     pub requests_ok: u64,
@@ -228,7 +230,7 @@ impl Summary {
             status: facts.status,
             duration_s: d,
             users: facts.users,
-            requests_started: c.requests_started,
+            requests_started: c.requests_started + c.requests_from_warmup,
             requests_total: total,
             requests_ok: c.requests_ok,
             requests_failed: c.requests_failed,

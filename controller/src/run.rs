@@ -422,6 +422,11 @@ async fn drive(
             slo: Some(request_slo(plan)),
             tokenizer_json: tokenizer_json.to_vec(),
             drain_ms: drain.as_millis() as u64,
+            warmup_intervals: crate::edges::warmup_window(
+                load.warmup.unwrap_or_default(),
+                interval,
+            )
+            .0,
         };
         link.prepare(prepare, &chunks[i])
     });
@@ -660,6 +665,7 @@ async fn drive(
         load.effective_duration().is_some(),
         interrupted,
     ));
+    notes.extend(crate::edges::late_start_notes(&agents));
     if let Some(key) = &aborted {
         notes.push(format!(
             "stopped early: threshold {key} was clearly lost (abort_on_breach)"

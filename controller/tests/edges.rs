@@ -154,6 +154,7 @@ async fn warmup_drops_and_subtracts_the_same_window() {
     let _serial = LOAD.lock().await;
     let out = scratch("edges-warmup");
     // 1.5 s of warmup on a 1 s grid: two whole intervals are left out.
+    // Two users send back to back, so requests run across the warmup's end.
     let load = "users = 2\nduration = \"3s\"\nwarmup = \"1500ms\"";
     let s = run_text(&plan(load, 5, &out), RunOptions::default())
         .await
@@ -164,6 +165,13 @@ async fn warmup_drops_and_subtracts_the_same_window() {
         s.warmup_s,
         dropped * 1.0,
         "the seconds taken off are the dropped intervals"
+    );
+    // Requests running across the warmup's end count where they end, as
+    // started too: started, completed and incomplete share the window.
+    assert_eq!(
+        s.requests_started,
+        s.requests_total + s.requests_incomplete,
+        "{s:?}"
     );
 }
 
