@@ -80,7 +80,7 @@ pub struct Workload {
     next_prompt: AtomicUsize,
     budget: Option<AtomicU64>,
     in_flight: AtomicU64,
-    /// Open loop: µs after the start of the last arrival sent, plus one (0 = none).
+    /// Open loop: µs after the start of the last arrival due, plus one (0 = none).
     last_arrival: AtomicU64,
     /// Intervals of the warmup: a request started in them that ends after
     /// them is counted as `requests_from_warmup` where it ends.
