@@ -62,6 +62,9 @@ pub struct SliceSpec {
     pub max_requests: Option<u64>,
     /// How long the step runs (None: until the budget is spent).
     pub duration: Option<Duration>,
+    /// After `duration`: how long in-flight requests may still finish
+    /// before they are cut (zero: cut at once).
+    pub drain: Duration,
     pub seed: u64,
 }
 
@@ -77,6 +80,11 @@ pub struct Workload {
     next_prompt: AtomicUsize,
     budget: Option<AtomicU64>,
     in_flight: AtomicU64,
+    /// Open loop: µs after the start of the last arrival due, plus one (0 = none).
+    last_arrival: AtomicU64,
+    /// Intervals of the warmup: a request started in them that ends after
+    /// them is counted as `requests_from_warmup` where it ends.
+    pub warmup_intervals: u64,
 }
 
 impl Workload {
@@ -101,11 +109,26 @@ impl Workload {
             next_prompt: AtomicUsize::new(start),
             budget: max_requests.map(AtomicU64::new),
             in_flight: AtomicU64::new(0),
+            last_arrival: AtomicU64::new(0),
+            warmup_intervals: 0,
         }
     }
 
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Open loop: the intended instant of the last arrival that came due, in
+    /// µs after the start (achieved_rate is measured over the arrivals' span,
+    /// unsent ones included).
+    pub fn last_arrival_us(&self) -> Option<u64> {
+        self.last_arrival.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    fn note_arrival(&self, intended: Instant, start: Instant) {
+        let us = u64::try_from(intended.saturating_duration_since(start).as_micros())
+            .unwrap_or(u64::MAX - 1);
+        self.last_arrival.fetch_max(us + 1, Ordering::Relaxed);
     }
 
     /// Takes one request from the budget; false when it is spent.
@@ -124,30 +147,47 @@ impl Workload {
             .is_some_and(|b| b.load(Ordering::Acquire) == 0)
     }
 
-    /// Sends one request and records it in `slot`'s shard. `None` when the
-    /// run was stopped mid-request (then nothing is recorded).
+    /// Sends one request and records it in `slot`'s shard. `None` when it
+    /// was cut (`cut`: the drain ran out, or a stop): it is then recorded as
+    /// incomplete, with what was seen of it.
+    ///
+    /// A request counts as started at its hand-off to the HTTP client (where
+    /// `ttft` and `e2e` start): `requests_started` is counted just before,
+    /// with no await in between, and the send is polled first (`biased`), so
+    /// every started request has its hand-off and ends as exactly one of
+    /// ok, failed or incomplete. A request cut while its connection is still
+    /// being set up is started and incomplete, and the server never saw it.
     async fn one_request(
         &self,
         slot: usize,
         prompt: Option<usize>,
         m: &mut RequestMeasure,
         p: &mut Parsers,
-        stop: &CancellationToken,
+        cut: &CancellationToken,
     ) -> Option<()> {
         let i = prompt.unwrap_or_else(|| self.next_prompt.fetch_add(1, Ordering::Relaxed))
             % self.prompts.len();
         let prompt = &self.prompts[i];
-        self.recorder
-            .with_shard(slot, |s| s.counters.requests_started += 1);
+        let started_in = self.recorder.with_shard(slot, |s| {
+            s.counters.requests_started += 1;
+            s.interval
+        });
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         m.capture_text(self.tokenizer.is_some());
         let result = tokio::select! {
+            biased;
             r = self.client.send(prompt.body.clone(), m, p) => Some(r),
-            _ = stop.cancelled() => None,
+            _ = cut.cancelled() => None,
         };
         let end = Instant::now();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let result = result?;
+        let Some(result) = result else {
+            self.recorder.with_shard(slot, |s| {
+                m.record_cut(&mut s.metrics, &mut s.counters);
+                self.count_from_warmup(started_in, s);
+            });
+            return None;
+        };
         if let Some(tok) = &self.tokenizer {
             // Tokenizing is CPU work: let the runtime move other streams'
             // timestamping off this worker meanwhile.
@@ -161,14 +201,25 @@ impl Workload {
                 &self.slo,
                 &mut s.metrics,
                 &mut s.counters,
-            )
+            );
+            self.count_from_warmup(started_in, s);
         });
         Some(())
     }
+
+    /// A request started in the warmup that ends after it: its outcome
+    /// counts, so it is counted as started in the same window as its outcome
+    /// (started + from warmup = ok + failed + incomplete after the warmup).
+    fn count_from_warmup(&self, started_in: u64, s: &mut crate::recorder::Shard) {
+        if started_in < self.warmup_intervals && s.interval >= self.warmup_intervals {
+            s.counters.requests_from_warmup += 1;
+        }
+    }
 }
 
-/// Runs the slice to its end. `stop` cancels everything at once (in-flight
-/// requests are dropped and counted neither ok nor failed).
+/// Runs the slice to its end. At the end of its duration no new request
+/// starts and in-flight ones may finish for the slice's drain, then they are
+/// cut. `stop` cuts everything at once. Cut requests count as incomplete.
 pub async fn run(
     work: Arc<Workload>,
     slice: SliceSpec,
@@ -179,15 +230,16 @@ pub async fn run(
         return StopReason::Completed;
     }
     let deadline = slice.duration.map(|d| start + d);
+    // No new requests from `run_over`; in-flight ones are cut at `cut`.
     let run_over = stop.child_token();
+    let cut = stop.child_token();
     if let Some(deadline) = deadline {
-        let t = run_over.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => t.cancel(),
-                _ = t.cancelled() => {}
-            }
-        });
+        tokio::spawn(end_of_run(
+            deadline,
+            slice.drain,
+            run_over.clone(),
+            cut.clone(),
+        ));
     }
     match slice.shape {
         Shape::Closed {
@@ -209,6 +261,7 @@ pub async fn run(
                     begin,
                     start,
                     profile: profile.clone(),
+                    cut: cut.clone(),
                 };
                 tasks.spawn(user_loop(ctx, run_over.clone()));
             }
@@ -238,17 +291,37 @@ pub async fn run(
                 deadline,
                 slice.max_requests,
                 &run_over,
+                &cut,
             )
             .await;
         }
     }
     run_over.cancel();
+    cut.cancel();
     if stop.is_cancelled() {
         StopReason::Controller
     } else if deadline.is_some_and(|d| Instant::now() >= d) && !work.budget_spent() {
         StopReason::Duration
     } else {
         StopReason::Completed
+    }
+}
+
+/// The end of a duration run: no new requests from the deadline, in-flight
+/// ones cut when the drain has run out (or at once on a stop).
+async fn end_of_run(
+    deadline: Instant,
+    drain: Duration,
+    run_over: CancellationToken,
+    cut: CancellationToken,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep_until(deadline.into()) => run_over.cancel(),
+        _ = cut.cancelled() => return,
+    }
+    tokio::select! {
+        _ = tokio::time::sleep_until((deadline + drain).into()) => cut.cancel(),
+        _ = cut.cancelled() => {}
     }
 }
 
@@ -259,6 +332,8 @@ struct UserCtx {
     begin: Instant,
     start: Instant,
     profile: Option<Profile>,
+    /// Cuts the request in flight.
+    cut: CancellationToken,
 }
 
 async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
@@ -286,7 +361,7 @@ async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
         }
         if ctx
             .work
-            .one_request(ctx.slot, None, &mut measure, &mut parsers, &stop)
+            .one_request(ctx.slot, None, &mut measure, &mut parsers, &ctx.cut)
             .await
             .is_none()
         {
@@ -362,7 +437,11 @@ fn arrival_clock(
         } => (rate, arrivals, phase),
     };
     let Some(profile) = rate else {
-        // "inf": the whole budget at the start.
+        // "inf": the whole budget at the agreed start (this thread runs
+        // before it, while the agent waits for the start barrier).
+        if !sleep_until_precise(start, &stop) {
+            return;
+        }
         while more(sent) && tx.send((start, None)).is_ok() {
             sent += 1;
         }
@@ -411,6 +490,7 @@ async fn open_loop(
     deadline: Option<Instant>,
     budget: Option<u64>,
     stop: &CancellationToken,
+    cut: &CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let clock_stop = Arc::new(AtomicBool::new(false));
@@ -437,6 +517,8 @@ async fn open_loop(
             a = rx.recv() => match a { Some(a) => a, None => break },
             _ = stop.cancelled() => break,
         };
+        // The span of the planned arrivals, whether or not they could start.
+        work.note_arrival(intended, start);
         let permit = match &cap {
             Some(sem) => tokio::select! {
                 p = sem.clone().acquire_owned() => p.ok(),
@@ -448,7 +530,7 @@ async fn open_loop(
             break;
         }
         while tasks.try_join_next().is_some() {}
-        let (work, stop) = (work.clone(), stop.clone());
+        let (work, cut) = (work.clone(), cut.clone());
         slot = slot.wrapping_add(1);
         let my_slot = slot;
         tasks.spawn(async move {
@@ -457,7 +539,7 @@ async fn open_loop(
             m.intend(intended);
             let mut p = Parsers::default();
             let _ = work
-                .one_request(my_slot, prompt, &mut m, &mut p, &stop)
+                .one_request(my_slot, prompt, &mut m, &mut p, &cut)
                 .await;
         });
     }
@@ -465,6 +547,7 @@ async fn open_loop(
     // Arrivals already due but never sent are reported, not dropped silently.
     while let Ok((due, _)) = rx.try_recv() {
         if due <= Instant::now() {
+            work.note_arrival(due, start);
             unsent += 1;
         }
     }
@@ -472,12 +555,8 @@ async fn open_loop(
         work.recorder
             .with_shard(0, |s| s.counters.arrivals_unsent += unsent);
     }
-    loop {
-        tokio::select! {
-            t = tasks.join_next() => if t.is_none() { break },
-            _ = stop.cancelled() => { tasks.abort_all(); while tasks.join_next().await.is_some() {} break }
-        }
-    }
+    // Requests in flight drain; a cut ends them (recorded as incomplete).
+    while tasks.join_next().await.is_some() {}
 }
 
 #[cfg(test)]

@@ -289,6 +289,40 @@ impl RequestMeasure {
             counters.requests_good += 1;
         }
     }
+
+    /// Records a request cut before its end (the drain ran out, or the run
+    /// was stopped): it counts as incomplete. What was seen is kept (`ttft`,
+    /// `ttfo`, schedule lag and `ttft_intended`, each `chunk_gap` and its
+    /// `itl` samples); what needs the end is censored (`e2e`, `tpot`, token
+    /// counts, `max_stall`, goodput).
+    pub fn record_cut(&self, metrics: &mut MetricSet, counters: &mut Counters) {
+        counters.requests_incomplete += 1;
+        let Some(start) = self.start else { return };
+        let since = |t: Instant| micros(t.saturating_duration_since(start));
+        counters.response_bytes += self.response_bytes;
+        counters.chunks += self.chunks;
+        counters.chunk_tokens_assumed += self.chunks_assumed;
+        counters.reasoning_chunks += self.reasoning_chunks;
+        if let Some(t) = self.first_output {
+            metrics.record(Metric::Ttft, since(t));
+        }
+        if let Some(t) = self.first_answer {
+            metrics.record(Metric::Ttfo, since(t));
+        }
+        if let Some(i) = self.intended {
+            metrics.record(
+                Metric::ScheduleLag,
+                micros(start.saturating_duration_since(i)),
+            );
+            if let Some(f) = self.first_output {
+                metrics.record(Metric::TtftIntended, micros(f.saturating_duration_since(i)));
+            }
+        }
+        for g in &self.gaps {
+            metrics.record(Metric::ChunkGap, g.micros);
+            metrics.record_n(Metric::Itl, g.micros / g.tokens.max(1), g.tokens.max(1));
+        }
+    }
 }
 
 #[cfg(test)]

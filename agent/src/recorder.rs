@@ -9,6 +9,9 @@ use barrage_common::metrics::{Counters, Layouts, MetricError, MetricSet};
 pub struct Shard {
     pub metrics: MetricSet,
     pub counters: Counters,
+    /// Cuts taken of this shard so far: the index of the interval what is
+    /// recorded now lands in (read under the same lock, so exact).
+    pub interval: u64,
 }
 
 pub struct Recorder {
@@ -23,6 +26,7 @@ impl Recorder {
                 Ok(Mutex::new(Shard {
                     metrics: MetricSet::new(layouts)?,
                     counters: Counters::default(),
+                    interval: 0,
                 }))
             })
             .collect::<Result<_, MetricError>>()?;
@@ -51,6 +55,7 @@ impl Recorder {
             metrics.add(&s.metrics)?;
             s.metrics.reset();
             counters.add(&std::mem::take(&mut s.counters));
+            s.interval += 1;
         }
         Ok((metrics, counters))
     }

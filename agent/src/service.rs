@@ -259,9 +259,16 @@ pub(crate) fn clock_reply(p: &pb::ClockProbe) -> pb::ClockReply {
     }
 }
 
-/// The agreed start as an `Instant` of this process (never in the past).
-pub(crate) fn start_instant(start: &pb::Start) -> Instant {
-    instant_at(start.start_at_agent_mono_ns).max(Instant::now())
+/// The agreed start as an `Instant` of this process (0: now), and when the
+/// step really starts: the agreed instant, or now when the `Start` came too
+/// late (the lateness is then reported against the agreed instant).
+pub(crate) fn start_instants(start: &pb::Start) -> (Instant, Instant) {
+    let now = Instant::now();
+    let agreed = match start.start_at_agent_mono_ns {
+        0 => now,
+        ns => instant_at(ns),
+    };
+    (agreed, agreed.max(now))
 }
 
 pub(crate) fn kind(m: &controller_msg::Msg) -> &'static str {

@@ -18,7 +18,7 @@ use crate::health::{LagProbe, ProcessSampler, health};
 use crate::profile::Profile;
 use crate::recorder::Recorder;
 use crate::resume::{Conn, Resumed, Tx, Unacked};
-use crate::service::{HELLO_TIMEOUT, Inner, clock_reply, hello_ack, kind, msg, start_instant};
+use crate::service::{HELLO_TIMEOUT, Inner, clock_reply, hello_ack, kind, msg, start_instants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -156,7 +156,8 @@ pub(crate) async fn run_session(inner: Arc<Inner>, conn: &mut Conn) -> Result<()
                         "start before the step was prepared".into(),
                     ));
                 };
-                return run_step(&inner, p, start_instant(&s), conn).await;
+                let (agreed, start) = start_instants(&s);
+                return run_step(&inner, p, [agreed, start], conn).await;
             }
             Some(controller_msg::Msg::Stop(_)) => return Ok(()),
             Some(controller_msg::Msg::Heartbeat(_) | controller_msg::Msg::FinalAck(_)) | None => {}
@@ -216,10 +217,12 @@ fn prepare(
         shape,
         max_requests: slice.max_requests,
         duration: (slice.duration_ms > 0).then(|| Duration::from_millis(slice.duration_ms)),
+        drain: Duration::from_millis(p.drain_ms),
         seed: p.seed,
     };
     let mut work = Workload::new(client, bodies, recorder, p.seed, spec.max_requests);
     work.slo = p.slo.unwrap_or_default();
+    work.warmup_intervals = p.warmup_intervals;
     if !p.tokenizer_json.is_empty() {
         let tok = tokenizers::Tokenizer::from_bytes(&p.tokenizer_json)
             .map_err(|e| SessionError::Prepare(format!("dataset.tokenizer: {e}")))?;
@@ -371,10 +374,12 @@ async fn await_resume(resumes: &mut mpsc::Receiver<Resumed>, until: Instant) -> 
         .flatten()
 }
 
+/// `[agreed, start]`: the agreed start and the real one (later when the
+/// `Start` arrived late).
 async fn run_step(
     inner: &Inner,
     p: Prepared,
-    start: Instant,
+    [agreed, start]: [Instant; 2],
     conn: &mut Conn,
 ) -> Result<(), SessionError> {
     let Some(rt) = inner.runtime.handle() else {
@@ -399,7 +404,7 @@ async fn run_step(
     let (mut resumes, _door) = inner.resume.open(&p.prepare.run_id);
 
     tokio::time::sleep_until(start.into()).await;
-    let late = Instant::now().saturating_duration_since(start);
+    let late = Instant::now().saturating_duration_since(agreed);
     send(
         &conn.tx,
         agent_msg::Msg::Started(pb::Started {
@@ -505,7 +510,7 @@ async fn run_step(
             "controller lost during the run".into(),
         ));
     }
-    finish_step(conn, &iv, reason).await
+    finish_step(conn, &iv, reason, p.work.last_arrival_us()).await
 }
 
 /// Sends the step's totals and waits (bounded) for the controller's ack.
@@ -513,6 +518,7 @@ async fn finish_step(
     conn: &mut Conn,
     iv: &Intervals,
     reason: pb::StopReason,
+    last_arrival_us: Option<u64>,
 ) -> Result<(), SessionError> {
     let fin = pb::Final {
         last_seq: iv.seq,
@@ -520,6 +526,7 @@ async fn finish_step(
         metrics: iv.totals.encode()?,
         counters: Some(iv.total_counters.to_proto()),
         reason: reason as i32,
+        last_arrival_us,
     };
     send(&conn.tx, agent_msg::Msg::Final(fin)).await?;
     // Wait (bounded) for the ack so the controller surely has the totals.

@@ -7,4 +7,5 @@ mod support;
 mod cluster;
 mod partition;
 mod safety;
+mod start;
 mod tls;

@@ -96,6 +96,11 @@ pub struct LoadSection {
     /// Excluded from the statistics, shown in the time series.
     #[serde(default, with = "humantime_serde")]
     pub warmup: Option<Duration>,
+    /// End of a duration run: how long requests in flight may still finish
+    /// (and count) before they are cut; absent: the target's timeout, at
+    /// most 30 s. "0s" cuts them at once.
+    #[serde(default, with = "humantime_serde")]
+    pub drain: Option<Duration>,
     /// Trace: a JSONL file of `{timestamp, input_tokens, output_tokens, prompt?}`.
     pub trace: Option<std::path::PathBuf>,
     /// Trace: gaps are multiplied by this (0.5 replays twice as fast). Default 1.
@@ -152,6 +157,13 @@ impl LoadSection {
             (None, LoadMode::Stages) => Some(self.stages_duration()),
             (None, _) => None,
         }
+    }
+
+    /// The drain of a duration run: `drain`, else the target's timeout
+    /// capped at 30 s (k6's `gracefulStop` is 30 s too).
+    pub fn drain_or(&self, target_timeout: Duration) -> Duration {
+        self.drain
+            .unwrap_or_else(|| target_timeout.min(Duration::from_secs(30)))
     }
 
     /// The most users this load can have (for splitting and the report):

@@ -503,6 +503,10 @@ pub struct Counters {
     pub reasoning_chunks: u64,
     /// Requests whose output tokens were counted with the plan's tokenizer.
     pub usage_tokenizer: u64,
+    /// Started requests cut by the end of the drain or a stop (e2e censored).
+    pub requests_incomplete: u64,
+    /// Requests started in the warmup that ended after it.
+    pub requests_from_warmup: u64,
 }
 
 impl Counters {
@@ -531,6 +535,12 @@ impl Counters {
         self.requests_good = self.requests_good.saturating_add(o.requests_good);
         self.reasoning_chunks = self.reasoning_chunks.saturating_add(o.reasoning_chunks);
         self.usage_tokenizer = self.usage_tokenizer.saturating_add(o.usage_tokenizer);
+        self.requests_incomplete = self
+            .requests_incomplete
+            .saturating_add(o.requests_incomplete);
+        self.requests_from_warmup = self
+            .requests_from_warmup
+            .saturating_add(o.requests_from_warmup);
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -566,6 +576,8 @@ impl Counters {
             requests_good: self.requests_good,
             reasoning_chunks: self.reasoning_chunks,
             usage_tokenizer: self.usage_tokenizer,
+            requests_incomplete: self.requests_incomplete,
+            requests_from_warmup: self.requests_from_warmup,
         }
     }
 
@@ -588,6 +600,8 @@ impl Counters {
             requests_good: p.requests_good,
             reasoning_chunks: p.reasoning_chunks,
             usage_tokenizer: p.usage_tokenizer,
+            requests_incomplete: p.requests_incomplete,
+            requests_from_warmup: p.requests_from_warmup,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

@@ -290,7 +290,7 @@ pub async fn main(cli: Cli) -> i32 {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if stop_signal().await {
             c.cancel();
         }
     });
@@ -323,6 +323,30 @@ pub async fn main(cli: Cli) -> i32 {
                 _ => EXIT_FAILED,
             }
         }
+    }
+}
+
+/// Waits for Ctrl-C, or SIGTERM (what Kubernetes and systemd send to stop a
+/// job): both stop every agent and still write what was measured. False
+/// when no signal can be listened for.
+async fn stop_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                r = tokio::signal::ctrl_c() => r.is_ok(),
+                t = term.recv() => t.is_some(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C still stops the run");
+                tokio::signal::ctrl_c().await.is_ok()
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod dataset;
+pub mod edges;
 pub mod embedded;
 pub mod link;
 pub mod merge;

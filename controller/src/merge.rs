@@ -88,6 +88,8 @@ pub struct Merger {
     pub agents: Vec<AgentTally>,
     pending: BTreeMap<u64, Pending>,
     pub timeline: Vec<IntervalRow>,
+    /// Open loop: the latest intended arrival any agent sent (µs after start).
+    pub last_arrival_us: Option<u64>,
 }
 
 fn ms(v: Option<u64>) -> Option<f64> {
@@ -125,6 +127,7 @@ impl Merger {
             agents,
             pending: BTreeMap::new(),
             timeline: Vec::new(),
+            last_arrival_us: None,
         })
     }
 
@@ -192,6 +195,7 @@ impl Merger {
             .as_ref()
             .map(Counters::from_proto)
             .unwrap_or_default();
+        self.last_arrival_us = self.last_arrival_us.max(fin.last_arrival_us);
         if let Some(a) = self.agents.get_mut(agent) {
             a.finished = true;
             a.last_seq = fin.last_seq;

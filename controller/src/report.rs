@@ -110,10 +110,15 @@ pub struct Summary {
     pub status: String,
     pub duration_s: f64,
     pub users: u64,
+    /// Handed to the HTTP client after the warmup, plus those started in
+    /// the warmup that ended after it: each ends as exactly one of ok,
+    /// failed or incomplete.
+    pub requests_started: u64,
     pub requests_total: u64,
     pub requests_ok: u64,
     pub requests_failed: u64,
-    /// Started but neither succeeded nor failed (cut off by the end of the run).
+    /// Started but cut before they ended (still open after the drain, or at
+    /// an interrupt): neither ok nor failed; their e2e is censored.
     pub requests_incomplete: u64,
     pub success_rate: f64,
     pub errors: BTreeMap<&'static str, u64>,
@@ -140,8 +145,12 @@ pub struct Summary {
     pub max_start_skew_ms: Option<f64>,
     /// Worst clock-offset uncertainty (half the best probe round trip).
     pub max_clock_uncertainty_ms: Option<f64>,
-    /// Seconds at the start left out of every figure (still in the timeline).
+    /// Seconds at the start left out of every figure (still in the timeline):
+    /// the warmup rounded up to whole intervals.
     pub warmup_s: f64,
+    /// Duration runs: how long requests in flight could still finish after
+    /// the end before being cut (0: cut at once).
+    pub drain_s: Option<f64>,
     /// Open-loop figures: offered vs achieved rate and how far behind the
     /// schedule the client fell.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,10 +236,11 @@ impl Summary {
             status: facts.status,
             duration_s: d,
             users: facts.users,
+            requests_started: c.requests_started + c.requests_from_warmup,
             requests_total: total,
             requests_ok: c.requests_ok,
             requests_failed: c.requests_failed,
-            requests_incomplete: c.requests_started.saturating_sub(total),
+            requests_incomplete: c.requests_incomplete,
             success_rate: if total > 0 {
                 c.requests_ok as f64 / total as f64
             } else {
@@ -269,6 +279,7 @@ impl Summary {
             max_start_skew_ms: max_skew,
             max_clock_uncertainty_ms: max_uncertainty,
             warmup_s: 0.0,
+            drain_s: None,
             open_loop: None,
             monitor: None,
             thresholds: Vec::new(),

@@ -363,11 +363,12 @@ async fn drive(
         },
     };
     let interval = plan.metrics.interval;
+    let drain = crate::edges::drain(plan);
     let hard_deadline = match load
         .effective_duration()
         .or(trace.map(|t| Duration::from_secs_f64(t.span_s())))
     {
-        Some(d) => d + plan.target.timeout + Duration::from_secs(30),
+        Some(d) => d + drain + plan.target.timeout + Duration::from_secs(30),
         None => Duration::from_secs(24 * 3600),
     };
     let chunks: Vec<Vec<pb::DatasetChunk>> = match &per_agent {
@@ -403,6 +404,12 @@ async fn drive(
             plan_sha256: plan_sha.to_owned(),
             slo: Some(request_slo(plan)),
             tokenizer_json: tokenizer_json.to_vec(),
+            drain_ms: drain.as_millis() as u64,
+            warmup_intervals: crate::edges::warmup_window(
+                load.warmup.unwrap_or_default(),
+                interval,
+            )
+            .0,
         };
         link.prepare(prepare, &chunks[i])
     });
@@ -455,8 +462,9 @@ async fn drive(
             .as_ref()
             .map_or(1.0, |c| f64::from(c.cores.max(1)));
     }
-    let warmup = load.warmup.unwrap_or_default();
-    merger.warmup_intervals = (warmup.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+    let (warmup_intervals, warmup_s) =
+        crate::edges::warmup_window(load.warmup.unwrap_or_default(), interval);
+    merger.warmup_intervals = warmup_intervals;
     let checks = plan
         .thresholds
         .checks()
@@ -599,11 +607,17 @@ async fn drive(
         .any(|a| a.lost.is_some() || a.totals_mismatch.is_some() || a.intervals_missing > 0)
         || !merge_errors.is_empty();
     let run_s = end.saturating_duration_since(start_instant).as_secs_f64();
-    let measured_s = if warmup.as_secs_f64() < run_s {
-        run_s - warmup.as_secs_f64()
+    let measured_s = if warmup_s < run_s {
+        run_s - warmup_s
     } else {
         run_s
     };
+    let achieved_rate = crate::edges::achieved_rate(
+        merger.counters.requests_started,
+        merger.last_arrival_us.map(|us| us as f64 / 1e6),
+        warmup_s.min(run_s),
+        measured_s,
+    );
     let offered_rate = match load.mode() {
         barrage_common::load::LoadMode::Rate => load.rate_per_second(),
         barrage_common::load::LoadMode::Stages if load.open_loop() => {
@@ -618,6 +632,7 @@ async fn drive(
     let figures = crate::verdict::RunFigures {
         duration_s: measured_s,
         offered_rate,
+        achieved_rate: Some(achieved_rate),
     };
     let results = crate::verdict::evaluate(&checks, &merger.totals, &merger.counters, figures);
     let breached = results.iter().any(|r| !r.passed) || aborted.is_some();
@@ -632,6 +647,13 @@ async fn drive(
     };
     let mut notes = merge_errors;
     notes.extend(agents.iter().filter_map(sequence_note));
+    notes.extend(crate::edges::cut_note(
+        merger.counters.requests_incomplete,
+        drain,
+        load.effective_duration().is_some(),
+        interrupted,
+    ));
+    notes.extend(crate::edges::late_start_notes(&agents));
     if let Some(key) = &aborted {
         notes.push(format!(
             "stopped early: threshold {key} was clearly lost (abort_on_breach)"
@@ -691,7 +713,8 @@ async fn drive(
         notes,
     );
     let mut summary = summary;
-    summary.warmup_s = warmup.as_secs_f64().min(run_s);
+    summary.warmup_s = warmup_s.min(run_s);
+    summary.drain_s = load.effective_duration().map(|_| drain.as_secs_f64());
     summary.thresholds = results;
     if request_slo(plan) != pb::RequestSlo::default() && measured_s > 0.0 {
         summary.goodput = Some(merger.counters.requests_good as f64 / measured_s);
@@ -707,11 +730,7 @@ async fn drive(
         let ms = |v: Option<u64>| v.map(|x| x as f64 / 1000.0);
         summary.open_loop = Some(report::OpenLoopReport {
             offered_rate,
-            achieved_rate: if measured_s > 0.0 {
-                merger.counters.requests_started as f64 / measured_s
-            } else {
-                0.0
-            },
+            achieved_rate,
             arrivals_unsent: merger.counters.arrivals_unsent,
             schedule_lag_p50_ms: ms(lag.quantile(0.5)),
             schedule_lag_p99_ms: ms(lag.quantile(0.99)),

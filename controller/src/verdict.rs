@@ -10,6 +10,9 @@ pub struct RunFigures {
     pub duration_s: f64,
     /// Open loop: planned arrivals per second (None: closed loop or "inf").
     pub offered_rate: Option<f64>,
+    /// Open loop: started per second over the arrivals' span (None: over
+    /// `duration_s`).
+    pub achieved_rate: Option<f64>,
 }
 
 fn per_s(n: u64, s: f64) -> Option<f64> {
@@ -36,7 +39,9 @@ pub fn actual(check: &Check, totals: &MetricSet, c: &Counters, f: RunFigures) ->
         Subject::RequestThroughput => per_s(c.requests_ok, f.duration_s),
         Subject::OutputThroughput => per_s(c.output_tokens, f.duration_s),
         Subject::AchievedRateRatio => {
-            let achieved = per_s(c.requests_started, f.duration_s)?;
+            let achieved = f
+                .achieved_rate
+                .or_else(|| per_s(c.requests_started, f.duration_s))?;
             f.offered_rate.filter(|o| *o > 0.0).map(|o| achieved / o)
         }
     }
@@ -119,6 +124,7 @@ mod tests {
         let f = RunFigures {
             duration_s: 10.0,
             offered_rate: None,
+            achieved_rate: None,
         };
         let r = evaluate(
             &[

@@ -141,7 +141,12 @@ async fn user_stages_ramp_up_and_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmup_is_left_out_of_the_totals_but_kept_in_the_timeline() {
     let _serial = LOAD.lock().await;
-    let (s, _) = run("users = 4\nduration = \"3s\"\nwarmup = \"1s\"", "").await;
+    // drain = 0: the run ends at 3 s sharp, so the measured time is known.
+    let (s, _) = run(
+        "users = 4\nduration = \"3s\"\nwarmup = \"1s\"\ndrain = \"0s\"",
+        "",
+    )
+    .await;
     assert_eq!(s.warmup_s, 1.0);
     let in_timeline: u64 = s.timeline.iter().map(|r| r.requests_ok).sum();
     let warm: u64 = s

@@ -8,6 +8,7 @@ mod cli;
 mod cluster_edges;
 mod datasets;
 mod e2e;
+mod edges;
 mod limits;
 mod load_models;
 mod monitor;
