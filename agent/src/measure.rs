@@ -53,6 +53,8 @@ pub struct RequestMeasure {
     tokenized: bool,
     pub saw_done: bool,
     pub malformed: bool,
+    /// Times this request was resent after a stale pooled connection.
+    pub connection_retries: u64,
 }
 
 fn micros(d: Duration) -> u64 {

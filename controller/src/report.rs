@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use barrage_common::error_detail::ErrorDetails;
 use barrage_common::metrics::{ErrorClass, Metric, MetricSet, Series};
 use serde::Serialize;
 
@@ -100,7 +101,8 @@ pub struct Summary {
     pub started_at: String,
     pub target: String,
     pub api: String,
-    /// "completed", "interrupted", "degraded" or "failed".
+    /// "completed", "interrupted", "degraded", "breached" or "failed" (no
+    /// request succeeded).
     pub status: String,
     pub duration_s: f64,
     pub users: u64,
@@ -110,7 +112,17 @@ pub struct Summary {
     /// Started but neither succeeded nor failed (cut off by the end of the run).
     pub requests_incomplete: u64,
     pub success_rate: f64,
+    /// Failed / (succeeded + failed).
+    pub failure_rate: f64,
     pub errors: BTreeMap<&'static str, u64>,
+    /// Why requests failed, per error class: HTTP statuses and underlying
+    /// causes (OS error, DNS failure...) with counts, and a few distinct
+    /// example messages (status, `Location`, the body's first bytes, the
+    /// error chain).
+    pub error_details: ErrorDetails,
+    /// Requests resent once on a new connection because the pooled one had
+    /// been closed by the server before any response byte.
+    pub connection_retries: u64,
     pub request_throughput: f64,
     /// Completed requests per second within every per-request `[slo]` limit
     /// (`None` when the plan has no per-request SLO).
@@ -230,11 +242,18 @@ impl Summary {
             } else {
                 0.0
             },
+            failure_rate: if total > 0 {
+                c.requests_failed as f64 / total as f64
+            } else {
+                0.0
+            },
             errors: ErrorClass::ALL
                 .iter()
                 .filter(|e| c.error(**e) > 0)
                 .map(|e| (e.name(), c.error(*e)))
                 .collect(),
+            error_details: c.error_details.clone(),
+            connection_retries: c.connection_retries,
             request_throughput: per_s(c.requests_ok, d),
             goodput: None,
             requests_per_minute: per_s(c.requests_ok, d) * 60.0,
@@ -316,12 +335,22 @@ pub fn render(s: &Summary) -> String {
     ];
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let _ = writeln!(out, "\nSummary: {}  (run {})", s.name, s.run_id);
+    if let Some(line) = failure_headline(s) {
+        let _ = writeln!(out, "  {line}");
+    }
     for (k, v) in &rows {
         let _ = writeln!(out, "  {k:<w$}  {v}");
     }
     if !s.errors.is_empty() {
         let errs: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(out, "  {:<w$}  {}", "Errors by class", errs.join(" "));
+    }
+    if s.connection_retries > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<w$}  {} (resent once on a new connection: the server had closed the pooled one)",
+            "Connection retries", s.connection_retries
+        );
     }
     let _ = writeln!(
         out,
@@ -372,6 +401,7 @@ pub fn render(s: &Summary) -> String {
         }
         let _ = writeln!(out, "{:>10}", d.count);
     }
+    render_error_details(&mut out, s);
     if let Some(o) = &s.open_loop {
         let _ = writeln!(
             out,
@@ -431,6 +461,56 @@ pub fn render(s: &Summary) -> String {
         let _ = writeln!(out, "  note: {n}");
     }
     out
+}
+
+/// The line at the top of the summary when any request failed.
+fn failure_headline(s: &Summary) -> Option<String> {
+    if s.requests_failed == 0 {
+        return None;
+    }
+    if s.requests_ok == 0 {
+        return Some(format!(
+            "FAILED: all {} requests failed (see \"Why requests failed\" below)",
+            s.requests_failed
+        ));
+    }
+    Some(format!(
+        "{:.1} % of requests failed ({} of {})",
+        s.failure_rate * 100.0,
+        s.requests_failed,
+        s.requests_total
+    ))
+}
+
+/// Per error class: the statuses and causes seen, with counts, and a few
+/// example messages.
+fn render_error_details(out: &mut String, s: &Summary) {
+    if s.error_details.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nWhy requests failed");
+    for (class, d) in &s.error_details.0 {
+        let _ = writeln!(
+            out,
+            "  {} ({} requests)",
+            class.name(),
+            s.errors.get(class.name()).copied().unwrap_or(0)
+        );
+        if !d.statuses.is_empty() {
+            let seen: Vec<String> = d
+                .statuses
+                .iter()
+                .map(|(k, n)| format!("{k} ×{n}"))
+                .collect();
+            let _ = writeln!(out, "    HTTP status: {}", seen.join(", "));
+        }
+        for (cause, n) in &d.causes {
+            let _ = writeln!(out, "    cause ×{n}: {cause}");
+        }
+        for e in &d.examples {
+            let _ = writeln!(out, "    e.g. {e}");
+        }
+    }
 }
 
 fn stat(s: Option<&barrage_gpu_exporter::summary::Stat>, digits: usize) -> String {

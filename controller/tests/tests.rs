@@ -7,6 +7,7 @@ mod apis;
 mod cli;
 mod datasets;
 mod e2e;
+mod failures;
 mod load_models;
 mod monitor;
 mod sweeps;
