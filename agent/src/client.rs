@@ -280,6 +280,7 @@ impl TargetClient {
     ) -> Result<(), RequestError> {
         let handoff = Instant::now();
         m.begin(handoff);
+        m.unstreamed = !self.stream;
         let resp = self.post(body, handoff, m).await?;
         if !resp.status().is_success() {
             return Err(failure::from_status(resp).await);

@@ -80,6 +80,15 @@ impl Metric {
         Metric::ALL.into_iter().find(|m| m.name() == name)
     }
 
+    /// False for the metrics made of gaps between chunks (`chunk_gap`,
+    /// `itl`, `tpot`, `max_stall`): a response that is not streamed has none.
+    pub fn observable_unstreamed(self) -> bool {
+        !matches!(
+            self,
+            Metric::ChunkGap | Metric::Itl | Metric::Tpot | Metric::MaxStall
+        )
+    }
+
     pub fn is_latency(self) -> bool {
         !matches!(self, Metric::InputTokens | Metric::OutputTokens)
     }

@@ -142,6 +142,9 @@ pub struct Summary {
     /// vs estimated, and chunks whose token count was assumed to be 1.
     pub token_source: TokenSource,
     pub metrics: BTreeMap<&'static str, Distribution>,
+    /// Metrics this run could not observe (responses not streamed: the gaps
+    /// between chunks); shown as "–", never as 0.
+    pub not_observable: Vec<&'static str>,
     pub agents: Vec<AgentReport>,
     pub max_start_skew_ms: Option<f64>,
     /// Worst clock-offset uncertainty (half the best probe round trip).
@@ -198,7 +201,12 @@ pub struct RunFacts {
     pub status: String,
     pub duration_s: f64,
     pub users: u64,
+    /// Responses came as streams of chunks (see `PlanFile::streams`).
+    pub streamed: bool,
 }
+
+/// The note of a run whose responses were not streamed.
+pub const UNSTREAMED_NOTE: &str = "responses were not streamed: ttft = e2e (the first token arrives with all the others); chunk_gap, itl, tpot and max_stall cannot be observed and are not recorded";
 
 fn per_s(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
@@ -278,6 +286,11 @@ impl Summary {
                 .iter()
                 .map(|m| (m.name(), Distribution::of(*m, totals.get(*m))))
                 .collect(),
+            not_observable: Metric::ALL
+                .iter()
+                .filter(|m| !facts.streamed && !m.observable_unstreamed())
+                .map(|m| m.name())
+                .collect(),
             agents,
             max_start_skew_ms: max_skew,
             max_clock_uncertainty_ms: max_uncertainty,
@@ -285,12 +298,22 @@ impl Summary {
             open_loop: None,
             monitor: None,
             thresholds: Vec::new(),
-            notes,
+            notes: unstreamed_note(facts.streamed)
+                .into_iter()
+                .chain(notes)
+                .collect(),
             timeline,
             simulator: None,
         }
     }
 }
+
+fn unstreamed_note(streamed: bool) -> Option<String> {
+    (!streamed).then(|| UNSTREAMED_NOTE.to_owned())
+}
+
+/// What the console shows for a value that cannot exist in this run.
+const UNOBSERVABLE: &str = "–";
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
@@ -328,8 +351,14 @@ pub fn render(s: &Summary) -> String {
         ),
         ("Avg e2e (ms)", opt(s.avg_e2e_ms, 2)),
         ("Avg ttft (ms)", opt(s.avg_ttft_ms, 2)),
-        ("Avg tpot (ms)", opt(s.avg_tpot_ms, 3)),
-        ("Avg itl (ms)", opt(s.avg_itl_ms, 3)),
+        (
+            "Avg tpot (ms)",
+            observed(s, Metric::Tpot, opt(s.avg_tpot_ms, 3)),
+        ),
+        (
+            "Avg itl (ms)",
+            observed(s, Metric::Itl, opt(s.avg_itl_ms, 3)),
+        ),
         ("Avg input tokens/request", opt(s.avg_input_tokens, 1)),
         ("Avg output tokens/request", opt(s.avg_output_tokens, 1)),
     ];
@@ -388,7 +417,14 @@ pub fn render(s: &Summary) -> String {
         {
             continue;
         }
-        let _ = write!(out, "  {:<14}", m.name());
+        let _ = write!(out, "  {:<14}", row_label(s, m));
+        if s.not_observable.contains(&m.name()) {
+            for _ in PERCENTILES {
+                let _ = write!(out, "{UNOBSERVABLE:>10}");
+            }
+            let _ = writeln!(out, "{UNOBSERVABLE:>10}");
+            continue;
+        }
         for (name, _) in PERCENTILES {
             let _ = write!(
                 out,
@@ -461,6 +497,24 @@ pub fn render(s: &Summary) -> String {
         let _ = writeln!(out, "  note: {n}");
     }
     out
+}
+
+/// `shown`, or "–" when this run could not observe `m`.
+fn observed(s: &Summary, m: Metric, shown: String) -> String {
+    if s.not_observable.contains(&m.name()) {
+        UNOBSERVABLE.to_owned()
+    } else {
+        shown
+    }
+}
+
+/// The metric's name; `ttft` says when it is the e2e of one body.
+fn row_label(s: &Summary, m: Metric) -> String {
+    if m == Metric::Ttft && !s.not_observable.is_empty() {
+        "ttft (= e2e)".to_owned()
+    } else {
+        m.name().to_owned()
+    }
 }
 
 /// The line at the top of the summary when any request failed.

@@ -164,7 +164,7 @@ fn target_proto(plan: &PlanFile, url: &str) -> Result<pb::Target, RunError> {
             })
             .collect(),
         // Embeddings answer with one body.
-        stream: plan.target.stream && plan.target.api != ApiKind::OpenaiEmbeddings,
+        stream: plan.streams(),
         timeout_ms: plan.target.timeout.as_millis() as u64,
         include_usage: plan.target.include_usage,
         connect_timeout_ms: plan.target.connect_timeout.as_millis() as u64,
@@ -699,6 +699,7 @@ async fn drive(
         status: verdict.name().to_owned(),
         duration_s: measured_s,
         users: load.peak_users(),
+        streamed: plan.streams(),
     };
     let summary = Summary::build(
         facts,

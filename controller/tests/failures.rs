@@ -1,7 +1,9 @@
 //! Failure must look like failure: a run where nothing succeeds fails, and
 //! every error keeps its detail (status, body, OS error), redirects are not
 //! followed, and a server that closes each keep-alive connection loses no
-//! request. Real HTTP on loopback: llm-sim with faults, or small servers here.
+//! request; what a run cannot observe (gaps between chunks of a response that
+//! is not streamed) is not reported as a number. Real HTTP on loopback:
+//! llm-sim with faults, or small servers here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -287,4 +289,33 @@ async fn a_server_that_closes_each_keep_alive_connection_loses_no_request() {
     // never answered.
     assert_eq!(unanswered.load(Ordering::SeqCst), s.connection_retries);
     assert!(render(s).contains("Connection retries"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstreamed_responses_give_ttft_equal_to_e2e_and_no_gap_metrics() {
+    let _serial = LOAD.lock().await;
+    let sim = "[simulator]\nttft = \"10ms\"\nitl = \"2ms\"";
+    let o = run_text(&plan("stream = false", 2, 6, sim), RunOptions::default()).await;
+    let s = &o.summary;
+    assert_eq!(s.requests_ok, 6);
+    let (ttft, e2e) = (&s.metrics["ttft"], &s.metrics["e2e"]);
+    assert_eq!(ttft.count, 6);
+    assert_eq!(ttft, e2e, "one body: the first token arrives with the last");
+    for unseen in ["tpot", "chunk_gap", "itl", "max_stall"] {
+        assert_eq!(s.metrics[unseen].count, 0, "{unseen} is not recorded");
+        assert!(s.not_observable.contains(&unseen), "{:?}", s.not_observable);
+    }
+    let console = render(s);
+    let tpot_row = console
+        .lines()
+        .find(|l| l.trim_start().starts_with("tpot"))
+        .unwrap_or_default();
+    assert!(
+        tpot_row.contains('–') && !tpot_row.contains("0.00"),
+        "{console}"
+    );
+    assert!(
+        console.contains("ttft (= e2e)") && console.contains("not streamed"),
+        "{console}"
+    );
 }
