@@ -33,7 +33,7 @@ fn plan(target: &str, users: u32, requests: u32, extra: &str) -> String {
         users = {users}
         requests = {requests}
         [cluster]
-        embedded_agents = 1
+        embedded_agents = 2
         [output]
         dir = "{}"
         {extra}
@@ -60,12 +60,20 @@ async fn a_run_where_every_request_fails_is_a_failed_run_that_says_why() {
     let o = run_text(&text, RunOptions::default()).await;
     let s = &o.summary;
     assert_eq!((s.requests_ok, s.requests_failed), (0, 6));
+    assert!(
+        s.agents.iter().all(|a| a.requests_failed > 0),
+        "both agents failed"
+    );
     assert_eq!(o.verdict, Verdict::Failed);
     assert_eq!(o.verdict.exit_code(), 5);
     assert_eq!(s.status, "failed");
     let d = detail(s, ErrorClass::Http5xx);
     assert_eq!(d.statuses.get(&500), Some(&6), "{d:?}");
-    assert_eq!(d.examples.len(), 1, "one distinct message: {d:?}");
+    assert_eq!(
+        d.examples.len(),
+        1,
+        "one distinct message, merged from both agents: {d:?}"
+    );
     assert!(
         d.examples[0].contains("HTTP 500") && d.examples[0].contains("injected fault"),
         "status and the body's first bytes: {d:?}"
