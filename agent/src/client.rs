@@ -2,8 +2,10 @@
 //! prepare time, and one `send` that streams the response through the right
 //! parser into a `RequestMeasure`, classifying every failure.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use barrage_common::error_detail::RequestError;
 use barrage_common::metrics::ErrorClass;
 use barrage_common::redact::redact_url;
 use barrage_proto::agent::v1::{self as pb, Api};
@@ -13,6 +15,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, Header
 use serde_json::{Map, Value, json};
 
 use crate::chunk;
+use crate::failure::{self, from_reqwest};
 use crate::measure::RequestMeasure;
 use crate::ndjson::NdjsonSplitter;
 use crate::sse::SseParser;
@@ -50,8 +53,17 @@ pub struct Parsers {
     ndjson: NdjsonSplitter,
 }
 
+/// Stale-connection retries after which a target counts as one that closes
+/// connections it announced as keep-alive, and pooling to it stops.
+const STALE_RETRIES_BEFORE_NO_POOL: u64 = 3;
+
 pub struct TargetClient {
     http: reqwest::Client,
+    /// Same settings, but never reuses a connection: for retries, and for
+    /// every request once the target proved to close pooled connections.
+    unpooled: reqwest::Client,
+    stale_retries: AtomicU64,
+    no_pool: AtomicBool,
     url: reqwest::Url,
     api: Api,
     reader: chunk::ChunkReader,
@@ -96,26 +108,9 @@ impl TargetClient {
             headers.insert(name, value);
         }
         let timeout = Duration::from_millis(target.timeout_ms.max(1));
-        let mut builder = reqwest::Client::builder();
-        if target.http2 {
-            builder = builder.http2_prior_knowledge();
-        }
-        if let Some((host, addrs)) = pinned {
-            builder = builder.resolve_to_addrs(&host, &addrs);
-        }
-        let http = builder
-            .default_headers(headers)
-            // One connection per in-flight request: never cap concurrency silently.
-            .pool_max_idle_per_host(users.max(1))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .connect_timeout(if target.connect_timeout_ms > 0 {
-                Duration::from_millis(target.connect_timeout_ms)
-            } else {
-                timeout.min(Duration::from_secs(10))
-            })
-            .build()
-            .map_err(|e| ClientError::Build(e.to_string()))?;
+        // One connection per in-flight request: never cap concurrency silently.
+        let http = http_client(target, &headers, pinned.clone(), timeout, users.max(1))?;
+        let unpooled = http_client(target, &headers, pinned, timeout, 0)?;
         let template = target.template.clone().map(std::sync::Arc::new);
         let (reader, ndjson, stream) = match (&template, api) {
             (Some(t), Api::Template) => {
@@ -136,6 +131,9 @@ impl TargetClient {
         };
         Ok(Self {
             http,
+            unpooled,
+            stale_retries: AtomicU64::new(0),
+            no_pool: AtomicBool::new(false),
             url,
             api,
             reader,
@@ -256,7 +254,7 @@ impl TargetClient {
         body: Bytes,
         m: &mut RequestMeasure,
         parsers: &mut Parsers,
-    ) -> Result<(), ErrorClass> {
+    ) -> Result<(), RequestError> {
         let debug = tracing::enabled!(tracing::Level::DEBUG);
         if debug {
             let shown = &body[..body.len().min(300)];
@@ -280,66 +278,143 @@ impl TargetClient {
         body: Bytes,
         m: &mut RequestMeasure,
         parsers: &mut Parsers,
-    ) -> Result<(), ErrorClass> {
-        m.begin(Instant::now());
-        let resp = self
-            .http
-            .post(self.url.clone())
-            .timeout(self.timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(ErrorClass::from_status(status.as_u16()));
+    ) -> Result<(), RequestError> {
+        let handoff = Instant::now();
+        m.begin(handoff);
+        m.unstreamed = !self.stream;
+        let resp = self.post(body, handoff, m).await?;
+        if !resp.status().is_success() {
+            return Err(failure::from_status(resp).await);
         }
         if !self.stream {
-            let bytes = resp.bytes().await.map_err(|e| classify(&e))?;
+            let bytes = resp.bytes().await.map_err(|e| from_reqwest(e, 0))?;
             let at = Instant::now();
             m.response_bytes += bytes.len() as u64;
-            let info = self
-                .reader
-                .parse_body(&bytes)
-                .map_err(|_| ErrorClass::Stream)?;
+            let info = self.reader.parse_body(&bytes).map_err(|e| {
+                failure::stream(
+                    "malformed response body",
+                    format!("{e}: {}", failure::lossy(&bytes)),
+                )
+            })?;
             m.on_chunk(at, &info);
             return if info.error {
-                Err(ErrorClass::Stream)
+                Err(failure::stream(
+                    "server reported an error",
+                    failure::lossy(&bytes),
+                ))
             } else {
                 Ok(())
             };
         }
+        self.read_stream(resp, m, parsers).await
+    }
+
+    /// Sends the request on a pooled connection; when that connection turns
+    /// out to be closed before any response byte (a server that closes after
+    /// each response while saying keep-alive), resends it once on a new one.
+    /// Timing keeps running from the original hand-off.
+    async fn post(
+        &self,
+        body: Bytes,
+        handoff: Instant,
+        m: &mut RequestMeasure,
+    ) -> Result<reqwest::Response, RequestError> {
+        let pooled = !self.no_pool.load(Ordering::Relaxed);
+        let http = if pooled { &self.http } else { &self.unpooled };
+        let first = self.request(http, body.clone(), self.timeout).await;
+        match first {
+            Err(e) if pooled && failure::is_stale_connection(&e) => {
+                tracing::debug!(error = %from_reqwest(e, 0), "resending on a new connection");
+                m.connection_retries += 1;
+                self.note_stale_retry();
+                let left = self.timeout.saturating_sub(handoff.elapsed());
+                self.request(&self.unpooled, body, left.max(Duration::from_millis(1)))
+                    .await
+                    .map_err(|e| from_reqwest(e, 0))
+            }
+            r => r.map_err(|e| from_reqwest(e, 0)),
+        }
+    }
+
+    async fn request(
+        &self,
+        http: &reqwest::Client,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        http.post(self.url.clone())
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+    }
+
+    /// After a few stale-connection retries, stop pooling to this target.
+    fn note_stale_retry(&self) {
+        let n = self.stale_retries.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == STALE_RETRIES_BEFORE_NO_POOL && !self.no_pool.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                host = self.url.host_str().unwrap_or_default(),
+                "the target closed {n} pooled connections it had announced as keep-alive: \
+                 opening a new connection for every request from now on"
+            );
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        resp: reqwest::Response,
+        m: &mut RequestMeasure,
+        parsers: &mut Parsers,
+    ) -> Result<(), RequestError> {
         let reader = &self.reader;
         let mut body = resp.bytes_stream();
-        let mut failed = false;
+        // The first event the server marked as an error, or that did not parse.
+        let mut bad_event: Option<(&'static str, String)> = None;
         let ndjson = self.ndjson;
         parsers.sse = SseParser::new();
         parsers.ndjson = NdjsonSplitter::new();
         loop {
             let next = match self.idle_timeout {
-                Some(idle) => tokio::time::timeout(idle, body.next())
-                    .await
-                    .map_err(|_| ErrorClass::Timeout)?,
+                Some(idle) => tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                    RequestError::new(
+                        ErrorClass::Timeout,
+                        format!(
+                            "no data for {idle:?} (target.idle_timeout) after {} response bytes",
+                            m.response_bytes
+                        ),
+                    )
+                })?,
                 None => body.next().await,
             };
             let Some(piece) = next else { break };
-            let piece = piece.map_err(|e| classify(&e))?;
+            let piece = piece.map_err(|e| from_reqwest(e, m.response_bytes))?;
             let at = Instant::now();
             m.response_bytes += piece.len() as u64;
             let mut on_event = |data: &[u8]| match reader.parse(data) {
                 Ok(info) => {
-                    failed |= info.error;
+                    if info.error && bad_event.is_none() {
+                        bad_event = Some(("server sent an error event", failure::lossy(data)));
+                    }
                     m.on_chunk(at, &info);
                     m.keep_text(data, &info);
                 }
-                Err(_) => m.malformed = true,
+                Err(e) => {
+                    if bad_event.is_none() {
+                        bad_event = Some((
+                            "malformed event",
+                            format!("{}: {}", e.0, failure::lossy(data)),
+                        ));
+                    }
+                    m.malformed = true;
+                }
             };
             let r = if ndjson {
                 parsers.ndjson.push(&piece, &mut on_event)
             } else {
                 parsers.sse.push(&piece, &mut on_event)
             };
-            r.map_err(|_| ErrorClass::Stream)?;
+            r.map_err(|e| failure::stream("event too large", e.to_string()))?;
         }
         let at = Instant::now();
         let mut on_event = |data: &[u8]| match reader.parse(data) {
@@ -347,7 +422,15 @@ impl TargetClient {
                 m.on_chunk(at, &info);
                 m.keep_text(data, &info);
             }
-            Err(_) => m.malformed = true,
+            Err(e) => {
+                if bad_event.is_none() {
+                    bad_event = Some((
+                        "malformed event",
+                        format!("{}: {}", e.0, failure::lossy(data)),
+                    ));
+                }
+                m.malformed = true;
+            }
         };
         if ndjson {
             parsers.ndjson.finish(&mut on_event);
@@ -355,29 +438,51 @@ impl TargetClient {
             parsers
                 .sse
                 .finish(&mut on_event)
-                .map_err(|_| ErrorClass::Stream)?;
+                .map_err(|e| failure::stream("event too large", e.to_string()))?;
         }
         // A stream cut before its end marker, or carrying junk, is a stream error.
-        if failed || m.malformed || !m.saw_done {
-            return Err(ErrorClass::Stream);
+        if let Some((cause, detail)) = bad_event {
+            return Err(failure::stream(cause, detail));
+        }
+        if !m.saw_done {
+            return Err(failure::stream(
+                "stream ended before its end marker",
+                format!("{} response bytes", m.response_bytes),
+            ));
         }
         Ok(())
     }
 }
 
-fn classify(e: &reqwest::Error) -> ErrorClass {
-    if e.is_timeout() {
-        ErrorClass::Timeout
-    } else if e.is_connect() {
-        ErrorClass::Connect
-    } else if e.is_body() || e.is_decode() {
-        ErrorClass::Stream
-    } else if let Some(s) = e.status() {
-        ErrorClass::from_status(s.as_u16())
-    } else if e.is_request() {
-        // Connection reset or closed mid-response shows up as a request error.
-        ErrorClass::Stream
-    } else {
-        ErrorClass::Other
+/// A client of the target with barrage's settings; `max_idle` = 0 never
+/// reuses a connection. Redirects are never followed: a redirect could send
+/// the load past the agent's allow-list, and its hops would hide inside the
+/// latency. A 3xx is reported as its own error class instead.
+fn http_client(
+    target: &pb::Target,
+    headers: &HeaderMap,
+    pinned: Option<(String, Vec<std::net::SocketAddr>)>,
+    timeout: Duration,
+    max_idle: usize,
+) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder();
+    if target.http2 {
+        builder = builder.http2_prior_knowledge();
     }
+    if let Some((host, addrs)) = pinned {
+        builder = builder.resolve_to_addrs(&host, &addrs);
+    }
+    builder
+        .default_headers(headers.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(max_idle)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .connect_timeout(if target.connect_timeout_ms > 0 {
+            Duration::from_millis(target.connect_timeout_ms)
+        } else {
+            timeout.min(Duration::from_secs(10))
+        })
+        .build()
+        .map_err(|e| ClientError::Build(e.to_string()))
 }

@@ -196,13 +196,17 @@ impl Workload {
         self.recorder.with_shard(slot, |s| {
             m.record(
                 end,
-                result,
+                result.as_ref().map_err(|e| e.class).copied(),
                 prompt.estimated_input_tokens,
                 &self.slo,
                 &mut s.metrics,
                 &mut s.counters,
             );
             self.count_from_warmup(started_in, s);
+            s.counters.connection_retries += m.connection_retries;
+            if let Err(e) = &result {
+                s.counters.note_error(e);
+            }
         });
         Some(())
     }

@@ -7,6 +7,7 @@ pub mod chunk;
 pub mod cli;
 pub mod client;
 pub mod engine;
+pub mod failure;
 pub mod health;
 pub mod measure;
 pub mod ndjson;

@@ -53,6 +53,12 @@ pub struct RequestMeasure {
     tokenized: bool,
     pub saw_done: bool,
     pub malformed: bool,
+    /// Times this request was resent after a stale pooled connection.
+    pub connection_retries: u64,
+    /// The response came as one body (set after `begin`): the first token
+    /// arrives with all the others, so `ttft` = `e2e` and nothing between
+    /// tokens (`tpot`, `chunk_gap`, `itl`, `max_stall`) can be observed.
+    pub unstreamed: bool,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -203,11 +209,20 @@ impl RequestMeasure {
     ) {
         let Some(start) = self.start else { return };
         let since = |t: Instant| micros(t.saturating_duration_since(start));
+        // Not streamed: the output arrived when the response ended.
+        let (first_output, first_answer) = if self.unstreamed {
+            (
+                self.first_output.map(|_| end),
+                self.first_answer.map(|_| end),
+            )
+        } else {
+            (self.first_output, self.first_answer)
+        };
         counters.response_bytes += self.response_bytes;
         counters.chunks += self.chunks;
         counters.chunk_tokens_assumed += self.chunks_assumed;
         counters.reasoning_chunks += self.reasoning_chunks;
-        let ttft = self.first_output.map(since);
+        let ttft = first_output.map(since);
         if let Some(t) = ttft {
             metrics.record(Metric::Ttft, t);
         }
@@ -218,11 +233,11 @@ impl RequestMeasure {
             .map(|i| move |t: Instant| micros(t.saturating_duration_since(i)));
         if let Some(from_intended) = intended {
             metrics.record(Metric::ScheduleLag, from_intended(start));
-            if let Some(f) = self.first_output {
+            if let Some(f) = first_output {
                 metrics.record(Metric::TtftIntended, from_intended(f));
             }
         }
-        if let Some(t) = self.first_answer.map(since) {
+        if let Some(t) = first_answer.map(since) {
             metrics.record(Metric::Ttfo, t);
         }
         let output_tokens = self.completion_tokens.unwrap_or(self.chunk_tokens);
@@ -262,8 +277,12 @@ impl RequestMeasure {
         }
         metrics.record(Metric::InputTokens, input_tokens);
         metrics.record(Metric::OutputTokens, output_tokens);
-        if let (Some(t), true) = (ttft, output_tokens >= 2) {
-            metrics.record(Metric::Tpot, e2e.saturating_sub(t) / (output_tokens - 1));
+        let tpot = match (ttft, output_tokens >= 2 && !self.unstreamed) {
+            (Some(t), true) => Some(e2e.saturating_sub(t) / (output_tokens - 1)),
+            _ => None,
+        };
+        if let Some(t) = tpot {
+            metrics.record(Metric::Tpot, t);
         }
         let mut max_gap = None;
         for g in &self.gaps {
@@ -274,14 +293,10 @@ impl RequestMeasure {
         if let Some(m) = max_gap {
             metrics.record(Metric::MaxStall, m);
         }
-        let tpot = match (ttft, output_tokens >= 2) {
-            (Some(t), true) => Some(e2e.saturating_sub(t) / (output_tokens - 1)),
-            _ => None,
-        };
         let within =
             |limit: Option<u64>, v: Option<u64>| limit.is_none_or(|l| v.is_some_and(|v| v <= l));
         if within(slo.ttft_us, ttft)
-            && within(slo.ttfo_us, self.first_answer.map(since))
+            && within(slo.ttfo_us, first_answer.map(since))
             && within(slo.tpot_us, tpot)
             && within(slo.e2e_us, Some(e2e))
             && within(slo.max_stall_us, Some(max_gap.unwrap_or(0)))
@@ -487,6 +502,27 @@ mod tests {
             &mut c,
         );
         assert_eq!(c.requests_good, 1, "failed requests are never good");
+    }
+
+    #[test]
+    fn unstreamed_response_gives_ttft_equal_to_e2e_and_no_tpot() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        m.unstreamed = true;
+        m.on_chunk(t0 + ms(40), &out(Some(8)));
+        let (set, _) = recorded(&m, t0 + ms(41), Ok(()));
+        assert_eq!(set.get(Metric::Ttft).max, set.get(Metric::E2e).max);
+        assert_eq!(set.get(Metric::Ttft).max, 41_000);
+        for unseen in [
+            Metric::Tpot,
+            Metric::ChunkGap,
+            Metric::Itl,
+            Metric::MaxStall,
+        ] {
+            assert_eq!(set.get(unseen).count, 0, "{unseen}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod clock;
 pub mod dataset;
+pub mod error_detail;
 pub mod limits;
 pub mod load;
 pub mod metrics;

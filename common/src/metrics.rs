@@ -9,6 +9,8 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::{CreationError, Histogram};
 use serde::{Deserialize, Serialize};
 
+use crate::error_detail::{ErrorDetails, RequestError};
+
 /// Every histogram metric an agent records. Latencies are in microseconds,
 /// token counts in tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -76,6 +78,15 @@ impl Metric {
 
     pub fn from_name(name: &str) -> Option<Metric> {
         Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// False for the metrics made of gaps between chunks (`chunk_gap`,
+    /// `itl`, `tpot`, `max_stall`): a response that is not streamed has none.
+    pub fn observable_unstreamed(self) -> bool {
+        !matches!(
+            self,
+            Metric::ChunkGap | Metric::Itl | Metric::Tpot | Metric::MaxStall
+        )
     }
 
     pub fn is_latency(self) -> bool {
@@ -435,6 +446,9 @@ impl MetricSet {
 pub enum ErrorClass {
     Connect,
     Timeout,
+    /// A redirect: never followed (it would bypass the agent's allow-list and
+    /// hide the hops inside the latency).
+    Http3xx,
     Http4xx,
     Http429,
     Http5xx,
@@ -443,9 +457,10 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 7] = [
+    pub const ALL: [ErrorClass; 8] = [
         ErrorClass::Connect,
         ErrorClass::Timeout,
+        ErrorClass::Http3xx,
         ErrorClass::Http4xx,
         ErrorClass::Http429,
         ErrorClass::Http5xx,
@@ -457,6 +472,7 @@ impl ErrorClass {
         match self {
             ErrorClass::Connect => "connect",
             ErrorClass::Timeout => "timeout",
+            ErrorClass::Http3xx => "http_3xx",
             ErrorClass::Http4xx => "http_4xx",
             ErrorClass::Http429 => "http_429",
             ErrorClass::Http5xx => "http_5xx",
@@ -473,6 +489,7 @@ impl ErrorClass {
     pub fn from_status(status: u16) -> Self {
         match status {
             429 => ErrorClass::Http429,
+            300..=399 => ErrorClass::Http3xx,
             400..=499 => ErrorClass::Http4xx,
             500..=599 => ErrorClass::Http5xx,
             _ => ErrorClass::Other,
@@ -486,7 +503,7 @@ pub struct Counters {
     pub requests_started: u64,
     pub requests_ok: u64,
     pub requests_failed: u64,
-    pub errors: [u64; 7],
+    pub errors: [u64; ErrorClass::ALL.len()],
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub failed_output_tokens: u64,
@@ -507,6 +524,10 @@ pub struct Counters {
     pub requests_incomplete: u64,
     /// Requests started in the warmup that ended after it.
     pub requests_from_warmup: u64,
+    /// Why requests failed: statuses, causes and examples per class.
+    pub error_details: ErrorDetails,
+    /// Requests resent once after a reused connection was found closed.
+    pub connection_retries: u64,
 }
 
 impl Counters {
@@ -541,6 +562,8 @@ impl Counters {
         self.requests_from_warmup = self
             .requests_from_warmup
             .saturating_add(o.requests_from_warmup);
+        self.connection_retries = self.connection_retries.saturating_add(o.connection_retries);
+        self.error_details.add(&o.error_details);
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -549,6 +572,11 @@ impl Counters {
 
     pub fn count_error(&mut self, c: ErrorClass) {
         self.errors[c as usize] = self.errors[c as usize].saturating_add(1);
+    }
+
+    /// Keeps a failed request's detail (its class is counted by `record`).
+    pub fn note_error(&mut self, e: &RequestError) {
+        self.error_details.note(e);
     }
 
     pub fn to_proto(&self) -> pb::Counters {
@@ -578,6 +606,8 @@ impl Counters {
             usage_tokenizer: self.usage_tokenizer,
             requests_incomplete: self.requests_incomplete,
             requests_from_warmup: self.requests_from_warmup,
+            error_details: self.error_details.to_proto(),
+            connection_retries: self.connection_retries,
         }
     }
 
@@ -587,7 +617,7 @@ impl Counters {
             requests_started: p.requests_started,
             requests_ok: p.requests_ok,
             requests_failed: p.requests_failed,
-            errors: [0; 7],
+            errors: [0; ErrorClass::ALL.len()],
             input_tokens: p.input_tokens,
             output_tokens: p.output_tokens,
             failed_output_tokens: p.failed_output_tokens,
@@ -602,6 +632,8 @@ impl Counters {
             usage_tokenizer: p.usage_tokenizer,
             requests_incomplete: p.requests_incomplete,
             requests_from_warmup: p.requests_from_warmup,
+            error_details: ErrorDetails::from_proto(&p.error_details),
+            connection_retries: p.connection_retries,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

@@ -14,7 +14,7 @@ pub use crate::dataset::{DatasetKind, DatasetSection};
 pub use crate::load::{ArrivalKind, LoadMode, LoadSection, RateValue, StageSpec};
 use crate::monitor::MonitorSection;
 use crate::simulator::SimConfig;
-use crate::thresholds::ThresholdsSection;
+use crate::thresholds::{Subject, ThresholdsSection};
 
 /// Top-level tables a plan may have; environment overrides outside them are
 /// ignored so unrelated `BARRAGE_*` variables (tokens) never break a plan.
@@ -585,6 +585,7 @@ impl PlanFile {
         self.thresholds
             .checks()
             .map_err(|(key, problem)| invalid(&format!("thresholds.{key}"), problem))?;
+        self.refuse_unobservable_limits()?;
         let c = &self.cluster;
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             return Err(invalid(
@@ -612,6 +613,41 @@ impl PlanFile {
         let model = self.target.model.as_deref().unwrap_or("model");
         crate::template::check_body(&t.body, model, self.request.max_tokens)
             .map_err(|e| invalid("target.template.body", e.to_string()))
+    }
+
+    /// Whether responses arrive as a stream of chunks: not with `stream =
+    /// false`, for embeddings (one body), nor for a template of format "json".
+    pub fn streams(&self) -> bool {
+        match (self.target.api, &self.target.template) {
+            (ApiKind::OpenaiEmbeddings, _) => false,
+            (ApiKind::Template, Some(t)) => t.format.as_deref() != Some("json"),
+            _ => self.target.stream,
+        }
+    }
+
+    /// Without streaming, the gaps between chunks cannot be observed: a
+    /// limit on them would judge numbers that do not exist.
+    fn refuse_unobservable_limits(&self) -> Result<(), PlanError> {
+        if self.streams() {
+            return Ok(());
+        }
+        for (section, table) in [("thresholds", &self.thresholds), ("slo", &self.slo)] {
+            for check in table.checks().unwrap_or_default() {
+                if let Subject::Metric(m, _) = check.subject
+                    && !m.observable_unstreamed()
+                {
+                    return Err(invalid(
+                        &format!("{section}.{}", check.key),
+                        format!(
+                            "{m} cannot be measured: responses are not streamed (target.stream = false, \
+                             api = \"openai-embeddings\" or template format \"json\"), so only e2e \
+                             (and ttft, equal to it) exist; remove the limit or stream the responses"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The full request URL for a target given by URL.
@@ -652,6 +688,30 @@ mod tests {
 
     fn parse(text: &str) -> Result<PlanFile, PlanError> {
         from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    #[test]
+    fn limits_on_gaps_between_chunks_need_streamed_responses() {
+        let plan = |target: &str, limits: &str| {
+            format!(
+                "[target]\nurl = \"http://127.0.0.1:8000\"\n{target}\n[load]\nusers = 1\nrequests = 1\n{limits}"
+            )
+        };
+        let err = parse(&plan("stream = false", "[thresholds]\ntpot_p99 = \"50ms\""))
+            .expect_err("tpot without streaming");
+        assert!(err.to_string().contains("thresholds.tpot_p99"), "{err}");
+        let err = parse(&plan(
+            "api = \"openai-embeddings\"",
+            "[slo]\nitl_p50 = \"5ms\"",
+        ))
+        .expect_err("itl of embeddings");
+        assert!(err.to_string().contains("slo.itl_p50"), "{err}");
+        parse(&plan(
+            "stream = false",
+            "[thresholds]\nttft_p99 = \"1s\"\ne2e_p99 = \"1s\"",
+        ))
+        .expect("ttft and e2e exist without streaming");
+        parse(&plan("", "[thresholds]\ntpot_p99 = \"50ms\"")).expect("streamed");
     }
 
     #[test]

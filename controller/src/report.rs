@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use barrage_common::error_detail::ErrorDetails;
 use barrage_common::metrics::{ErrorClass, Metric, MetricSet, Series};
 use serde::Serialize;
 
@@ -106,7 +107,8 @@ pub struct Summary {
     pub started_at: String,
     pub target: String,
     pub api: String,
-    /// "completed", "interrupted", "degraded" or "failed".
+    /// "completed", "interrupted", "degraded", "breached" or "failed" (no
+    /// request succeeded).
     pub status: String,
     pub duration_s: f64,
     pub users: u64,
@@ -121,7 +123,17 @@ pub struct Summary {
     /// an interrupt): neither ok nor failed; their e2e is censored.
     pub requests_incomplete: u64,
     pub success_rate: f64,
+    /// Failed / (succeeded + failed).
+    pub failure_rate: f64,
     pub errors: BTreeMap<&'static str, u64>,
+    /// Why requests failed, per error class: HTTP statuses and underlying
+    /// causes (OS error, DNS failure...) with counts, and a few distinct
+    /// example messages (status, `Location`, the body's first bytes, the
+    /// error chain).
+    pub error_details: ErrorDetails,
+    /// Requests resent once on a new connection because the pooled one had
+    /// been closed by the server before any response byte.
+    pub connection_retries: u64,
     pub request_throughput: f64,
     /// Completed requests per second within every per-request `[slo]` limit
     /// (`None` when the plan has no per-request SLO).
@@ -141,6 +153,9 @@ pub struct Summary {
     /// vs estimated, and chunks whose token count was assumed to be 1.
     pub token_source: TokenSource,
     pub metrics: BTreeMap<&'static str, Distribution>,
+    /// Metrics this run could not observe (responses not streamed: the gaps
+    /// between chunks); shown as "–", never as 0.
+    pub not_observable: Vec<&'static str>,
     pub agents: Vec<AgentReport>,
     pub max_start_skew_ms: Option<f64>,
     /// Worst clock-offset uncertainty (half the best probe round trip).
@@ -201,7 +216,12 @@ pub struct RunFacts {
     pub status: String,
     pub duration_s: f64,
     pub users: u64,
+    /// Responses came as streams of chunks (see `PlanFile::streams`).
+    pub streamed: bool,
 }
+
+/// The note of a run whose responses were not streamed.
+pub const UNSTREAMED_NOTE: &str = "responses were not streamed: ttft = e2e (the first token arrives with all the others); chunk_gap, itl, tpot and max_stall cannot be observed and are not recorded";
 
 fn per_s(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
@@ -246,11 +266,18 @@ impl Summary {
             } else {
                 0.0
             },
+            failure_rate: if total > 0 {
+                c.requests_failed as f64 / total as f64
+            } else {
+                0.0
+            },
             errors: ErrorClass::ALL
                 .iter()
                 .filter(|e| c.error(**e) > 0)
                 .map(|e| (e.name(), c.error(*e)))
                 .collect(),
+            error_details: c.error_details.clone(),
+            connection_retries: c.connection_retries,
             request_throughput: per_s(c.requests_ok, d),
             goodput: None,
             requests_per_minute: per_s(c.requests_ok, d) * 60.0,
@@ -275,6 +302,11 @@ impl Summary {
                 .iter()
                 .map(|m| (m.name(), Distribution::of(*m, totals.get(*m))))
                 .collect(),
+            not_observable: Metric::ALL
+                .iter()
+                .filter(|m| !facts.streamed && !m.observable_unstreamed())
+                .map(|m| m.name())
+                .collect(),
             agents,
             max_start_skew_ms: max_skew,
             max_clock_uncertainty_ms: max_uncertainty,
@@ -283,12 +315,22 @@ impl Summary {
             open_loop: None,
             monitor: None,
             thresholds: Vec::new(),
-            notes,
+            notes: unstreamed_note(facts.streamed)
+                .into_iter()
+                .chain(notes)
+                .collect(),
             timeline,
             simulator: None,
         }
     }
 }
+
+fn unstreamed_note(streamed: bool) -> Option<String> {
+    (!streamed).then(|| UNSTREAMED_NOTE.to_owned())
+}
+
+/// What the console shows for a value that cannot exist in this run.
+const UNOBSERVABLE: &str = "–";
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
@@ -326,19 +368,35 @@ pub fn render(s: &Summary) -> String {
         ),
         ("Avg e2e (ms)", opt(s.avg_e2e_ms, 2)),
         ("Avg ttft (ms)", opt(s.avg_ttft_ms, 2)),
-        ("Avg tpot (ms)", opt(s.avg_tpot_ms, 3)),
-        ("Avg itl (ms)", opt(s.avg_itl_ms, 3)),
+        (
+            "Avg tpot (ms)",
+            observed(s, Metric::Tpot, opt(s.avg_tpot_ms, 3)),
+        ),
+        (
+            "Avg itl (ms)",
+            observed(s, Metric::Itl, opt(s.avg_itl_ms, 3)),
+        ),
         ("Avg input tokens/request", opt(s.avg_input_tokens, 1)),
         ("Avg output tokens/request", opt(s.avg_output_tokens, 1)),
     ];
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let _ = writeln!(out, "\nSummary: {}  (run {})", s.name, s.run_id);
+    if let Some(line) = failure_headline(s) {
+        let _ = writeln!(out, "  {line}");
+    }
     for (k, v) in &rows {
         let _ = writeln!(out, "  {k:<w$}  {v}");
     }
     if !s.errors.is_empty() {
         let errs: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(out, "  {:<w$}  {}", "Errors by class", errs.join(" "));
+    }
+    if s.connection_retries > 0 {
+        let _ = writeln!(
+            out,
+            "  {:<w$}  {} (resent once on a new connection: the server had closed the pooled one)",
+            "Connection retries", s.connection_retries
+        );
     }
     let _ = writeln!(
         out,
@@ -376,7 +434,14 @@ pub fn render(s: &Summary) -> String {
         {
             continue;
         }
-        let _ = write!(out, "  {:<14}", m.name());
+        let _ = write!(out, "  {:<14}", row_label(s, m));
+        if s.not_observable.contains(&m.name()) {
+            for _ in PERCENTILES {
+                let _ = write!(out, "{UNOBSERVABLE:>10}");
+            }
+            let _ = writeln!(out, "{UNOBSERVABLE:>10}");
+            continue;
+        }
         for (name, _) in PERCENTILES {
             let _ = write!(
                 out,
@@ -389,6 +454,7 @@ pub fn render(s: &Summary) -> String {
         }
         let _ = writeln!(out, "{:>10}", d.count);
     }
+    render_error_details(&mut out, s);
     if let Some(o) = &s.open_loop {
         let _ = writeln!(
             out,
@@ -448,6 +514,74 @@ pub fn render(s: &Summary) -> String {
         let _ = writeln!(out, "  note: {n}");
     }
     out
+}
+
+/// `shown`, or "–" when this run could not observe `m`.
+fn observed(s: &Summary, m: Metric, shown: String) -> String {
+    if s.not_observable.contains(&m.name()) {
+        UNOBSERVABLE.to_owned()
+    } else {
+        shown
+    }
+}
+
+/// The metric's name; `ttft` says when it is the e2e of one body.
+fn row_label(s: &Summary, m: Metric) -> String {
+    if m == Metric::Ttft && !s.not_observable.is_empty() {
+        "ttft (= e2e)".to_owned()
+    } else {
+        m.name().to_owned()
+    }
+}
+
+/// The line at the top of the summary when any request failed.
+fn failure_headline(s: &Summary) -> Option<String> {
+    if s.requests_failed == 0 {
+        return None;
+    }
+    if s.requests_ok == 0 {
+        return Some(format!(
+            "FAILED: all {} requests failed (see \"Why requests failed\" below)",
+            s.requests_failed
+        ));
+    }
+    Some(format!(
+        "{:.1} % of requests failed ({} of {})",
+        s.failure_rate * 100.0,
+        s.requests_failed,
+        s.requests_total
+    ))
+}
+
+/// Per error class: the statuses and causes seen, with counts, and a few
+/// example messages.
+fn render_error_details(out: &mut String, s: &Summary) {
+    if s.error_details.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nWhy requests failed");
+    for (class, d) in &s.error_details.0 {
+        let _ = writeln!(
+            out,
+            "  {} ({} requests)",
+            class.name(),
+            s.errors.get(class.name()).copied().unwrap_or(0)
+        );
+        if !d.statuses.is_empty() {
+            let seen: Vec<String> = d
+                .statuses
+                .iter()
+                .map(|(k, n)| format!("{k} ×{n}"))
+                .collect();
+            let _ = writeln!(out, "    HTTP status: {}", seen.join(", "));
+        }
+        for (cause, n) in &d.causes {
+            let _ = writeln!(out, "    cause ×{n}: {cause}");
+        }
+        for e in &d.examples {
+            let _ = writeln!(out, "    e.g. {e}");
+        }
+    }
 }
 
 fn stat(s: Option<&barrage_gpu_exporter::summary::Stat>, digits: usize) -> String {

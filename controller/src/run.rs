@@ -33,6 +33,8 @@ pub enum Verdict {
     Degraded,
     /// A `[thresholds]` limit failed.
     Breached,
+    /// Requests were sent and not one succeeded.
+    Failed,
 }
 
 impl Verdict {
@@ -41,6 +43,7 @@ impl Verdict {
             Verdict::Completed => 0,
             Verdict::Degraded => 3,
             Verdict::Breached => 4,
+            Verdict::Failed => 5,
             Verdict::Interrupted => 130,
         }
     }
@@ -51,6 +54,7 @@ impl Verdict {
             Verdict::Interrupted => "interrupted",
             Verdict::Degraded => "degraded",
             Verdict::Breached => "breached",
+            Verdict::Failed => "failed",
         }
     }
 }
@@ -160,7 +164,7 @@ fn target_proto(plan: &PlanFile, url: &str) -> Result<pb::Target, RunError> {
             })
             .collect(),
         // Embeddings answer with one body.
-        stream: plan.target.stream && plan.target.api != ApiKind::OpenaiEmbeddings,
+        stream: plan.streams(),
         timeout_ms: plan.target.timeout.as_millis() as u64,
         include_usage: plan.target.include_usage,
         connect_timeout_ms: plan.target.connect_timeout.as_millis() as u64,
@@ -638,6 +642,8 @@ async fn drive(
     let breached = results.iter().any(|r| !r.passed) || aborted.is_some();
     let verdict = if interrupted {
         Verdict::Interrupted
+    } else if every_request_failed(&merger.counters) {
+        Verdict::Failed
     } else if degraded {
         Verdict::Degraded
     } else if breached {
@@ -703,6 +709,7 @@ async fn drive(
         status: verdict.name().to_owned(),
         duration_s: measured_s,
         users: load.peak_users(),
+        streamed: plan.streams(),
     };
     let summary = Summary::build(
         facts,
@@ -738,6 +745,12 @@ async fn drive(
         });
     }
     Ok((summary, verdict))
+}
+
+/// A run in which requests ended and none succeeded failed, whatever the
+/// thresholds say (there may be none).
+fn every_request_failed(c: &barrage_common::metrics::Counters) -> bool {
+    c.requests_ok == 0 && c.requests_failed > 0
 }
 
 /// Per-request goodput limits from `[slo]`: the tightest limit given on each

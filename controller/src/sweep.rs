@@ -159,7 +159,8 @@ fn row(index: usize, spec: &StepSpec, o: &RunOutcome) -> SweepRow {
         input_tokens: spec.io.map(|io| io[0]),
         output_tokens: spec.io.map(|io| io[1]),
         status: s.status.clone(),
-        limits_held: s.thresholds.iter().all(|t| t.passed) && o.verdict != Verdict::Degraded,
+        limits_held: s.thresholds.iter().all(|t| t.passed)
+            && !matches!(o.verdict, Verdict::Degraded | Verdict::Failed),
         requests_ok: s.requests_ok,
         success_rate: s.success_rate,
         request_throughput: s.request_throughput,
@@ -188,6 +189,8 @@ async fn cooldown(d: Duration, cancel: &CancellationToken) {
 fn worst(verdicts: &[Verdict], interrupted: bool) -> Verdict {
     if interrupted {
         Verdict::Interrupted
+    } else if verdicts.contains(&Verdict::Failed) {
+        Verdict::Failed
     } else if verdicts.contains(&Verdict::Degraded) {
         Verdict::Degraded
     } else if verdicts.contains(&Verdict::Breached) {

@@ -57,6 +57,53 @@ async fn unknown_key_fails_before_traffic_naming_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_on_an_unobservable_metric_is_refused_naming_the_key() {
+    let plan = GOOD.replace("url = \"SIM_URL\"", "url = \"SIM_URL\"\nstream = false")
+        + "[thresholds]\ntpot_p99 = \"50ms\"\n";
+    let (code, err, seen) = run_plan(&plan).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("thresholds.tpot_p99") && err.contains("not streamed"),
+        "{err}"
+    );
+    assert_eq!(seen, 0, "no traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_where_every_request_fails_exits_5_and_says_why() {
+    let _serial = LOAD.lock().await;
+    // Nothing listens on a port that was just free.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let dir = scratch("cli-failed");
+    let plan = dir.join("plan.toml");
+    let text = GOOD.replace("SIM_URL", &format!("http://{addr}"))
+        + &format!("[output]\ndir = \"{}\"\n", dir.display());
+    std::fs::write(&plan, text).expect("write plan");
+    let out = tokio::task::spawn_blocking(move || {
+        controller()
+            .arg("run")
+            .arg(&plan)
+            .args(["--quiet", "--debug"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("spawn controller");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(5), "{stdout}\n{stderr}");
+    assert!(stdout.contains("all 4 requests failed"), "{stdout}");
+    assert!(
+        stdout.contains("Connection refused") && stderr.contains("Connection refused"),
+        "the OS error on the console and in the --debug log: {stdout}\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_users_fails_naming_the_key() {
     let (code, err, seen) = run_plan(&GOOD.replace("users = 2", "users = -2")).await;
     assert_eq!(code, Some(2), "{err}");
