@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use barrage_common::metrics::ErrorClass;
+use barrage_common::metrics::{CountSource, ErrorClass};
 use barrage_proto::agent::v1::{self as pb, Api};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -12,7 +12,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, Header
 use serde_json::{Map, Value, json};
 
 use crate::chunk;
-use crate::measure::RequestMeasure;
+use crate::measure::{InputCount, RequestMeasure};
 use crate::ndjson::NdjsonSplitter;
 use crate::sse::SseParser;
 
@@ -34,12 +34,12 @@ pub enum ClientError {
     Build(String),
 }
 
-/// A prompt ready to send: its body bytes and an input-token estimate used
+/// A prompt ready to send: its body bytes and the input-token count used
 /// when the server reports no usage.
 #[derive(Debug, Clone)]
 pub struct PreparedPrompt {
     pub body: Bytes,
-    pub estimated_input_tokens: u64,
+    pub input: InputCount,
 }
 
 /// Stream parsers reused across one user's requests.
@@ -179,16 +179,20 @@ impl TargetClient {
             .iter()
             .map(|m| m.content.split_whitespace().count() as u64)
             .sum::<u64>();
-        let estimated_input_tokens = if prompt.input_tokens > 0 {
-            u64::from(prompt.input_tokens)
+        // The controller fills input_tokens only with the plan's tokenizer.
+        let input = if prompt.input_tokens > 0 {
+            InputCount {
+                tokens: u64::from(prompt.input_tokens),
+                source: CountSource::Tokenizer,
+            }
         } else {
-            words.max(1)
+            InputCount::estimated(words.max(1))
         };
         if let chunk::ChunkReader::Template(t) = &self.reader {
             let body = crate::template::render(t, &self.model, &text, messages, max_tokens)?;
             return Ok(PreparedPrompt {
                 body: Bytes::from(body),
-                estimated_input_tokens,
+                input,
             });
         }
         let mut body = Map::new();
@@ -242,7 +246,7 @@ impl TargetClient {
             .map_err(|e| ClientError::ExtraBody(e.to_string()))?;
         Ok(PreparedPrompt {
             body: Bytes::from(body),
-            estimated_input_tokens,
+            input,
         })
     }
 
@@ -302,6 +306,7 @@ impl TargetClient {
                 .parse_body(&bytes)
                 .map_err(|_| ErrorClass::Stream)?;
             m.on_chunk(at, &info);
+            m.keep_text(&bytes, &info);
             return if info.error {
                 Err(ErrorClass::Stream)
             } else {

@@ -157,7 +157,7 @@ impl Workload {
             m.record(
                 end,
                 result,
-                prompt.estimated_input_tokens,
+                prompt.input,
                 &self.slo,
                 &mut s.metrics,
                 &mut s.counters,

@@ -480,6 +480,42 @@ impl ErrorClass {
     }
 }
 
+/// Where one token count of a request came from (METRICS.md "counts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountSource {
+    /// The server's `usage` (or Ollama's `prompt_eval_count` / `eval_count`).
+    Server,
+    /// The plan's tokenizer: the prompt counted by the controller, or the
+    /// whole output text counted by the agent.
+    Tokenizer,
+    /// A heuristic: prompt words, or one token per output chunk.
+    Estimated,
+}
+
+/// Completed requests per source of one count (input or output).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCounts {
+    pub server: u64,
+    pub tokenizer: u64,
+    pub estimated: u64,
+}
+
+impl SourceCounts {
+    pub fn count(&mut self, source: CountSource) {
+        match source {
+            CountSource::Server => self.server += 1,
+            CountSource::Tokenizer => self.tokenizer += 1,
+            CountSource::Estimated => self.estimated += 1,
+        }
+    }
+
+    fn add(&mut self, o: &SourceCounts) {
+        self.server += o.server;
+        self.tokenizer += o.tokenizer;
+        self.estimated += o.estimated;
+    }
+}
+
 /// Plain counters of an interval or a total; addition is exact.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -492,8 +528,6 @@ pub struct Counters {
     pub failed_output_tokens: u64,
     pub response_bytes: u64,
     pub chunks: u64,
-    pub usage_from_server: u64,
-    pub usage_estimated: u64,
     pub chunk_tokens_assumed: u64,
     /// Open loop: planned arrivals never sent (still waiting when the run ended).
     pub arrivals_unsent: u64,
@@ -501,8 +535,9 @@ pub struct Counters {
     pub requests_good: u64,
     /// Chunks that carried reasoning text.
     pub reasoning_chunks: u64,
-    /// Requests whose output tokens were counted with the plan's tokenizer.
-    pub usage_tokenizer: u64,
+    /// Sources of `input_tokens`, of `output_tokens` (each count its own).
+    pub input_from: SourceCounts,
+    pub output_from: SourceCounts,
 }
 
 impl Counters {
@@ -518,13 +553,12 @@ impl Counters {
         self.failed_output_tokens += o.failed_output_tokens;
         self.response_bytes += o.response_bytes;
         self.chunks += o.chunks;
-        self.usage_from_server += o.usage_from_server;
-        self.usage_estimated += o.usage_estimated;
         self.chunk_tokens_assumed += o.chunk_tokens_assumed;
         self.arrivals_unsent += o.arrivals_unsent;
         self.requests_good += o.requests_good;
         self.reasoning_chunks += o.reasoning_chunks;
-        self.usage_tokenizer += o.usage_tokenizer;
+        self.input_from.add(&o.input_from);
+        self.output_from.add(&o.output_from);
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -553,13 +587,16 @@ impl Counters {
             failed_output_tokens: self.failed_output_tokens,
             response_bytes: self.response_bytes,
             chunks: self.chunks,
-            usage_from_server: self.usage_from_server,
-            usage_estimated: self.usage_estimated,
             chunk_tokens_assumed: self.chunk_tokens_assumed,
             arrivals_unsent: self.arrivals_unsent,
             requests_good: self.requests_good,
             reasoning_chunks: self.reasoning_chunks,
-            usage_tokenizer: self.usage_tokenizer,
+            input_from_server: self.input_from.server,
+            input_from_tokenizer: self.input_from.tokenizer,
+            input_estimated: self.input_from.estimated,
+            output_from_server: self.output_from.server,
+            output_from_tokenizer: self.output_from.tokenizer,
+            output_estimated: self.output_from.estimated,
         }
     }
 
@@ -575,13 +612,20 @@ impl Counters {
             failed_output_tokens: p.failed_output_tokens,
             response_bytes: p.response_bytes,
             chunks: p.chunks,
-            usage_from_server: p.usage_from_server,
-            usage_estimated: p.usage_estimated,
             chunk_tokens_assumed: p.chunk_tokens_assumed,
             arrivals_unsent: p.arrivals_unsent,
             requests_good: p.requests_good,
             reasoning_chunks: p.reasoning_chunks,
-            usage_tokenizer: p.usage_tokenizer,
+            input_from: SourceCounts {
+                server: p.input_from_server,
+                tokenizer: p.input_from_tokenizer,
+                estimated: p.input_estimated,
+            },
+            output_from: SourceCounts {
+                server: p.output_from_server,
+                tokenizer: p.output_from_tokenizer,
+                estimated: p.output_estimated,
+            },
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

@@ -9,4 +9,5 @@ mod datasets;
 mod e2e;
 mod load_models;
 mod monitor;
+mod odd_servers;
 mod sweeps;
