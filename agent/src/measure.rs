@@ -139,7 +139,9 @@ impl RequestMeasure {
     /// that carried no usage.
     pub fn count_with(&mut self, tok: &tokenizers::Tokenizer) {
         let chunks = self.text_ends.len() / 2;
-        if chunks == 0 || chunks as u64 != self.chunk_tokens_chunks() {
+        // No text located at all (a template API): nothing to count, the
+        // per-chunk estimate stays.
+        if self.texts.is_empty() || chunks as u64 != self.chunk_tokens_chunks() {
             return;
         }
         let count = |text: &str| {
