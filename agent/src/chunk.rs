@@ -28,11 +28,27 @@ pub struct ChunkInfo {
     /// Where the generated text (a JSON string, quotes included) sits in
     /// the event's bytes, for counting it with a tokenizer later.
     pub text_span: Option<(u32, u32)>,
+    /// Where the first choice's `tool_calls` array sits (raw JSON): function
+    /// names and arguments are output text too.
+    pub tool_span: Option<(u32, u32)>,
 }
 
-/// The byte range of `raw` inside `data` (both borrowed from the same slice).
+/// The byte range of the JSON string `raw` inside `data` (both borrowed
+/// from the same slice).
 fn span_in(data: &[u8], raw: Option<&RawValue>) -> Option<(u32, u32)> {
-    let raw = raw.filter(|r| r.get().starts_with('"'))?;
+    raw_span(data, raw.filter(|r| r.get().starts_with('"')))
+}
+
+/// The byte range of a non-empty array `raw` inside `data`.
+fn array_span(data: &[u8], raw: Option<&RawValue>) -> Option<(u32, u32)> {
+    raw_span(
+        data,
+        raw.filter(|r| r.get().starts_with('[') && has_text(Some(r))),
+    )
+}
+
+fn raw_span(data: &[u8], raw: Option<&RawValue>) -> Option<(u32, u32)> {
+    let raw = raw?;
     let start = (raw.get().as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
     let end = start + raw.get().len();
     (end <= data.len())
@@ -78,6 +94,8 @@ struct ChoicesSummary<'a> {
     answer: bool,
     /// The first choice's generated text, answer or reasoning.
     text: Option<&'a RawValue>,
+    /// The first choice's tool calls.
+    tools: Option<&'a RawValue>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for ChoicesSummary<'a> {
@@ -104,6 +122,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for ChoicesSummary<'a> {
                         d.is_some_and(|d| has_text(d.reasoning_content) || has_text(d.reasoning));
                     s.answer |= answer;
                     s.output |= answer || reasoning;
+                    if s.tools.is_none() {
+                        s.tools = d.and_then(|d| d.tool_calls).filter(|t| has_text(Some(t)));
+                    }
                     if s.text.is_none() {
                         s.text = [
                             c.text,
@@ -129,6 +150,19 @@ struct Usage {
     prompt_tokens: Option<u64>,
     #[serde(default)]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// Completion tokens as reported, or total − prompt when only those
+    /// are (embeddings: total = prompt, so 0 generated).
+    fn completion(&self) -> Option<u64> {
+        self.completion_tokens.or_else(|| {
+            let (total, prompt) = (self.total_tokens?, self.prompt_tokens?);
+            total.checked_sub(prompt)
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -226,10 +260,11 @@ fn parse_openai(data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
         answer: choices.answer,
         done: false,
         prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
+        completion_tokens: usage.completion(),
         error: c.error.is_some_and(|e| e.get() != "null"),
         server_ns: None,
         text_span: span_in(data, choices.text),
+        tool_span: array_span(data, choices.tools),
     })
 }
 
@@ -259,6 +294,7 @@ fn parse_ollama(data: &[u8]) -> Result<ChunkInfo, MalformedChunk> {
                 .flatten()
                 .find(|r| has_text(Some(r))),
         ),
+        tool_span: array_span(data, tools),
     })
 }
 
@@ -301,6 +337,32 @@ mod tests {
         assert!(c.answer);
         let c = parse(Api::OpenaiCompletions, br#"{"choices":[{"text":"x"}]}"#).expect("valid");
         assert!(c.answer);
+    }
+
+    #[test]
+    fn usage_without_completion_tokens_gives_total_minus_prompt() {
+        let e = parse_body(
+            Api::OpenaiEmbeddings,
+            br#"{"object":"list","data":[],"usage":{"prompt_tokens":12,"total_tokens":12}}"#,
+        )
+        .expect("valid");
+        assert_eq!((e.prompt_tokens, e.completion_tokens), (Some(12), Some(0)));
+        let c = chat(r#"{"choices":[],"usage":{"completion_tokens":4}}"#);
+        assert_eq!((c.prompt_tokens, c.completion_tokens), (None, Some(4)));
+    }
+
+    #[test]
+    fn tool_calls_are_located_for_counting() {
+        let data = r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"a\""}}]}}]}"#;
+        let c = chat(data);
+        let (a, b) = c.tool_span.expect("tool span");
+        let raw = &data[a as usize..b as usize];
+        assert!(raw.starts_with('[') && raw.ends_with(']') && raw.contains("arguments"));
+        assert!(
+            chat(r#"{"choices":[{"delta":{"content":"x"}}]}"#)
+                .tool_span
+                .is_none()
+        );
     }
 
     #[test]

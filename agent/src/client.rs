@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use barrage_common::error_detail::RequestError;
-use barrage_common::metrics::ErrorClass;
+use barrage_common::metrics::{CountSource, ErrorClass};
 use barrage_common::redact::redact_url;
 use barrage_proto::agent::v1::{self as pb, Api};
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use crate::chunk;
 use crate::failure::{self, from_reqwest};
-use crate::measure::RequestMeasure;
+use crate::measure::{InputCount, RequestMeasure};
 use crate::ndjson::NdjsonSplitter;
 use crate::sse::SseParser;
 
@@ -38,12 +38,12 @@ pub enum ClientError {
     Build(String),
 }
 
-/// A prompt ready to send: its body bytes and an input-token estimate used
+/// A prompt ready to send: its body bytes and the input-token count used
 /// when the server reports no usage.
 #[derive(Debug, Clone)]
 pub struct PreparedPrompt {
     pub body: Bytes,
-    pub estimated_input_tokens: u64,
+    pub input: InputCount,
 }
 
 /// Stream parsers reused across one user's requests.
@@ -178,16 +178,20 @@ impl TargetClient {
             .iter()
             .map(|m| m.content.split_whitespace().count() as u64)
             .sum::<u64>();
-        let estimated_input_tokens = if prompt.input_tokens > 0 {
-            u64::from(prompt.input_tokens)
+        // The controller fills input_tokens only with the plan's tokenizer.
+        let input = if prompt.input_tokens > 0 {
+            InputCount {
+                tokens: u64::from(prompt.input_tokens),
+                source: CountSource::Tokenizer,
+            }
         } else {
-            words.max(1)
+            InputCount::estimated(words.max(1))
         };
         if let chunk::ChunkReader::Template(t) = &self.reader {
             let body = crate::template::render(t, &self.model, &text, messages, max_tokens)?;
             return Ok(PreparedPrompt {
                 body: Bytes::from(body),
-                estimated_input_tokens,
+                input,
             });
         }
         let mut body = Map::new();
@@ -241,7 +245,7 @@ impl TargetClient {
             .map_err(|e| ClientError::ExtraBody(e.to_string()))?;
         Ok(PreparedPrompt {
             body: Bytes::from(body),
-            estimated_input_tokens,
+            input,
         })
     }
 
@@ -297,6 +301,7 @@ impl TargetClient {
                 )
             })?;
             m.on_chunk(at, &info);
+            m.keep_text(&bytes, &info);
             return if info.error {
                 Err(failure::stream(
                     "server reported an error",

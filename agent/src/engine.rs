@@ -197,7 +197,7 @@ impl Workload {
             m.record(
                 end,
                 result.as_ref().map_err(|e| e.class).copied(),
-                prompt.estimated_input_tokens,
+                prompt.input,
                 &self.slo,
                 &mut s.metrics,
                 &mut s.counters,

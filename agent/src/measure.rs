@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use barrage_common::metrics::{Counters, ErrorClass, Metric, MetricSet};
+use barrage_common::metrics::{CountSource, Counters, ErrorClass, Metric, MetricSet};
 use barrage_proto::agent::v1::RequestSlo;
 
 use crate::chunk::ChunkInfo;
@@ -18,6 +18,25 @@ use crate::chunk::ChunkInfo;
 struct Gap {
     micros: u64,
     tokens: u64,
+    /// No usage on this chunk: `tokens` is 1, or the tokenizer's count later.
+    assumed: bool,
+}
+
+/// A prompt's input-token count before the server says anything: the plan
+/// tokenizer's (counted by the controller) or a word estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputCount {
+    pub tokens: u64,
+    pub source: CountSource,
+}
+
+impl InputCount {
+    pub fn estimated(tokens: u64) -> Self {
+        Self {
+            tokens,
+            source: CountSource::Estimated,
+        }
+    }
 }
 
 /// The timing state of one request; reuse it across requests with `begin`.
@@ -32,9 +51,11 @@ pub struct RequestMeasure {
     first_answer: Option<Instant>,
     last_output: Option<Instant>,
     gaps: Vec<Gap>,
-    /// Set at the first output chunk: the server sends usage in every chunk.
-    continuous_usage: Option<bool>,
-    last_completion: u64,
+    /// The last completion-token count the server reported in the stream,
+    /// and the tokens given to output chunks since (usage may come on any
+    /// chunk, or start late: each report covers the chunks before it).
+    last_reported: u64,
+    since_report: u64,
     chunk_tokens: u64,
     chunks_assumed: u64,
     chunks: u64,
@@ -49,8 +70,8 @@ pub struct RequestMeasure {
     capture: bool,
     texts: Vec<u8>,
     text_ends: Vec<u32>,
-    /// Output was counted with the tokenizer (see `count_with`).
-    tokenized: bool,
+    /// The whole output text counted with the tokenizer (see `count_with`).
+    text_tokens: Option<u64>,
     pub saw_done: bool,
     pub malformed: bool,
     /// Times this request was resent after a stale pooled connection.
@@ -59,6 +80,34 @@ pub struct RequestMeasure {
     /// arrives with all the others, so `ttft` = `e2e` and nothing between
     /// tokens (`tpot`, `chunk_gap`, `itl`, `max_stall`) can be observed.
     pub unstreamed: bool,
+}
+
+/// Appends the function names and arguments of a raw `tool_calls` array
+/// (arguments as sent: a string, or an object's JSON text for Ollama).
+fn append_tool_text(out: &mut String, raw: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Call {
+        #[serde(default)]
+        function: Option<Function>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Function {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        arguments: Option<serde_json::Value>,
+    }
+    let Ok(calls) = serde_json::from_slice::<Vec<Call>>(raw) else {
+        return;
+    };
+    for f in calls.into_iter().filter_map(|c| c.function) {
+        out.push_str(f.name.as_deref().unwrap_or_default());
+        match f.arguments {
+            Some(serde_json::Value::String(a)) => out.push_str(&a),
+            Some(serde_json::Value::Null) | None => {}
+            Some(v) => out.push_str(&v.to_string()),
+        }
+    }
 }
 
 fn micros(d: Duration) -> u64 {
@@ -71,49 +120,117 @@ impl RequestMeasure {
         self.capture = on;
     }
 
-    /// Copies an output chunk's text (called right after `on_chunk` for the
-    /// same event). A plain copy into a reused buffer: no tokenizing here.
+    /// Copies an output chunk's text and tool calls (called right after
+    /// `on_chunk` for the same event): raw JSON, one piece each, into reused
+    /// buffers. A plain copy: no decoding or tokenizing here.
     pub fn keep_text(&mut self, data: &[u8], info: &ChunkInfo) {
         if !self.capture || !info.output {
             return;
         }
-        if let Some((a, b)) = info.text_span
-            && let Some(bytes) = data.get(a as usize..b as usize)
-        {
-            self.texts.extend_from_slice(bytes);
+        for span in [info.text_span, info.tool_span] {
+            if let Some((a, b)) = span
+                && let Some(bytes) = data.get(a as usize..b as usize)
+            {
+                self.texts.extend_from_slice(bytes);
+            }
+            self.text_ends
+                .push(u32::try_from(self.texts.len()).unwrap_or(u32::MAX));
         }
-        self.text_ends
-            .push(u32::try_from(self.texts.len()).unwrap_or(u32::MAX));
     }
 
-    /// After the request, off the timed path: counts each chunk's text with
-    /// the tokenizer. The counts replace "1 per chunk" for `itl` (unless the
-    /// server sent continuous usage) and give `output_tokens` when the server
-    /// reported none.
+    /// After the request, off the timed path: counts the output with the
+    /// tokenizer. `output_tokens` (when the server reported none) is the
+    /// count of the whole text, tokenized once: per-chunk counts differ at
+    /// token boundaries. Per-chunk counts only spread `itl` over the chunks
+    /// that carried no usage.
     pub fn count_with(&mut self, tok: &tokenizers::Tokenizer) {
-        if self.text_ends.is_empty() || self.text_ends.len() as u64 != self.chunk_tokens_chunks() {
+        let chunks = self.text_ends.len() / 2;
+        // No text located at all (a template API): nothing to count, the
+        // per-chunk estimate stays.
+        if self.texts.is_empty() || chunks as u64 != self.chunk_tokens_chunks() {
             return;
         }
-        let mut counts = Vec::with_capacity(self.text_ends.len());
-        let mut from = 0usize;
-        for end in &self.text_ends {
-            let raw = self.texts.get(from..*end as usize).unwrap_or_default();
-            from = *end as usize;
-            let text: String = serde_json::from_slice(raw).unwrap_or_default();
-            let n = tok
-                .encode_fast(text, false)
+        let count = |text: &str| {
+            tok.encode_fast(text, false)
                 .map(|e| e.len() as u64)
-                .unwrap_or(0);
-            counts.push(n);
+                .unwrap_or(0)
+        };
+        let mut whole = String::new();
+        let mut counts = Vec::with_capacity(chunks);
+        for i in 0..chunks {
+            let text = self.chunk_text(i);
+            counts.push(count(&text));
+            whole.push_str(&text);
         }
-        if self.continuous_usage != Some(true) {
-            for (g, n) in self.gaps.iter_mut().zip(counts.iter().skip(1)) {
+        for (g, n) in self.gaps.iter_mut().zip(counts.iter().skip(1)) {
+            if g.assumed {
                 g.tokens = (*n).max(1);
             }
-            self.chunks_assumed = 0;
         }
-        self.chunk_tokens = counts.iter().sum();
-        self.tokenized = true;
+        self.chunks_assumed = 0;
+        self.text_tokens = Some(count(&whole));
+    }
+
+    /// Output chunk `i`'s text: its generated text, then its tool calls'
+    /// function names and arguments.
+    fn chunk_text(&self, i: usize) -> String {
+        let piece = |k: usize| {
+            let from = if k == 0 {
+                0
+            } else {
+                self.text_ends[k - 1] as usize
+            };
+            let to = self.text_ends[k] as usize;
+            self.texts.get(from..to).unwrap_or_default()
+        };
+        let text_raw = piece(2 * i);
+        let mut text: String = if text_raw.is_empty() {
+            String::new()
+        } else {
+            serde_json::from_slice(text_raw).unwrap_or_default()
+        };
+        let tools_raw = piece(2 * i + 1);
+        if !tools_raw.is_empty() {
+            append_tool_text(&mut text, tools_raw);
+        }
+        text
+    }
+
+    /// Where this request's `output_tokens` come from, and the count.
+    fn output_count(&self) -> (u64, CountSource) {
+        match (self.completion_tokens, self.text_tokens) {
+            (Some(n), _) => (n, CountSource::Server),
+            (None, Some(n)) => (n, CountSource::Tokenizer),
+            (None, None) => (self.chunk_tokens, CountSource::Estimated),
+        }
+    }
+
+    /// Where this request's `input_tokens` come from, and the count.
+    fn input_count(&self, prompt: InputCount) -> (u64, CountSource) {
+        match self.prompt_tokens {
+            Some(n) => (n, CountSource::Server),
+            None => (prompt.tokens, prompt.source),
+        }
+    }
+
+    /// The tokens an output chunk carried: the rise of the server's running
+    /// count since its last report, less what chunks in between were given;
+    /// 1 (assumed) without usage on the chunk.
+    fn output_chunk_tokens(&mut self, reported: Option<u64>) -> (u64, bool) {
+        match reported {
+            Some(c) => {
+                let k = c
+                    .saturating_sub(self.last_reported.saturating_add(self.since_report))
+                    .max(1);
+                self.last_reported = c;
+                self.since_report = 0;
+                (k, false)
+            }
+            None => {
+                self.since_report += 1;
+                (1, true)
+            }
+        }
     }
 
     /// Output chunks seen (the first plus one per gap).
@@ -162,28 +279,26 @@ impl RequestMeasure {
             self.server_ns = info.server_ns;
         }
         if !info.output {
+            // A running count before any output (on a role-only first
+            // chunk) is the base the first output chunk rises from.
+            if self.last_output.is_none()
+                && let Some(c) = info.completion_tokens
+            {
+                self.last_reported = c;
+            }
             return;
         }
-        let continuous = *self
-            .continuous_usage
-            .get_or_insert(info.completion_tokens.is_some());
-        let tokens = match (continuous, info.completion_tokens) {
-            (true, Some(c)) => {
-                let k = c.saturating_sub(self.last_completion).max(1);
-                self.last_completion = c;
-                k
-            }
-            _ => {
-                self.chunks_assumed += 1;
-                1
-            }
-        };
+        let (tokens, assumed) = self.output_chunk_tokens(info.completion_tokens);
+        if assumed {
+            self.chunks_assumed += 1;
+        }
         self.chunk_tokens += tokens;
         match self.last_output {
             None => self.first_output = Some(at),
             Some(prev) => self.gaps.push(Gap {
                 micros: micros(at.saturating_duration_since(prev)),
                 tokens,
+                assumed,
             }),
         }
         if !info.answer {
@@ -195,14 +310,14 @@ impl RequestMeasure {
         self.last_output = Some(at);
     }
 
-    /// Records the finished request. `estimated_input` is used when the
-    /// server reported no prompt tokens; `slo` decides whether it counts
-    /// towards goodput.
+    /// Records the finished request. `prompt_input` is used when the server
+    /// reported no prompt tokens; `slo` decides whether it counts towards
+    /// goodput.
     pub fn record(
         &self,
         end: Instant,
         result: Result<(), ErrorClass>,
-        estimated_input: u64,
+        prompt_input: InputCount,
         slo: &RequestSlo,
         metrics: &mut MetricSet,
         counters: &mut Counters,
@@ -240,7 +355,7 @@ impl RequestMeasure {
         if let Some(t) = first_answer.map(since) {
             metrics.record(Metric::Ttfo, t);
         }
-        let output_tokens = self.completion_tokens.unwrap_or(self.chunk_tokens);
+        let (output_tokens, output_source) = self.output_count();
         if let Err(class) = result {
             counters.requests_failed += 1;
             counters.count_error(class);
@@ -248,17 +363,12 @@ impl RequestMeasure {
             return;
         }
         let e2e = since(end);
-        let input_tokens = self.prompt_tokens.unwrap_or(estimated_input);
+        let (input_tokens, input_source) = self.input_count(prompt_input);
         counters.requests_ok += 1;
         counters.input_tokens += input_tokens;
         counters.output_tokens += output_tokens;
-        if self.prompt_tokens.is_some() && self.completion_tokens.is_some() {
-            counters.usage_from_server += 1;
-        } else if self.completion_tokens.is_none() && self.tokenized {
-            counters.usage_tokenizer += 1;
-        } else {
-            counters.usage_estimated += 1;
-        }
+        counters.input_from.count(input_source);
+        counters.output_from.count(output_source);
         metrics.record(Metric::E2e, e2e);
         if let Some(ns) = self.server_ns {
             for (m, v) in [
@@ -295,9 +405,11 @@ impl RequestMeasure {
         }
         let within =
             |limit: Option<u64>, v: Option<u64>| limit.is_none_or(|l| v.is_some_and(|v| v <= l));
+        // tpot is undefined below 2 output tokens: its limit cannot fail then.
+        let tpot_within = slo.tpot_us.is_none_or(|l| tpot.is_none_or(|v| v <= l));
         if within(slo.ttft_us, ttft)
             && within(slo.ttfo_us, first_answer.map(since))
-            && within(slo.tpot_us, tpot)
+            && tpot_within
             && within(slo.e2e_us, Some(e2e))
             && within(slo.max_stall_us, Some(max_gap.unwrap_or(0)))
         {
@@ -361,7 +473,8 @@ mod tests {
     ) -> (MetricSet, Counters) {
         let mut set = MetricSet::new(Layouts::default()).expect("layout");
         let mut c = Counters::default();
-        m.record(end, result, 3, &RequestSlo::default(), &mut set, &mut c);
+        let input = InputCount::estimated(3);
+        m.record(end, result, input, &RequestSlo::default(), &mut set, &mut c);
         (set, c)
     }
 
@@ -378,7 +491,7 @@ mod tests {
         assert_eq!(set.get(Metric::Ttft).exact_min(), Some(50_000));
         assert_eq!(set.get(Metric::ChunkGap).count, 1);
         assert_eq!(c.chunk_tokens_assumed, 2);
-        assert_eq!(c.usage_estimated, 1);
+        assert_eq!((c.input_from.estimated, c.output_from.estimated), (1, 1));
         assert_eq!(set.get(Metric::OutputTokens).exact_min(), Some(2));
     }
 
@@ -423,9 +536,10 @@ mod tests {
         assert_eq!(set.get(Metric::MaxStall).max, 40_000);
         assert_eq!(c.chunk_tokens_assumed, 0);
         assert_eq!(
-            (c.input_tokens, c.output_tokens, c.usage_from_server),
+            (c.input_tokens, c.output_tokens, c.input_from.server),
             (9, 5, 1)
         );
+        assert_eq!(c.output_from.server, 1);
         // tpot = (52 - 10) / (5 - 1) ms
         assert_eq!(set.get(Metric::Tpot).max, 10_500);
     }
@@ -485,18 +599,19 @@ mod tests {
             e2e_us: Some(100_000),
             ..RequestSlo::default()
         };
-        m.record(t0 + ms(41), Ok(()), 1, &ok, &mut set, &mut c);
+        let one = InputCount::estimated(1);
+        m.record(t0 + ms(41), Ok(()), one, &ok, &mut set, &mut c);
         assert_eq!(c.requests_good, 1);
         let strict = RequestSlo {
             ttft_us: Some(20_000),
             ..RequestSlo::default()
         };
-        m.record(t0 + ms(41), Ok(()), 1, &strict, &mut set, &mut c);
+        m.record(t0 + ms(41), Ok(()), one, &strict, &mut set, &mut c);
         assert_eq!(c.requests_good, 1, "ttft 30 ms > 20 ms: not good");
         m.record(
             t0 + ms(41),
             Err(ErrorClass::Stream),
-            1,
+            one,
             &ok,
             &mut set,
             &mut c,
@@ -523,6 +638,68 @@ mod tests {
         ] {
             assert_eq!(set.get(unseen).count, 0, "{unseen}");
         }
+    }
+
+    #[test]
+    fn usage_starting_on_a_later_chunk_still_spreads_itl() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        // Role-only first chunk with usage, first output chunk without.
+        m.on_chunk(
+            t0 + ms(1),
+            &ChunkInfo {
+                completion_tokens: Some(0),
+                ..ChunkInfo::default()
+            },
+        );
+        m.on_chunk(t0 + ms(10), &out(None));
+        m.on_chunk(t0 + ms(40), &out(Some(4)));
+        m.on_chunk(t0 + ms(60), &out(Some(6)));
+        let (set, c) = recorded(&m, t0 + ms(61), Ok(()));
+        let itl = set.get(Metric::Itl);
+        assert_eq!((itl.count, itl.min, itl.max), (5, 10_000, 10_000));
+        assert_eq!(c.chunk_tokens_assumed, 1);
+        assert_eq!((c.output_tokens, c.output_from.server), (6, 1));
+        // Only the prompt's count was not reported: each count its own label.
+        assert_eq!((c.input_tokens, c.input_from.estimated), (3, 1));
+    }
+
+    #[test]
+    fn a_tpot_limit_does_not_fail_a_one_token_request() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let slo = RequestSlo {
+            tpot_us: Some(1),
+            ..RequestSlo::default()
+        };
+        let mut set = MetricSet::new(Layouts::default()).expect("layout");
+        let mut c = Counters::default();
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        m.on_chunk(t0 + ms(5), &out(Some(1)));
+        m.record(
+            t0 + ms(9),
+            Ok(()),
+            InputCount::estimated(1),
+            &slo,
+            &mut set,
+            &mut c,
+        );
+        assert_eq!((c.requests_good, set.get(Metric::Tpot).count), (1, 0));
+        m.begin(t0);
+        m.on_chunk(t0 + ms(5), &out(Some(1)));
+        m.on_chunk(t0 + ms(8), &out(Some(2)));
+        m.record(
+            t0 + ms(9),
+            Ok(()),
+            InputCount::estimated(1),
+            &slo,
+            &mut set,
+            &mut c,
+        );
+        assert_eq!(c.requests_good, 1, "two tokens: tpot 4 ms > 1 us");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Incremental Server-Sent Events parser: correct whatever byte boundaries
 //! the network splits events at (CR, LF or CRLF line ends, `:` comments,
 //! multi-line `data:`), with no allocation per event once its buffers grew.
+//! An event whose data is empty (`data:` alone) is not dispatched: it carries
+//! nothing, and some servers send it as a keep-alive.
 
 /// Largest event accepted; a server sending more is treated as broken.
 pub const MAX_EVENT_BYTES: usize = 16 << 20;
@@ -33,7 +35,8 @@ impl SseParser {
         mut input: &[u8],
         on_data: &mut impl FnMut(&[u8]),
     ) -> Result<(), SseError> {
-        if self.skip_lf {
+        // An empty read must not forget a pending CR (its LF may come next).
+        if self.skip_lf && !input.is_empty() {
             self.skip_lf = false;
             if let [b'\n', rest @ ..] = input {
                 input = rest;
@@ -113,11 +116,11 @@ impl SseParser {
     }
 
     fn dispatch(&mut self, on_data: &mut impl FnMut(&[u8])) {
-        if self.has_data {
+        if self.has_data && !self.data.is_empty() {
             on_data(&self.data);
-            self.data.clear();
-            self.has_data = false;
         }
+        self.data.clear();
+        self.has_data = false;
     }
 }
 
@@ -156,6 +159,30 @@ mod tests {
     #[test]
     fn unterminated_last_event_is_delivered_at_finish() {
         assert_eq!(parse_split(b"data: [DONE]", 3), vec!["[DONE]"]);
+    }
+
+    #[test]
+    fn empty_data_lines_are_not_events() {
+        let input =
+            "data:\n\ndata: \r\n\r\n: ping\r\rdata: {\"t\":\"é\"}\r\n\r\ndata:\r".as_bytes();
+        for cut in 0..=input.len() {
+            assert_eq!(
+                parse_split(input, cut),
+                vec!["{\"t\":\"é\"}"],
+                "split at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_read_between_cr_and_lf_keeps_one_line_end() {
+        let mut out = Vec::new();
+        let mut p = SseParser::new();
+        let mut f = |d: &[u8]| out.push(String::from_utf8_lossy(d).into_owned());
+        for piece in [&b"data: a\r"[..], b"", b"\ndata: b\r\n\r\n"] {
+            p.push(piece, &mut f).expect("ok");
+        }
+        assert_eq!(out, vec!["a\nb"]);
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub fn parse(t: &pb::TemplateApi, data: &[u8]) -> Result<ChunkInfo, MalformedChu
         error: v.get("error").is_some_and(|e| !e.is_null()),
         server_ns: None,
         text_span: None,
+        tool_span: None,
     })
 }
 

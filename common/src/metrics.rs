@@ -497,6 +497,42 @@ impl ErrorClass {
     }
 }
 
+/// Where one token count of a request came from (METRICS.md "counts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountSource {
+    /// The server's `usage` (or Ollama's `prompt_eval_count` / `eval_count`).
+    Server,
+    /// The plan's tokenizer: the prompt counted by the controller, or the
+    /// whole output text counted by the agent.
+    Tokenizer,
+    /// A heuristic: prompt words, or one token per output chunk.
+    Estimated,
+}
+
+/// Completed requests per source of one count (input or output).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCounts {
+    pub server: u64,
+    pub tokenizer: u64,
+    pub estimated: u64,
+}
+
+impl SourceCounts {
+    pub fn count(&mut self, source: CountSource) {
+        match source {
+            CountSource::Server => self.server += 1,
+            CountSource::Tokenizer => self.tokenizer += 1,
+            CountSource::Estimated => self.estimated += 1,
+        }
+    }
+
+    fn add(&mut self, o: &SourceCounts) {
+        self.server = self.server.saturating_add(o.server);
+        self.tokenizer = self.tokenizer.saturating_add(o.tokenizer);
+        self.estimated = self.estimated.saturating_add(o.estimated);
+    }
+}
+
 /// Plain counters of an interval or a total; addition is exact.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -509,8 +545,6 @@ pub struct Counters {
     pub failed_output_tokens: u64,
     pub response_bytes: u64,
     pub chunks: u64,
-    pub usage_from_server: u64,
-    pub usage_estimated: u64,
     pub chunk_tokens_assumed: u64,
     /// Open loop: planned arrivals never sent (still waiting when the run ended).
     pub arrivals_unsent: u64,
@@ -518,8 +552,6 @@ pub struct Counters {
     pub requests_good: u64,
     /// Chunks that carried reasoning text.
     pub reasoning_chunks: u64,
-    /// Requests whose output tokens were counted with the plan's tokenizer.
-    pub usage_tokenizer: u64,
     /// Started requests cut by the end of the drain or a stop (e2e censored).
     pub requests_incomplete: u64,
     /// Requests started in the warmup that ended after it.
@@ -528,6 +560,9 @@ pub struct Counters {
     pub error_details: ErrorDetails,
     /// Requests resent once after a reused connection was found closed.
     pub connection_retries: u64,
+    /// Sources of `input_tokens`, of `output_tokens` (each count its own).
+    pub input_from: SourceCounts,
+    pub output_from: SourceCounts,
 }
 
 impl Counters {
@@ -547,15 +582,12 @@ impl Counters {
             .saturating_add(o.failed_output_tokens);
         self.response_bytes = self.response_bytes.saturating_add(o.response_bytes);
         self.chunks = self.chunks.saturating_add(o.chunks);
-        self.usage_from_server = self.usage_from_server.saturating_add(o.usage_from_server);
-        self.usage_estimated = self.usage_estimated.saturating_add(o.usage_estimated);
         self.chunk_tokens_assumed = self
             .chunk_tokens_assumed
             .saturating_add(o.chunk_tokens_assumed);
         self.arrivals_unsent = self.arrivals_unsent.saturating_add(o.arrivals_unsent);
         self.requests_good = self.requests_good.saturating_add(o.requests_good);
         self.reasoning_chunks = self.reasoning_chunks.saturating_add(o.reasoning_chunks);
-        self.usage_tokenizer = self.usage_tokenizer.saturating_add(o.usage_tokenizer);
         self.requests_incomplete = self
             .requests_incomplete
             .saturating_add(o.requests_incomplete);
@@ -564,6 +596,8 @@ impl Counters {
             .saturating_add(o.requests_from_warmup);
         self.connection_retries = self.connection_retries.saturating_add(o.connection_retries);
         self.error_details.add(&o.error_details);
+        self.input_from.add(&o.input_from);
+        self.output_from.add(&o.output_from);
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -597,17 +631,20 @@ impl Counters {
             failed_output_tokens: self.failed_output_tokens,
             response_bytes: self.response_bytes,
             chunks: self.chunks,
-            usage_from_server: self.usage_from_server,
-            usage_estimated: self.usage_estimated,
             chunk_tokens_assumed: self.chunk_tokens_assumed,
             arrivals_unsent: self.arrivals_unsent,
             requests_good: self.requests_good,
             reasoning_chunks: self.reasoning_chunks,
-            usage_tokenizer: self.usage_tokenizer,
             requests_incomplete: self.requests_incomplete,
             requests_from_warmup: self.requests_from_warmup,
             error_details: self.error_details.to_proto(),
             connection_retries: self.connection_retries,
+            input_from_server: self.input_from.server,
+            input_from_tokenizer: self.input_from.tokenizer,
+            input_estimated: self.input_from.estimated,
+            output_from_server: self.output_from.server,
+            output_from_tokenizer: self.output_from.tokenizer,
+            output_estimated: self.output_from.estimated,
         }
     }
 
@@ -623,17 +660,24 @@ impl Counters {
             failed_output_tokens: p.failed_output_tokens,
             response_bytes: p.response_bytes,
             chunks: p.chunks,
-            usage_from_server: p.usage_from_server,
-            usage_estimated: p.usage_estimated,
             chunk_tokens_assumed: p.chunk_tokens_assumed,
             arrivals_unsent: p.arrivals_unsent,
             requests_good: p.requests_good,
             reasoning_chunks: p.reasoning_chunks,
-            usage_tokenizer: p.usage_tokenizer,
             requests_incomplete: p.requests_incomplete,
             requests_from_warmup: p.requests_from_warmup,
             error_details: ErrorDetails::from_proto(&p.error_details),
             connection_retries: p.connection_retries,
+            input_from: SourceCounts {
+                server: p.input_from_server,
+                tokenizer: p.input_from_tokenizer,
+                estimated: p.input_estimated,
+            },
+            output_from: SourceCounts {
+                server: p.output_from_server,
+                tokenizer: p.output_from_tokenizer,
+                estimated: p.output_estimated,
+            },
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

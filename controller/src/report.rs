@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use barrage_common::error_detail::ErrorDetails;
-use barrage_common::metrics::{ErrorClass, Metric, MetricSet, Series};
+use barrage_common::metrics::{ErrorClass, Metric, MetricSet, Series, SourceCounts};
 use serde::Serialize;
 
 use crate::merge::IntervalRow;
@@ -149,8 +149,9 @@ pub struct Summary {
     pub avg_itl_ms: Option<f64>,
     pub avg_input_tokens: Option<f64>,
     pub avg_output_tokens: Option<f64>,
-    /// Where token counts came from: requests counted by the server's usage
-    /// vs estimated, and chunks whose token count was assumed to be 1.
+    /// Where token counts came from: completed requests per source of their
+    /// input count and of their output count, and chunks whose token count
+    /// was assumed to be 1.
     pub token_source: TokenSource,
     pub metrics: BTreeMap<&'static str, Distribution>,
     /// Metrics this run could not observe (responses not streamed: the gaps
@@ -197,13 +198,15 @@ pub struct OpenLoopReport {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TokenSource {
-    pub usage_from_server: u64,
-    pub usage_estimated: u64,
+    /// `input_tokens` per source: the server's usage, the prompt counted
+    /// with the plan's tokenizer, or a word estimate.
+    pub input: SourceCounts,
+    /// `output_tokens` per source: the server's usage, the whole output text
+    /// tokenized once with the plan's tokenizer, or one token per chunk.
+    pub output: SourceCounts,
     pub chunk_tokens_assumed: u64,
     /// Chunks that carried reasoning text (counted as output too).
     pub reasoning_chunks: u64,
-    /// Requests whose output tokens were counted with the plan's tokenizer.
-    pub usage_tokenizer: u64,
 }
 
 /// Inputs of a summary that do not come from the merge.
@@ -292,11 +295,10 @@ impl Summary {
             avg_input_tokens: totals.get(Metric::InputTokens).mean(),
             avg_output_tokens: totals.get(Metric::OutputTokens).mean(),
             token_source: TokenSource {
-                usage_from_server: c.usage_from_server,
-                usage_estimated: c.usage_estimated,
+                input: c.input_from,
+                output: c.output_from,
                 chunk_tokens_assumed: c.chunk_tokens_assumed,
                 reasoning_chunks: c.reasoning_chunks,
-                usage_tokenizer: c.usage_tokenizer,
             },
             metrics: Metric::ALL
                 .iter()
@@ -331,6 +333,29 @@ fn unstreamed_note(streamed: bool) -> Option<String> {
 
 /// What the console shows for a value that cannot exist in this run.
 const UNOBSERVABLE: &str = "–";
+
+/// Requests per source, each count on its own line.
+fn render_token_sources(out: &mut String, t: &TokenSource, w: usize) {
+    let line = |c: &SourceCounts, tokenizer: &str| {
+        format!(
+            "server usage {} / {tokenizer} {} / estimated {} requests",
+            c.server, c.tokenizer, c.estimated
+        )
+    };
+    let _ = writeln!(
+        out,
+        "  {:<w$}  {}",
+        "Input tokens from",
+        line(&t.input, "tokenizer")
+    );
+    let _ = writeln!(
+        out,
+        "  {:<w$}  {}; {} chunks assumed 1 token",
+        "Output tokens from",
+        line(&t.output, "tokenizer (whole text)"),
+        t.chunk_tokens_assumed
+    );
+}
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
@@ -398,15 +423,7 @@ pub fn render(s: &Summary) -> String {
             "Connection retries", s.connection_retries
         );
     }
-    let _ = writeln!(
-        out,
-        "  {:<w$}  server usage {} / tokenizer {} / estimated {} requests; {} chunks assumed 1 token",
-        "Token counts from",
-        s.token_source.usage_from_server,
-        s.token_source.usage_tokenizer,
-        s.token_source.usage_estimated,
-        s.token_source.chunk_tokens_assumed
-    );
+    render_token_sources(&mut out, &s.token_source, w);
     let _ = write!(
         out,
         "\nPercentiles (ms; output_tokens in tokens)\n  {:<14}",

@@ -242,7 +242,7 @@ pub async fn execute(
     let plan_sha = format!("{:x}", Sha256::digest(plan_toml.as_bytes()));
     // TLS files are read and checked before anything connects.
     let tls = ClientTls::from_cluster(&plan.cluster, opts.plan_dir.as_deref())?;
-    let trace = crate::trace::load(&plan.load, opts.plan_dir.as_deref())?;
+    let trace = crate::trace::load(&plan.load, &plan.dataset, opts.plan_dir.as_deref())?;
     // Agents count output with the plan's tokenizer when the server reports
     // no usage: they get the file's bytes, not its path.
     let tokenizer_json = dataset::tokenizer_bytes(&plan.dataset, opts.plan_dir.as_deref())?;
@@ -278,6 +278,9 @@ pub async fn execute(
     }
     let (mut summary, verdict) = result?;
     summary.started_at = started_wall.to_rfc3339();
+    summary
+        .notes
+        .extend(trace.as_ref().and_then(crate::trace::Trace::counts_note));
     if let Some(sim) = target.sim {
         summary.simulator = Some(sim.stats());
         sim.shutdown().await;

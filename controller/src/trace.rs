@@ -2,9 +2,13 @@
 //! input_tokens, output_tokens, prompt?}`, the shape of public production
 //! traces such as Mooncake's) turned into arrival offsets and prompts, then
 //! striped over the agents so each replays its share at the trace's timing.
+//! With the plan's tokenizer, synthetic prompts have exactly the trace's
+//! input token counts (built as the random dataset builds them); without
+//! one they have that many words, and input counts are estimates.
 
 use std::path::{Path, PathBuf};
 
+use barrage_common::dataset::DatasetSection;
 use barrage_common::load::LoadSection;
 use barrage_common::split;
 use barrage_proto::agent::v1 as pb;
@@ -21,6 +25,8 @@ pub enum TraceError {
         line: usize,
         reason: String,
     },
+    #[error(transparent)]
+    Tokenizer(#[from] crate::dataset::DatasetError),
 }
 
 #[derive(Deserialize)]
@@ -38,6 +44,8 @@ struct Row {
 pub struct Trace {
     pub offsets_s: Vec<f64>,
     pub prompts: Vec<pb::Prompt>,
+    /// Prompts were built and counted with the plan's tokenizer.
+    pub tokenized: bool,
 }
 
 const WORDS: &[&str] = &[
@@ -55,8 +63,13 @@ fn synthetic(id: usize, words: u32, rng: &mut StdRng) -> String {
     text
 }
 
-/// Reads the trace named by `load.trace` (relative to `base`).
-pub fn load(load: &LoadSection, base: Option<&Path>) -> Result<Option<Trace>, TraceError> {
+/// Reads the trace named by `load.trace` (relative to `base`); prompts are
+/// built for `dataset.tokenizer` when the plan names one.
+pub fn load(
+    load: &LoadSection,
+    dataset: &DatasetSection,
+    base: Option<&Path>,
+) -> Result<Option<Trace>, TraceError> {
     let Some(file) = &load.trace else {
         return Ok(None);
     };
@@ -102,25 +115,74 @@ pub fn load(load: &LoadSection, base: Option<&Path>) -> Result<Option<Trace>, Tr
     rows.sort_by(|a, b| a.1.timestamp.total_cmp(&b.1.timestamp));
     let t0 = rows[0].1.timestamp;
     check_span(&rows, t0, unit * scale, &path)?;
-    let mut rng = StdRng::seed_from_u64(0x7ace);
-    let mut trace = Trace {
-        offsets_s: Vec::with_capacity(rows.len()),
-        prompts: Vec::with_capacity(rows.len()),
+    let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
+    let offsets_s = rows
+        .iter()
+        .map(|r| (r.timestamp - t0) * unit * scale)
+        .collect();
+    let (prompts, tokenized) = match crate::dataset::plan_tokenizer(dataset, base)? {
+        Some(tok) => (tokenized_prompts(rows, &tok)?, true),
+        None => (word_prompts(rows), false),
     };
-    for (id, (_, r)) in rows.into_iter().enumerate() {
-        trace.offsets_s.push((r.timestamp - t0) * unit * scale);
-        let words = r.input_tokens.unwrap_or(0);
-        let content = r.prompt.unwrap_or_else(|| synthetic(id, words, &mut rng));
-        trace.prompts.push(pb::Prompt {
-            messages: vec![pb::ChatMessage {
-                role: "user".into(),
-                content,
-            }],
-            max_tokens: r.output_tokens.unwrap_or(0),
-            input_tokens: words,
-        });
+    Ok(Some(Trace {
+        offsets_s,
+        prompts,
+        tokenized,
+    }))
+}
+
+fn prompt(content: String, r: &Row, input_tokens: u32) -> pb::Prompt {
+    pb::Prompt {
+        messages: vec![pb::ChatMessage {
+            role: "user".into(),
+            content,
+        }],
+        max_tokens: r.output_tokens.unwrap_or(0),
+        input_tokens,
     }
-    Ok(Some(trace))
+}
+
+/// No tokenizer: N words for N tokens. `input_tokens` stays 0, so the agent
+/// labels its word count an estimate.
+fn word_prompts(rows: Vec<Row>) -> Vec<pb::Prompt> {
+    let mut rng = StdRng::seed_from_u64(0x7ace);
+    rows.into_iter()
+        .enumerate()
+        .map(|(id, r)| {
+            let words = r.input_tokens.unwrap_or(0);
+            let content = match &r.prompt {
+                Some(p) => p.clone(),
+                None => synthetic(id, words, &mut rng),
+            };
+            prompt(content, &r, 0)
+        })
+        .collect()
+}
+
+/// With the plan's tokenizer: synthetic prompts of exactly the trace's
+/// token counts, given prompts counted.
+fn tokenized_prompts(
+    rows: Vec<Row>,
+    tok: &crate::dataset::PromptTokenizer,
+) -> Result<Vec<pb::Prompt>, TraceError> {
+    let lens: Vec<usize> = rows
+        .iter()
+        .filter(|r| r.prompt.is_none())
+        .map(|r| r.input_tokens.unwrap_or(0) as usize)
+        .collect();
+    let mut built = crate::dataset::exact_texts(tok, &lens, 0x7ace)?.into_iter();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (content, n) = match &r.prompt {
+            Some(p) => (p.clone(), tok.count(p)?),
+            None => (
+                built.next().unwrap_or_default(),
+                r.input_tokens.unwrap_or(0) as usize,
+            ),
+        };
+        out.push(prompt(content, &r, u32::try_from(n).unwrap_or(u32::MAX)));
+    }
+    Ok(out)
 }
 
 /// Refuses a trace whose replay would outlast `limits::MAX_RUN` (a huge
@@ -159,6 +221,15 @@ impl Trace {
             .collect()
     }
 
+    /// What the summary says when input counts can only be estimates.
+    pub fn counts_note(&self) -> Option<String> {
+        (!self.tokenized).then(|| {
+            "trace replay without dataset.tokenizer: a trace's N input tokens were sent as N \
+             words, and input counts not reported by the server are estimates"
+                .to_owned()
+        })
+    }
+
     /// Seconds from the first to the last arrival.
     pub fn span_s(&self) -> f64 {
         self.offsets_s.last().copied().unwrap_or(0.0)
@@ -187,7 +258,7 @@ mod tests {
             "{\"timestamp\": 2000, \"input_length\": 4, \"output_length\": 2}\n{\"timestamp\": 1000, \"input_tokens\": 3, \"output_tokens\": 5}\n\n{\"timestamp\": 1500, \"prompt\": \"hi there\", \"output_tokens\": 1}\n",
         )
         .expect("write");
-        let t = load(&section(&f, 0.5), None)
+        let t = load(&section(&f, 0.5), &DatasetSection::default(), None)
             .expect("valid")
             .expect("trace");
         assert_eq!(t.offsets_s, vec![0.0, 0.25, 0.5]);
@@ -201,7 +272,7 @@ mod tests {
         assert_eq!(parts[0].0, vec![0.0, 0.5]);
         assert_eq!(parts[1].0, vec![0.25]);
         std::fs::write(&f, "{\"timestamp\": 1}\n{\"timestamp\": \"x\"}\n").expect("write");
-        let e = load(&section(&f, 1.0), None).expect_err("bad");
+        let e = load(&section(&f, 1.0), &DatasetSection::default(), None).expect_err("bad");
         assert!(
             e.to_string().contains("line 1") && e.to_string().contains("t.jsonl"),
             "{e}"

@@ -52,8 +52,10 @@ async fn every_generation_api_streaming_and_not_counts_what_the_server_served() 
             assert_eq!(s.output_tokens, 8 * 5, "{case}");
             assert_eq!(s.input_tokens, sim.input_tokens, "{case}");
             assert_eq!(s.input_tokens, 8 * 12, "{case}");
+            let from = &s.token_source;
             assert_eq!(
-                s.token_source.usage_from_server, 8,
+                (from.input.server, from.output.server),
+                (8, 8),
                 "{case}: usage read from the response"
             );
             if api.starts_with("ollama") {
@@ -89,6 +91,11 @@ async fn embeddings_measure_latency_and_input_tokens() {
     assert_eq!(s.input_tokens, 8 * 12);
     assert_eq!(s.input_tokens, sim.input_tokens);
     assert_eq!(s.output_tokens, 0);
+    // usage.prompt_tokens is the server's count, labelled so; total_tokens
+    // = prompt_tokens says it generated nothing.
+    let from = &s.token_source;
+    assert_eq!((from.input.server, from.input.estimated), (8, 0));
+    assert_eq!((from.output.server, from.output.estimated), (8, 0));
     let e2e = s.metrics["e2e"].percentiles["p50"];
     assert!((15.0..25.0).contains(&e2e), "e2e {e2e}");
 }
@@ -165,7 +172,7 @@ async fn template_api_reads_sse_ndjson_and_json_bodies_by_pointers() {
             after.input_tokens - before.input_tokens,
             "{path}"
         );
-        assert_eq!(s.token_source.usage_from_server, 6, "{path}");
+        assert_eq!(s.token_source.output.server, 6, "{path}");
         assert!(
             s.metrics["ttft"].count == 6,
             "{path}: output found by pointer"
@@ -235,10 +242,10 @@ async fn without_server_usage_the_tokenizer_counts_output_per_chunk() {
     );
     assert_eq!(s.output_tokens, 6 * 12);
     assert_eq!(
-        s.token_source.usage_tokenizer, 6,
+        s.token_source.output.tokenizer, 6,
         "labelled as tokenizer counts"
     );
-    assert_eq!(s.token_source.usage_from_server, 0);
+    assert_eq!(s.token_source.output.server, 0);
     assert_eq!(s.token_source.chunk_tokens_assumed, 0);
     // 4 chunks of 3 tokens per request: 3 gaps, each spread over 3 tokens.
     assert_eq!(s.metrics["chunk_gap"].count, 6 * 3);

@@ -260,7 +260,11 @@ async fn a_conversation_dataset_runs_and_the_simulator_counts_what_it_predicts()
         "the tokenizer's counts reached the agent"
     );
     // No usage from the server: the agents counted with the plan's tokenizer.
-    assert_eq!(s.token_source.usage_tokenizer, requests);
+    assert_eq!(s.token_source.output.tokenizer, requests);
+    assert_eq!(
+        s.token_source.input.tokenizer, requests,
+        "prompts counted by the controller's tokenizer"
+    );
     assert_eq!(s.output_tokens, requests * 4);
     assert_eq!(
         sim.output_tokens,

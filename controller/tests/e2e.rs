@@ -59,7 +59,8 @@ async fn counts_and_timing_match_the_simulator() {
     );
     assert_eq!(s.output_tokens, 640 * 16);
     assert_eq!(s.input_tokens, sim.input_tokens);
-    assert_eq!(s.token_source.usage_from_server, 640);
+    assert_eq!(s.token_source.input.server, 640);
+    assert_eq!(s.token_source.output.server, 640);
 
     let p50 = |m: Metric| s.metrics[m.name()].percentiles["p50"];
     let ttft = p50(Metric::Ttft);

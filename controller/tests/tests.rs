@@ -13,5 +13,6 @@ mod failures;
 mod limits;
 mod load_models;
 mod monitor;
+mod odd_servers;
 mod secrets;
 mod sweeps;

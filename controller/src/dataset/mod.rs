@@ -190,6 +190,27 @@ fn from_file(kind: DatasetKind, path: &Path, text: &str) -> Result<Vec<Item>, Da
     }
 }
 
+/// The plan's tokenizer, when `[dataset] tokenizer` names one.
+pub fn plan_tokenizer(
+    d: &DatasetSection,
+    plan_dir: Option<&Path>,
+) -> Result<Option<PromptTokenizer>, DatasetError> {
+    d.tokenizer
+        .as_ref()
+        .map(|p| PromptTokenizer::from_file(&resolve(plan_dir, p)))
+        .transpose()
+}
+
+/// Random texts of exactly `lens[i]` tokens of `tok` each (built as the
+/// random dataset builds its prompts: re-encoded until exact).
+pub fn exact_texts(
+    tok: &PromptTokenizer,
+    lens: &[usize],
+    seed: u64,
+) -> Result<Vec<String>, DatasetError> {
+    random::exact_texts(tok, lens, seed)
+}
+
 /// Prompts in chunks of at most `max_bytes` (approximate encoded size).
 pub fn chunks(prompts: &[pb::Prompt], max_bytes: usize) -> Vec<pb::DatasetChunk> {
     let mut out = Vec::new();

@@ -161,6 +161,17 @@ fn fit_all(
     })
 }
 
+/// Texts of exactly `lens[i]` tokens each, random from their first token
+/// (trace replay: each arrival's input length).
+pub(super) fn exact_texts(
+    tok: &PromptTokenizer,
+    lens: &[usize],
+    seed: u64,
+) -> Result<Vec<String>, DatasetError> {
+    let pool = tok.word_pool(seed)?;
+    fit_all(tok, "", lens, &pool, seed)
+}
+
 /// Token prompts of exact lengths for the plan's tokenizer.
 pub(super) fn tokens(d: &DatasetSection, tok: &PromptTokenizer) -> Result<Vec<Item>, DatasetError> {
     let pool = tok.word_pool(d.seed)?;

@@ -254,3 +254,138 @@ fn tokenizer_counts_fill_input_tokens_and_drive_the_filters() {
     );
     assert!(e.contains("none of the 60 loaded"), "{e}");
 }
+
+/// A trace of `lens` input tokens (one every 10 ms) and a row with a prompt.
+fn trace_file(dir: &Path, lens: &[u32]) -> PathBuf {
+    let mut text: String = lens
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "{{\"timestamp\": {}, \"input_length\": {n}, \"output_length\": 2}}\n",
+                i * 10
+            )
+        })
+        .collect();
+    text.push_str(&format!(
+        "{{\"timestamp\": {}, \"prompt\": \"the quick brown fox\", \"input_length\": 99, \"output_length\": 2}}\n",
+        lens.len() * 10
+    ));
+    let path = dir.join("trace.jsonl");
+    std::fs::write(&path, text).expect("trace");
+    path
+}
+
+fn trace_section(path: &Path) -> barrage_common::load::LoadSection {
+    barrage_common::load::LoadSection {
+        trace: Some(path.to_owned()),
+        time_scale: Some(0.1),
+        ..barrage_common::load::LoadSection::default()
+    }
+}
+
+#[test]
+fn a_trace_with_a_tokenizer_gets_prompts_of_its_exact_token_counts() {
+    let dir = scratch("trace-bpe");
+    let tok_path = byte_bpe(&dir);
+    let tok = Tokenizer::from_file(&tok_path).expect("tokenizer");
+    let lens = [1u32, 7, 33, 64, 64];
+    let path = trace_file(&dir, &lens);
+    let with = DatasetSection {
+        tokenizer: Some(tok_path),
+        ..DatasetSection::default()
+    };
+    let t = barrage_controller::trace::load(&trace_section(&path), &with, None)
+        .expect("trace")
+        .expect("some");
+    assert_eq!(t.prompts.len(), lens.len() + 1);
+    for (p, n) in t.prompts.iter().zip(lens) {
+        let text = &p.messages[0].content;
+        assert_eq!(count(&tok, text), n as usize, "re-encoded: {text:?}");
+        assert_eq!(p.input_tokens, n);
+    }
+    let given = &t.prompts[lens.len()];
+    assert_eq!(given.messages[0].content, "the quick brown fox");
+    assert_eq!(
+        given.input_tokens as usize,
+        count(&tok, "the quick brown fox"),
+        "a given prompt is counted, not taken from the trace"
+    );
+    assert_ne!(
+        t.prompts[3].messages[0].content,
+        t.prompts[4].messages[0].content
+    );
+    assert!(t.counts_note().is_none());
+
+    // No tokenizer: N words, and counts left to the agent's estimate.
+    let without =
+        barrage_controller::trace::load(&trace_section(&path), &DatasetSection::default(), None)
+            .expect("trace")
+            .expect("some");
+    for (p, n) in without.prompts.iter().zip(lens) {
+        assert_eq!(p.messages[0].content.split_whitespace().count(), n as usize);
+        assert_eq!(p.input_tokens, 0, "not a token count");
+    }
+    assert!(
+        without
+            .counts_note()
+            .is_some_and(|n| n.contains("estimates"))
+    );
+}
+
+/// A replayed trace against llm-sim with no usage in the stream: with the
+/// plan's tokenizer (one token per word, as llm-sim counts) the input
+/// counts are the tokenizer's and equal the server's; without one, they are
+/// labelled estimates and the summary says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_trace_labels_its_input_counts() {
+    let _serial = crate::support::LOAD.lock().await;
+    let dir = scratch("trace-e2e");
+    let tok = word_level(&dir);
+    let lens = [3u32, 9, 12, 20];
+    let path = trace_file(&dir, &lens);
+    let rows = lens.len() as u64 + 1;
+    for tokenizer in [Some(&tok), None] {
+        let line = tokenizer.map_or(String::new(), |t| {
+            format!("tokenizer = \"{}\"", t.display())
+        });
+        let text = format!(
+            r#"
+            [target]
+            include_usage = false
+            [dataset]
+            {line}
+            [load]
+            trace = "{}"
+            time_scale = 0.1
+            [cluster]
+            embedded_agents = 1
+            [output]
+            dir = "{}"
+            [simulator]
+            ttft = "5ms"
+            itl = "1ms"
+            "#,
+            path.display(),
+            dir.display()
+        );
+        let s = crate::support::run_text(&text, barrage_controller::run::RunOptions::default())
+            .await
+            .summary;
+        let sim = s.simulator.clone().expect("sim");
+        assert_eq!(s.requests_ok, rows, "{:?}", s.errors);
+        let from = &s.token_source;
+        let note = s.notes.iter().any(|n| n.contains("input counts"));
+        if tokenizer.is_some() {
+            assert_eq!((from.input.tokenizer, from.input.estimated), (rows, 0));
+            assert_eq!(
+                s.input_tokens, sim.input_tokens,
+                "the server counted the same"
+            );
+            assert!(!note, "{:?}", s.notes);
+        } else {
+            assert_eq!((from.input.tokenizer, from.input.estimated), (0, rows));
+            assert!(note, "{:?}", s.notes);
+        }
+    }
+}
