@@ -3,22 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use barrage_common::auth::Token;
-use barrage_common::simulator::SimConfig;
-use barrage_controller::run::{RunError, RunOptions, Verdict, execute};
+use barrage_controller::run::{RunError, Verdict, execute};
 use barrage_llm_sim::SimServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{AgentProcess, LOAD, TEST_LIMIT, free_port, plan_from, scratch};
+use crate::support::{
+    AgentProcess, LOAD, TEST_LIMIT, finish, free_port, opts, plan_from, scratch, sim_toml,
+};
 
 const TOKEN: &str = "cluster-test-token";
-
-async fn sim(cfg: &str) -> SimServer {
-    let cfg: SimConfig = toml::from_str(cfg).expect("sim config");
-    SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim")
-}
 
 fn plan(sim: &SimServer, agents: &[AgentProcess], load: &str) -> String {
     let list: Vec<String> = agents.iter().map(|a| format!("\"{}\"", a.addr)).collect();
@@ -45,17 +38,10 @@ fn plan(sim: &SimServer, agents: &[AgentProcess], load: &str) -> String {
     )
 }
 
-fn opts(token: &str) -> RunOptions {
-    RunOptions {
-        agent_token: Some(Token::new(token)),
-        ..RunOptions::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_agent_processes_carry_2000_users_and_merge_exactly() {
     let _serial = LOAD.lock().await;
-    let sim = sim("ttft = \"100ms\"\nitl = \"100ms\"").await;
+    let sim = sim_toml("ttft = \"100ms\"\nitl = \"100ms\"").await;
     let agents: Vec<_> = (0..4).map(|_| AgentProcess::start(TOKEN, &[])).collect();
     let p = plan_from(&plan(&sim, &agents, "users = 2000\nrequests = 4000"));
     let outcome = tokio::time::timeout(
@@ -102,18 +88,14 @@ async fn four_agent_processes_carry_2000_users_and_merge_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_is_reported_and_the_run_degrades() {
     let _serial = LOAD.lock().await;
-    let sim = sim("ttft = \"20ms\"\nitl = \"10ms\"").await;
+    let sim = sim_toml("ttft = \"20ms\"\nitl = \"10ms\"").await;
     let mut agents: Vec<_> = (0..4).map(|_| AgentProcess::start(TOKEN, &[])).collect();
     let p = plan_from(&plan(&sim, &agents, "users = 200\nduration = \"5s\""));
     let run = tokio::spawn(execute(p, opts(TOKEN), CancellationToken::new()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let victim = agents[2].addr.clone();
     agents[2].child.kill().expect("SIGKILL agent");
-    let outcome = tokio::time::timeout(TEST_LIMIT, run)
-        .await
-        .expect("bounded")
-        .expect("join")
-        .expect("run");
+    let outcome = finish(run).await;
     let s = &outcome.summary;
     assert_eq!(outcome.verdict, Verdict::Degraded);
     assert_eq!(outcome.verdict.exit_code(), 3);
@@ -145,7 +127,7 @@ async fn a_killed_agent_is_reported_and_the_run_degrades() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_names_the_agent_and_starts_no_traffic() {
     let _serial = LOAD.lock().await;
-    let sim = sim("").await;
+    let sim = sim_toml("").await;
     let agents = vec![
         AgentProcess::start(TOKEN, &[]),
         AgentProcess::start("other-token", &[]),
@@ -174,7 +156,7 @@ async fn a_wrong_token_names_the_agent_and_starts_no_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_agent_refuses_a_second_controller() {
     let _serial = LOAD.lock().await;
-    let sim = sim("itl = \"20ms\"").await;
+    let sim = sim_toml("itl = \"20ms\"").await;
     let agents = vec![AgentProcess::start(TOKEN, &[])];
     let first = plan_from(&plan(&sim, &agents, "users = 2\nduration = \"3s\""));
     let running = tokio::spawn(execute(first, opts(TOKEN), CancellationToken::new()));
@@ -188,11 +170,7 @@ async fn a_busy_agent_refuses_a_second_controller() {
         err.contains("busy") && err.contains(&agents[0].addr),
         "{err}"
     );
-    let first = tokio::time::timeout(TEST_LIMIT, running)
-        .await
-        .expect("bounded")
-        .expect("join")
-        .expect("run");
+    let first = finish(running).await;
     assert_eq!(first.verdict, Verdict::Completed);
     // Idle again afterwards: a new run is accepted.
     let again = plan_from(&plan(&sim, &agents, "users = 2\nrequests = 2"));
@@ -206,18 +184,14 @@ async fn a_busy_agent_refuses_a_second_controller() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_load_and_still_delivers_the_final_totals() {
     let _serial = LOAD.lock().await;
-    let sim = sim("itl = \"10ms\"").await;
+    let sim = sim_toml("itl = \"10ms\"").await;
     let agents = vec![AgentProcess::start(TOKEN, &[])];
     let p = plan_from(&plan(&sim, &agents, "users = 8\nduration = \"60s\""));
     let began = Instant::now();
     let run = tokio::spawn(execute(p, opts(TOKEN), CancellationToken::new()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     agents[0].signal("-TERM");
-    let outcome = tokio::time::timeout(TEST_LIMIT, run)
-        .await
-        .expect("bounded")
-        .expect("join")
-        .expect("run");
+    let outcome = finish(run).await;
     assert!(
         began.elapsed() < Duration::from_secs(15),
         "stopped long before its 60 s"
@@ -236,7 +210,7 @@ async fn sigterm_stops_load_and_still_delivers_the_final_totals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_agents_starts_with_the_agents_that_answered() {
     let _serial = LOAD.lock().await;
-    let sim = sim("").await;
+    let sim = sim_toml("").await;
     let agents = vec![AgentProcess::start(TOKEN, &[])];
     let base = plan(&sim, &agents, "users = 4\nrequests = 8");
     // A second listed agent that never answers (nothing listens on port 9).
@@ -285,7 +259,7 @@ async fn min_agents_starts_with_the_agents_that_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_wait_waits_for_a_listed_agent_that_comes_up_late() {
     let _serial = LOAD.lock().await;
-    let sim = sim("").await;
+    let sim = sim_toml("").await;
     let early = vec![AgentProcess::start(TOKEN, &[])];
     let late_addr = free_port();
     // No min_agents: every listed agent is needed, and agent_wait says how

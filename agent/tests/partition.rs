@@ -7,15 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use barrage_common::auth::Token;
-use barrage_common::simulator::SimConfig;
-use barrage_controller::run::{RunOptions, Verdict, execute};
-use barrage_llm_sim::SimServer;
+use barrage_controller::run::{Verdict, execute};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{AgentProcess, LOAD, TEST_LIMIT, plan_from, scratch};
+use crate::support::{AgentProcess, LOAD, finish, opts, plan_from, scratch, sim_toml};
 
 const TOKEN: &str = "partition-token";
 
@@ -80,10 +77,7 @@ impl Drop for Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_second_partition_loses_no_interval_and_counts_nothing_twice() {
     let _serial = LOAD.lock().await;
-    let cfg: SimConfig = toml::from_str("ttft = \"20ms\"\nitl = \"10ms\"").expect("sim config");
-    let sim = SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
+    let sim = sim_toml("ttft = \"20ms\"\nitl = \"10ms\"").await;
     let agents = [
         AgentProcess::start(TOKEN, &[]),
         AgentProcess::start(TOKEN, &[]),
@@ -112,22 +106,18 @@ async fn a_two_second_partition_loses_no_interval_and_counts_nothing_twice() {
         proxy.addr,
         scratch("partition").display()
     );
-    let opts = RunOptions {
-        agent_token: Some(Token::new(TOKEN)),
-        ..RunOptions::default()
-    };
-    let run = tokio::spawn(execute(plan_from(&text), opts, CancellationToken::new()));
+    let run = tokio::spawn(execute(
+        plan_from(&text),
+        opts(TOKEN),
+        CancellationToken::new(),
+    ));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!run.is_finished(), "the partition must fall inside the run");
     let before = sim.stats().requests;
     proxy.partition();
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.heal();
-    let outcome = tokio::time::timeout(TEST_LIMIT, run)
-        .await
-        .expect("bounded")
-        .expect("join")
-        .expect("run");
+    let outcome = finish(run).await;
     let s = &outcome.summary;
     let served = sim.stats();
     assert_eq!(outcome.verdict, Verdict::Completed, "{:?}", s.notes);
@@ -155,10 +145,7 @@ async fn a_two_second_partition_loses_no_interval_and_counts_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_longer_than_the_lease_stops_the_agent_and_loses_it() {
     let _serial = LOAD.lock().await;
-    let cfg: SimConfig = toml::from_str("ttft = \"20ms\"\nitl = \"10ms\"").expect("sim config");
-    let sim = SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
+    let sim = sim_toml("ttft = \"20ms\"\nitl = \"10ms\"").await;
     let agent = AgentProcess::start(TOKEN, &[]);
     let proxy = Proxy::start(&agent.addr).await;
     let text = format!(
@@ -180,11 +167,11 @@ async fn a_partition_longer_than_the_lease_stops_the_agent_and_loses_it() {
         proxy.addr,
         scratch("partition-long").display()
     );
-    let opts = RunOptions {
-        agent_token: Some(Token::new(TOKEN)),
-        ..RunOptions::default()
-    };
-    let run = tokio::spawn(execute(plan_from(&text), opts, CancellationToken::new()));
+    let run = tokio::spawn(execute(
+        plan_from(&text),
+        opts(TOKEN),
+        CancellationToken::new(),
+    ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(sim.stats().requests > 0, "load is running");
     let cut = std::time::Instant::now();
@@ -204,11 +191,7 @@ async fn a_partition_longer_than_the_lease_stops_the_agent_and_loses_it() {
         stopped >= Duration::from_secs(3),
         "the load went on within the lease: stopped after {stopped:?}"
     );
-    let outcome = tokio::time::timeout(TEST_LIMIT, run)
-        .await
-        .expect("bounded")
-        .expect("join")
-        .expect("run");
+    let outcome = finish(run).await;
     assert_eq!(outcome.verdict, Verdict::Degraded);
     let lost = outcome.summary.agents[0].lost.clone().expect("lost");
     assert!(lost.contains("not resumed"), "{lost}");

@@ -4,21 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use barrage_common::auth::{AttachToken, Token};
 use barrage_common::clock::mono_now_ns;
 use barrage_common::simulator::SimConfig;
 use barrage_llm_sim::SimServer;
-use barrage_proto::agent::v1::{self as pb, agent_client::AgentClient, agent_msg, controller_msg};
+use barrage_proto::agent::v1::{self as pb, agent_msg, controller_msg};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::support::{AgentProcess, LOAD};
+use crate::support::{AgentProcess, LOAD, cmsg, raw_client, sim_with};
 
 const TOKEN: &str = "safety-token";
-
-fn cmsg(m: controller_msg::Msg) -> pb::ControllerMsg {
-    pb::ControllerMsg { msg: Some(m) }
-}
 
 /// A started run: the sender (our half of the stream) and the responses.
 struct RawRun {
@@ -27,13 +22,7 @@ struct RawRun {
 }
 
 async fn start_run(agent: &AgentProcess, sim: &SimServer, hard_deadline_ms: u64) -> RawRun {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let attach = AttachToken::new(Some(&Token::new(TOKEN))).expect("token");
-    let mut client = AgentClient::with_interceptor(channel, attach);
+    let mut client = raw_client(agent, TOKEN).await;
     let (tx, out) = mpsc::channel(16);
     let send = |m| cmsg(m);
     tx.send(send(controller_msg::Msg::Hello(pb::Hello {
@@ -137,9 +126,7 @@ async fn sim() -> SimServer {
         ttft: Duration::from_millis(10),
         ..SimConfig::default()
     };
-    SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim")
+    sim_with(cfg).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,13 +221,7 @@ async fn an_agent_refuses_targets_off_its_allow_list() {
     let _serial = LOAD.lock().await;
     let sim = sim().await;
     let agent = AgentProcess::start(TOKEN, &["--allow-target", "10.0.0.0/8"]);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let attach = AttachToken::new(Some(&Token::new(TOKEN))).expect("token");
-    let mut client = AgentClient::with_interceptor(channel, attach);
+    let mut client = raw_client(&agent, TOKEN).await;
     let (tx, out) = mpsc::channel(16);
     let mut rx = client
         .session(ReceiverStream::new(out))

@@ -4,20 +4,15 @@
 
 use std::time::Duration;
 
-use barrage_common::auth::{AttachToken, Token};
 use barrage_common::simulator::SimConfig;
 use barrage_llm_sim::SimServer;
-use barrage_proto::agent::v1::{self as pb, agent_client::AgentClient, agent_msg, controller_msg};
+use barrage_proto::agent::v1::{self as pb, agent_msg, controller_msg};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::support::{AgentProcess, LOAD};
+use crate::support::{AgentProcess, LOAD, cmsg, raw_client, sim_with};
 
 const TOKEN: &str = "start-token";
-
-fn cmsg(m: controller_msg::Msg) -> pb::ControllerMsg {
-    pb::ControllerMsg { msg: Some(m) }
-}
 
 /// Next message of the stream, bounded.
 async fn next(rx: &mut tonic::Streaming<pb::AgentMsg>) -> agent_msg::Msg {
@@ -58,17 +53,9 @@ fn prepare(sim: &SimServer) -> pb::Prepare {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_start_reports_its_lateness_against_the_agreed_moment() {
     let _serial = LOAD.lock().await;
-    let sim = SimServer::spawn(SimConfig::default(), ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
+    let sim = sim_with(SimConfig::default()).await;
     let agent = AgentProcess::start(TOKEN, &[]);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let attach = AttachToken::new(Some(&Token::new(TOKEN))).expect("token");
-    let mut client = AgentClient::with_interceptor(channel, attach);
+    let mut client = raw_client(&agent, TOKEN).await;
     let (tx, out) = mpsc::channel(16);
     tx.send(cmsg(controller_msg::Msg::Hello(pb::Hello {
         protocol_major: barrage_proto::PROTOCOL_MAJOR,

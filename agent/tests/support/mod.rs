@@ -6,9 +6,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use barrage_common::auth::{AttachToken, Token};
 use barrage_common::plan::{self, PlanFile};
+use barrage_common::simulator::SimConfig;
+use barrage_controller::run::{RunError, RunOptions, RunOutcome};
+use barrage_llm_sim::SimServer;
+use barrage_proto::agent::v1::{self as pb, agent_client::AgentClient, controller_msg};
 use figment::Figment;
 use figment::providers::{Format, Toml};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 pub static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub const TEST_LIMIT: Duration = Duration::from_secs(120);
@@ -88,4 +95,53 @@ pub fn scratch(name: &str) -> PathBuf {
 
 pub fn plan_from(text: &str) -> PlanFile {
     plan::from_figment(Figment::new().merge(Toml::string(text))).expect("valid plan")
+}
+
+/// Run options that present `token` to the agents.
+pub fn opts(token: &str) -> RunOptions {
+    RunOptions {
+        agent_token: Some(Token::new(token)),
+        ..RunOptions::default()
+    }
+}
+
+/// Waits for a spawned run, bounded by [`TEST_LIMIT`]; a run that errors
+/// fails the test.
+pub async fn finish(run: tokio::task::JoinHandle<Result<RunOutcome, RunError>>) -> RunOutcome {
+    tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("bounded")
+        .expect("join")
+        .expect("run")
+}
+
+/// An llm-sim on an ephemeral loopback port.
+pub async fn sim_with(cfg: SimConfig) -> SimServer {
+    SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("sim")
+}
+
+/// An llm-sim configured by TOML text.
+pub async fn sim_toml(cfg: &str) -> SimServer {
+    sim_with(toml::from_str(cfg).expect("sim config")).await
+}
+
+/// A raw session client of an agent: the test plays the controller.
+pub type RawClient = AgentClient<InterceptedService<Channel, AttachToken>>;
+
+/// Connects a raw session client to `agent`, presenting `token`.
+pub async fn raw_client(agent: &AgentProcess, token: &str) -> RawClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let attach = AttachToken::new(Some(&Token::new(token))).expect("token");
+    AgentClient::with_interceptor(channel, attach)
+}
+
+/// A controller message carrying `m`.
+pub fn cmsg(m: controller_msg::Msg) -> pb::ControllerMsg {
+    pb::ControllerMsg { msg: Some(m) }
 }
