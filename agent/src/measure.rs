@@ -466,24 +466,59 @@ mod tests {
         }
     }
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A measure begun now, and that moment.
+    fn begun() -> (Instant, RequestMeasure) {
+        let t0 = Instant::now();
+        let mut m = RequestMeasure::default();
+        m.begin(t0);
+        (t0, m)
+    }
+
+    /// Records of requests with `input` estimated input tokens each.
+    struct Tally {
+        set: MetricSet,
+        c: Counters,
+        input: InputCount,
+    }
+
+    impl Tally {
+        fn new(input_tokens: u64) -> Self {
+            Self {
+                set: MetricSet::new(Layouts::default()).expect("layout"),
+                c: Counters::default(),
+                input: InputCount::estimated(input_tokens),
+            }
+        }
+
+        fn record(
+            &mut self,
+            m: &RequestMeasure,
+            end: Instant,
+            result: Result<(), ErrorClass>,
+            slo: &RequestSlo,
+        ) {
+            m.record(end, result, self.input, slo, &mut self.set, &mut self.c);
+        }
+    }
+
+    /// One request recorded alone (3 input tokens, no limits).
     fn recorded(
         m: &RequestMeasure,
         end: Instant,
         result: Result<(), ErrorClass>,
     ) -> (MetricSet, Counters) {
-        let mut set = MetricSet::new(Layouts::default()).expect("layout");
-        let mut c = Counters::default();
-        let input = InputCount::estimated(3);
-        m.record(end, result, input, &RequestSlo::default(), &mut set, &mut c);
-        (set, c)
+        let mut t = Tally::new(3);
+        t.record(m, end, result, &RequestSlo::default());
+        (t.set, t.c)
     }
 
     #[test]
     fn role_only_first_chunk_does_not_stop_ttft() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut m = RequestMeasure::default();
-        m.begin(t0);
+        let (t0, mut m) = begun();
         m.on_chunk(t0 + ms(1), &ChunkInfo::default()); // role-only
         m.on_chunk(t0 + ms(50), &out(None));
         m.on_chunk(t0 + ms(60), &out(None));
@@ -497,10 +532,7 @@ mod tests {
 
     #[test]
     fn reasoning_stops_ttft_but_not_ttfo() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut m = RequestMeasure::default();
-        m.begin(t0);
+        let (t0, mut m) = begun();
         let reasoning = ChunkInfo {
             output: true,
             answer: false,
@@ -516,10 +548,7 @@ mod tests {
 
     #[test]
     fn a_four_token_chunk_gives_four_itl_samples_and_one_chunk_gap() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut m = RequestMeasure::default();
-        m.begin(t0);
+        let (t0, mut m) = begun();
         m.on_chunk(t0 + ms(10), &out(Some(1)));
         m.on_chunk(t0 + ms(50), &out(Some(5)));
         let usage = ChunkInfo {
@@ -546,11 +575,9 @@ mod tests {
 
     #[test]
     fn failed_request_keeps_ttft_and_counts_as_failed() {
-        let t0 = Instant::now();
-        let mut m = RequestMeasure::default();
-        m.begin(t0);
-        m.on_chunk(t0 + Duration::from_millis(5), &out(None));
-        let (set, c) = recorded(&m, t0 + Duration::from_millis(9), Err(ErrorClass::Stream));
+        let (t0, mut m) = begun();
+        m.on_chunk(t0 + ms(5), &out(None));
+        let (set, c) = recorded(&m, t0 + ms(9), Err(ErrorClass::Stream));
         assert_eq!(set.get(Metric::Ttft).count, 1);
         assert_eq!(set.get(Metric::E2e).count, 0);
         assert_eq!(
@@ -567,7 +594,6 @@ mod tests {
     #[test]
     fn intended_time_gives_schedule_lag_and_intended_latencies() {
         let t0 = Instant::now();
-        let ms = Duration::from_millis;
         let mut m = RequestMeasure::default();
         m.intend(t0);
         m.begin(t0 + ms(7));
@@ -586,45 +612,30 @@ mod tests {
 
     #[test]
     fn goodput_counts_requests_within_every_limit() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut m = RequestMeasure::default();
-        m.begin(t0);
+        let (t0, mut m) = begun();
         m.on_chunk(t0 + ms(30), &out(None));
         m.on_chunk(t0 + ms(40), &out(None));
-        let mut set = MetricSet::new(Layouts::default()).expect("layout");
-        let mut c = Counters::default();
+        let mut t = Tally::new(1);
         let ok = RequestSlo {
             ttft_us: Some(50_000),
             e2e_us: Some(100_000),
             ..RequestSlo::default()
         };
-        let one = InputCount::estimated(1);
-        m.record(t0 + ms(41), Ok(()), one, &ok, &mut set, &mut c);
-        assert_eq!(c.requests_good, 1);
+        t.record(&m, t0 + ms(41), Ok(()), &ok);
+        assert_eq!(t.c.requests_good, 1);
         let strict = RequestSlo {
             ttft_us: Some(20_000),
             ..RequestSlo::default()
         };
-        m.record(t0 + ms(41), Ok(()), one, &strict, &mut set, &mut c);
-        assert_eq!(c.requests_good, 1, "ttft 30 ms > 20 ms: not good");
-        m.record(
-            t0 + ms(41),
-            Err(ErrorClass::Stream),
-            one,
-            &ok,
-            &mut set,
-            &mut c,
-        );
-        assert_eq!(c.requests_good, 1, "failed requests are never good");
+        t.record(&m, t0 + ms(41), Ok(()), &strict);
+        assert_eq!(t.c.requests_good, 1, "ttft 30 ms > 20 ms: not good");
+        t.record(&m, t0 + ms(41), Err(ErrorClass::Stream), &ok);
+        assert_eq!(t.c.requests_good, 1, "failed requests are never good");
     }
 
     #[test]
     fn unstreamed_response_gives_ttft_equal_to_e2e_and_no_tpot() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut m = RequestMeasure::default();
-        m.begin(t0);
+        let (t0, mut m) = begun();
         m.unstreamed = true;
         m.on_chunk(t0 + ms(40), &out(Some(8)));
         let (set, _) = recorded(&m, t0 + ms(41), Ok(()));
@@ -642,10 +653,7 @@ mod tests {
 
     #[test]
     fn usage_starting_on_a_later_chunk_still_spreads_itl() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut m = RequestMeasure::default();
-        m.begin(t0);
+        let (t0, mut m) = begun();
         // Role-only first chunk with usage, first output chunk without.
         m.on_chunk(
             t0 + ms(1),
@@ -668,47 +676,27 @@ mod tests {
 
     #[test]
     fn a_tpot_limit_does_not_fail_a_one_token_request() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
         let slo = RequestSlo {
             tpot_us: Some(1),
             ..RequestSlo::default()
         };
-        let mut set = MetricSet::new(Layouts::default()).expect("layout");
-        let mut c = Counters::default();
-        let mut m = RequestMeasure::default();
-        m.begin(t0);
+        let mut t = Tally::new(1);
+        let (t0, mut m) = begun();
         m.on_chunk(t0 + ms(5), &out(Some(1)));
-        m.record(
-            t0 + ms(9),
-            Ok(()),
-            InputCount::estimated(1),
-            &slo,
-            &mut set,
-            &mut c,
-        );
-        assert_eq!((c.requests_good, set.get(Metric::Tpot).count), (1, 0));
+        t.record(&m, t0 + ms(9), Ok(()), &slo);
+        assert_eq!((t.c.requests_good, t.set.get(Metric::Tpot).count), (1, 0));
         m.begin(t0);
         m.on_chunk(t0 + ms(5), &out(Some(1)));
         m.on_chunk(t0 + ms(8), &out(Some(2)));
-        m.record(
-            t0 + ms(9),
-            Ok(()),
-            InputCount::estimated(1),
-            &slo,
-            &mut set,
-            &mut c,
-        );
-        assert_eq!(c.requests_good, 1, "two tokens: tpot 4 ms > 1 us");
+        t.record(&m, t0 + ms(9), Ok(()), &slo);
+        assert_eq!(t.c.requests_good, 1, "two tokens: tpot 4 ms > 1 us");
     }
 
     #[test]
     fn begin_resets_but_keeps_buffer_capacity() {
-        let t0 = Instant::now();
-        let mut m = RequestMeasure::default();
-        m.begin(t0);
+        let (t0, mut m) = begun();
         for i in 0..10 {
-            m.on_chunk(t0 + Duration::from_millis(i), &out(None));
+            m.on_chunk(t0 + ms(i), &out(None));
         }
         let cap = m.gaps.capacity();
         m.begin(t0);
