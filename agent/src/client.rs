@@ -375,7 +375,7 @@ impl TargetClient {
         let reader = &self.reader;
         let mut body = resp.bytes_stream();
         // The first event the server marked as an error, or that did not parse.
-        let mut bad_event: Option<(&'static str, String)> = None;
+        let mut bad_event: BadEvent = None;
         let ndjson = self.ndjson;
         parsers.sse = SseParser::new();
         parsers.ndjson = NdjsonSplitter::new();
@@ -396,24 +396,8 @@ impl TargetClient {
             let piece = piece.map_err(|e| from_reqwest(e, m.response_bytes))?;
             let at = Instant::now();
             m.response_bytes += piece.len() as u64;
-            let mut on_event = |data: &[u8]| match reader.parse(data) {
-                Ok(info) => {
-                    if info.error && bad_event.is_none() {
-                        bad_event = Some(("server sent an error event", failure::lossy(data)));
-                    }
-                    m.on_chunk(at, &info);
-                    m.keep_text(data, &info);
-                }
-                Err(e) => {
-                    if bad_event.is_none() {
-                        bad_event = Some((
-                            "malformed event",
-                            format!("{}: {}", e.0, failure::lossy(data)),
-                        ));
-                    }
-                    m.malformed = true;
-                }
-            };
+            let mut on_event =
+                |data: &[u8]| take_event(reader, m, &mut bad_event, at, data, ErrorEvents::Flag);
             let r = if ndjson {
                 parsers.ndjson.push(&piece, &mut on_event)
             } else {
@@ -422,21 +406,10 @@ impl TargetClient {
             r.map_err(|e| failure::stream("event too large", e.to_string()))?;
         }
         let at = Instant::now();
-        let mut on_event = |data: &[u8]| match reader.parse(data) {
-            Ok(info) => {
-                m.on_chunk(at, &info);
-                m.keep_text(data, &info);
-            }
-            Err(e) => {
-                if bad_event.is_none() {
-                    bad_event = Some((
-                        "malformed event",
-                        format!("{}: {}", e.0, failure::lossy(data)),
-                    ));
-                }
-                m.malformed = true;
-            }
-        };
+        // The parsers' unfinished tail: only a malformed event is kept as
+        // the bad one here, not one the server marked as an error.
+        let mut on_event =
+            |data: &[u8]| take_event(reader, m, &mut bad_event, at, data, ErrorEvents::Ignore);
         if ndjson {
             parsers.ndjson.finish(&mut on_event);
         } else {
@@ -463,6 +436,47 @@ impl TargetClient {
 /// reuses a connection. Redirects are never followed: a redirect could send
 /// the load past the agent's allow-list, and its hops would hide inside the
 /// latency. A 3xx is reported as its own error class instead.
+/// The first event of a stream that went wrong: its cause and detail.
+type BadEvent = Option<(&'static str, String)>;
+
+/// Whether [`take_event`] keeps an event the server marked as an error.
+#[derive(Clone, Copy)]
+enum ErrorEvents {
+    Flag,
+    Ignore,
+}
+
+/// Counts one streamed event, read at `at`, into `m`; the first event that
+/// does not parse (or, with [`ErrorEvents::Flag`], that the server marked as
+/// an error) is kept in `bad_event`.
+fn take_event(
+    reader: &chunk::ChunkReader,
+    m: &mut RequestMeasure,
+    bad_event: &mut BadEvent,
+    at: Instant,
+    data: &[u8],
+    error_events: ErrorEvents,
+) {
+    match reader.parse(data) {
+        Ok(info) => {
+            if matches!(error_events, ErrorEvents::Flag) && info.error && bad_event.is_none() {
+                *bad_event = Some(("server sent an error event", failure::lossy(data)));
+            }
+            m.on_chunk(at, &info);
+            m.keep_text(data, &info);
+        }
+        Err(e) => {
+            if bad_event.is_none() {
+                *bad_event = Some((
+                    "malformed event",
+                    format!("{}: {}", e.0, failure::lossy(data)),
+                ));
+            }
+            m.malformed = true;
+        }
+    }
+}
+
 fn http_client(
     target: &pb::Target,
     headers: &HeaderMap,
