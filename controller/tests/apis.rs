@@ -3,7 +3,7 @@
 
 use barrage_controller::run::{RunOptions, Verdict};
 
-use crate::support::{LOAD, run_text, scratch};
+use crate::support::{LOAD, run_text, scratch, sim_with, word_level_tokenizer};
 
 async fn run(api: &str, stream: bool) -> (barrage_controller::report::Summary, Verdict) {
     let text = format!(
@@ -107,9 +107,7 @@ async fn template_api_reads_sse_ndjson_and_json_bodies_by_pointers() {
     let _serial = LOAD.lock().await;
     let cfg: barrage_common::simulator::SimConfig =
         toml::from_str("ttft = \"10ms\"\nitl = \"2ms\"").expect("cfg");
-    let sim = barrage_llm_sim::SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
+    let sim = sim_with(cfg).await;
     let cases = [
         (
             "/v1/completions",
@@ -185,26 +183,11 @@ async fn template_api_reads_sse_ndjson_and_json_bodies_by_pointers() {
 /// tokens come from the plan's tokenizer, per chunk for `itl` too, labelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_server_usage_the_tokenizer_counts_output_per_chunk() {
-    use std::collections::HashMap;
-    use tokenizers::Tokenizer;
-    use tokenizers::models::wordlevel::WordLevel;
-    use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
-
     let _serial = LOAD.lock().await;
     let dir = scratch("tokenizer-output");
-    let mut vocab: HashMap<String, u32> = HashMap::new();
-    for w in [
+    let t = word_level_tokenizer([
         "[UNK]", "tok", "alpha", "bravo", "delta", "echo", "golf", "hotel",
-    ] {
-        vocab.insert(w.into(), vocab.len() as u32);
-    }
-    let model = WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("[UNK]".into())
-        .build()
-        .expect("model");
-    let mut t = Tokenizer::new(model);
-    t.with_pre_tokenizer(Some(WhitespaceSplit));
+    ]);
     let path = dir.join("tokenizer.json");
     t.save(&path, false).expect("save");
     let text = format!(

@@ -1,41 +1,12 @@
 //! The `controller` binary as users run it: bad plans fail before traffic
 //! with the key named; the exit status says how the run went.
 
-use std::process::Command;
-
-use barrage_common::simulator::SimConfig;
-use barrage_llm_sim::SimServer;
-
-use crate::support::{LOAD, scratch};
-
-fn controller() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_controller"))
-}
+use crate::support::{LOAD, controller, output, run_binary_with, scratch};
 
 /// Runs the binary on a plan text aimed at a live simulator; returns
 /// (status, stderr, requests the simulator saw).
 async fn run_plan(body: &str) -> (Option<i32>, String, u64) {
-    let _serial = LOAD.lock().await;
-    let sim = SimServer::spawn(SimConfig::default(), ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
-    let dir = scratch("cli");
-    let plan = dir.join("plan.toml");
-    let text = body.replace("SIM_URL", &format!("http://{}", sim.addr()));
-    std::fs::write(&plan, text).expect("write plan");
-    let out = tokio::task::spawn_blocking(move || {
-        controller().arg("run").arg(&plan).arg("--quiet").output()
-    })
-    .await
-    .expect("join")
-    .expect("spawn controller");
-    let seen = sim.stats().requests;
-    sim.shutdown().await;
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        seen,
-    )
+    run_binary_with(&scratch("cli"), body, &[]).await
 }
 
 const GOOD: &str = r#"
@@ -81,16 +52,9 @@ async fn a_run_where_every_request_fails_exits_5_and_says_why() {
     let text = GOOD.replace("SIM_URL", &format!("http://{addr}"))
         + &format!("[output]\ndir = \"{}\"\n", dir.display());
     std::fs::write(&plan, text).expect("write plan");
-    let out = tokio::task::spawn_blocking(move || {
-        controller()
-            .arg("run")
-            .arg(&plan)
-            .args(["--quiet", "--debug"])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("spawn controller");
+    let mut cmd = controller();
+    cmd.arg("run").arg(&plan).args(["--quiet", "--debug"]);
+    let out = output(cmd).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -150,27 +114,21 @@ async fn a_good_plan_runs_and_exits_zero() {
 async fn plan_free_flags_run_against_the_simulator() {
     let _serial = LOAD.lock().await;
     let dir = scratch("cli-flags");
-    let d = dir.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        controller()
-            .args([
-                "run",
-                "--simulator",
-                "--parallel",
-                "2",
-                "--number",
-                "6",
-                "--max-tokens",
-                "4",
-                "--quiet",
-                "--output",
-            ])
-            .arg(&d)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("spawn");
+    let mut cmd = controller();
+    cmd.args([
+        "run",
+        "--simulator",
+        "--parallel",
+        "2",
+        "--number",
+        "6",
+        "--max-tokens",
+        "4",
+        "--quiet",
+        "--output",
+    ])
+    .arg(&dir);
+    let out = output(cmd).await;
     assert_eq!(
         out.status.code(),
         Some(0),

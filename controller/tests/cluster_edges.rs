@@ -1,7 +1,7 @@
 //! The cluster as a plan-free command runs it: `--agents` with
 //! `--token-env` against a real agent that requires a token.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use barrage_agent::{AgentOptions, AgentService, server};
 use barrage_common::auth::Token;
@@ -10,7 +10,7 @@ use barrage_llm_sim::SimServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::support::{LOAD, scratch};
+use crate::support::{LOAD, controller, output, scratch, sim_with};
 
 const TOKEN_VAR: &str = "BARRAGE_EDGES_AGENT_TOKEN";
 
@@ -33,25 +33,20 @@ async fn agent_requiring(token: &str) -> (String, oneshot::Sender<()>) {
 
 /// `controller run` with plan-free flags against `sim` through `agent`.
 async fn run_flags(sim: &SimServer, agent: &str, extra: &[&str], token: &str) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_controller"));
+    let mut cmd = controller();
     cmd.args(["run", "--url", &format!("http://{}", sim.addr())])
         .args(["--agents", agent, "--users", "2", "--requests", "4"])
         .args(["--max-tokens", "4", "--quiet", "--output"])
         .arg(scratch("edges-token"))
         .args(extra)
         .env(TOKEN_VAR, token);
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("spawn controller")
+    output(cmd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_env_flag_names_the_agent_token_of_a_plan_free_run() {
     let _serial = LOAD.lock().await;
-    let sim = SimServer::spawn(SimConfig::default(), ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
+    let sim = sim_with(SimConfig::default()).await;
     let (agent, stop) = agent_requiring("edges-secret-token").await;
     let without = run_flags(&sim, &agent, &[], "edges-secret-token").await;
     let err = String::from_utf8_lossy(&without.stderr);

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 
 use barrage_common::plan::{DatasetKind, DatasetSection};
 use barrage_controller::dataset::{DatasetError, load};
-use barrage_controller::run::{RunOptions, Verdict, execute};
+use barrage_controller::run::{RunOptions, Verdict};
 use barrage_proto::agent::v1 as pb;
-use tokio_util::sync::CancellationToken;
 
-use crate::support::{LOAD, TEST_LIMIT, plan_from, scratch};
+use crate::support::{LOAD, run_text, scratch};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -212,7 +211,7 @@ async fn a_conversation_dataset_runs_and_the_simulator_counts_what_it_predicts()
     .expect("dataset");
     assert!(ps.iter().all(|p| p.input_tokens == 10), "{ps:?}");
     let requests = 60u64;
-    let plan = plan_from(&format!(
+    let text = format!(
         r#"
         name = "datasets-e2e"
         [target]
@@ -238,14 +237,8 @@ async fn a_conversation_dataset_runs_and_the_simulator_counts_what_it_predicts()
         data("chat_e2e.jsonl").display(),
         tok.display(),
         out.display()
-    ));
-    let outcome = tokio::time::timeout(
-        TEST_LIMIT,
-        execute(plan, RunOptions::default(), CancellationToken::new()),
-    )
-    .await
-    .expect("bounded")
-    .expect("run");
+    );
+    let outcome = run_text(&text, RunOptions::default()).await;
     let s = &outcome.summary;
     let sim = s.simulator.clone().expect("simulator stats");
     assert_eq!(outcome.verdict, Verdict::Completed);

@@ -6,14 +6,11 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::process::Command;
 
 use barrage_common::plan::PlanFile;
-use barrage_common::simulator::SimConfig;
 use barrage_controller::cli::RunArgs;
-use barrage_llm_sim::SimServer;
 
-use crate::support::{LOAD, scratch};
+use crate::support::{run_binary_with, scratch};
 
 const CLOSED: &str = "[target]\nurl = \"http://127.0.0.1:9\"\n[load]\nusers = 2\nrequests = 4\n";
 const OPEN: &str =
@@ -247,44 +244,6 @@ fn values_at_the_limits_are_accepted() {
 /// (status, stderr, requests the simulator saw).
 async fn run_binary(dir: &Path, body: &str) -> (Option<i32>, String, u64) {
     run_binary_with(dir, body, &[]).await
-}
-
-async fn run_binary_with(
-    dir: &Path,
-    body: &str,
-    env: &[(&str, &str)],
-) -> (Option<i32>, String, u64) {
-    let _serial = LOAD.lock().await;
-    let sim = SimServer::spawn(SimConfig::default(), ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
-    let plan = dir.join("plan.toml");
-    let text = body
-        .replace("SIM_URL", &format!("http://{}", sim.addr()))
-        .replace("OUT", &dir.join("out").display().to_string());
-    std::fs::write(&plan, text).expect("write plan");
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_controller"))
-            .envs(env)
-            .arg("run")
-            .arg(&plan)
-            .arg("--quiet")
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("spawn controller");
-    let seen = sim.stats().requests;
-    sim.shutdown().await;
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        seen,
-    )
 }
 
 const TARGET: &str =

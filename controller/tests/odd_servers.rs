@@ -5,7 +5,6 @@
 //! text counted whole by the plan's tokenizer; and a `tpot` SLO on
 //! one-token answers (llm-sim).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +12,10 @@ use std::time::Duration;
 use barrage_controller::report::Summary;
 use barrage_controller::run::{RunOptions, Verdict};
 use tokenizers::Tokenizer;
-use tokenizers::models::wordlevel::WordLevel;
-use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{LOAD, run_text, scratch};
+use crate::support::{LOAD, run_text, scratch, word_level_tokenizer};
 
 const REQUESTS: u64 = 6;
 
@@ -212,19 +209,9 @@ async fn each_token_count_keeps_its_own_source() {
 
 /// One token per whitespace-separated word; unknown words are `[UNK]`.
 fn word_tokenizer(dir: &Path) -> (Tokenizer, PathBuf) {
-    let mut vocab: HashMap<String, u32> = HashMap::new();
-    for w in [
+    let t = word_level_tokenizer([
         "[UNK]", "hello", "world", "alpha", "bravo", "delta", "echo", "golf",
-    ] {
-        vocab.insert(w.into(), vocab.len() as u32);
-    }
-    let model = WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("[UNK]".into())
-        .build()
-        .expect("model");
-    let mut t = Tokenizer::new(model);
-    t.with_pre_tokenizer(Some(WhitespaceSplit));
+    ]);
     let path = dir.join("tokenizer.json");
     t.save(&path, false).expect("save");
     (t, path)

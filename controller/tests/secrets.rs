@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use barrage_common::simulator::SimConfig;
 use barrage_llm_sim::SimServer;
 
-use crate::support::{LOAD, scratch};
+use crate::support::{self, LOAD, output, scratch, sim_with};
 
 const SECRETS: [&str; 4] = [
     "userinfo-pass-7f3a",
@@ -17,16 +17,9 @@ const SECRETS: [&str; 4] = [
 ];
 
 fn controller(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_controller"));
+    let mut c = support::controller();
     c.args(args);
     c
-}
-
-async fn output(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("spawn controller")
 }
 
 /// A URL carrying every kind of credential, aimed at `sim`.
@@ -75,9 +68,7 @@ fn console(out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_in_the_url_and_headers_stay_out_of_console_logs_and_results() {
     let _serial = LOAD.lock().await;
-    let sim = SimServer::spawn(SimConfig::default(), ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
+    let sim = sim_with(SimConfig::default()).await;
     let dir = scratch("secrets");
     let plan = dir.join("plan.toml");
     let results = dir.join("results");
@@ -122,9 +113,7 @@ async fn credentials_in_the_url_and_headers_stay_out_of_console_logs_and_results
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn print_plan_hides_header_values_and_url_credentials() {
-    let sim = SimServer::spawn(SimConfig::default(), ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
+    let sim = sim_with(SimConfig::default()).await;
     let url = secret_url(&sim);
     let header = format!("Authorization=Bearer {}", SECRETS[3]);
     let out = output(controller(&[
@@ -152,9 +141,7 @@ async fn print_plan_hides_header_values_and_url_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_results_hide_url_credentials() {
     let _serial = LOAD.lock().await;
-    let sim = SimServer::spawn(SimConfig::default(), ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
+    let sim = sim_with(SimConfig::default()).await;
     let results = scratch("secrets-sweep");
     let text = format!(
         "name = \"sweep-secrets\"\n[target]\nurl = \"{}\"\n[load]\nusers = 1\nrequests = 2\n\

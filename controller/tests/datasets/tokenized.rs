@@ -4,7 +4,7 @@
 //! token counts (checked by re-encoding), counts filled per prompt, filters,
 //! shuffle and limit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use barrage_common::plan::{DatasetKind, DatasetSection};
@@ -12,35 +12,24 @@ use barrage_controller::dataset::load;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::{err, file, users};
-use crate::support::scratch;
+use crate::support::{scratch, word_level_tokenizer};
 
 const SPECIAL: &str = "<|endoftext|>";
 
 /// One token per whitespace-separated word (unknown words are `[UNK]`), as
 /// llm-sim counts; a special token that random prompts must never use.
 pub(super) fn word_level(dir: &Path) -> PathBuf {
-    let mut vocab: HashMap<String, u32> = HashMap::new();
-    for w in ["[UNK]", SPECIAL, "don't", "e.g."] {
-        vocab.insert(w.into(), vocab.len() as u32);
-    }
+    let mut words: Vec<String> = ["[UNK]", SPECIAL, "don't", "e.g."].map(String::from).into();
     for a in ["ka", "lo", "mi", "nu", "pe", "ri", "so", "tu"] {
         for b in ["ba", "de", "fi", "go", "hu", "ja", "ke", "li"] {
-            vocab.insert(format!("{a}{b}"), vocab.len() as u32);
+            words.push(format!("{a}{b}"));
         }
     }
-    let model = WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("[UNK]".into())
-        .build()
-        .expect("word level");
-    let mut t = Tokenizer::new(model);
-    t.with_pre_tokenizer(Some(WhitespaceSplit));
+    let mut t = word_level_tokenizer(words);
     t.add_special_tokens(&[AddedToken::from(SPECIAL, true)]);
     let path = dir.join("word-level.json");
     t.save(&path, false).expect("save");

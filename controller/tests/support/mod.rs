@@ -1,12 +1,20 @@
 //! Helpers for the controller's integration tests: plans from TOML text,
-//! temporary result folders, and bounded waits.
+//! temporary result folders, bounded waits, simulators, the `controller`
+//! binary, and word-level tokenizers.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use barrage_common::plan::{self, PlanFile};
+use barrage_common::simulator::SimConfig;
+use barrage_llm_sim::SimServer;
 use figment::Figment;
 use figment::providers::{Format, Toml};
+use tokenizers::Tokenizer;
+use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 
 /// A fresh folder under the target dir (no external temp crate needed).
 pub fn scratch(name: &str) -> PathBuf {
@@ -44,4 +52,72 @@ pub async fn run_text(
     .await
     .expect("bounded")
     .expect("run")
+}
+
+/// An llm-sim on an ephemeral loopback port.
+pub async fn sim_with(cfg: SimConfig) -> SimServer {
+    SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("sim")
+}
+
+/// The `controller` binary.
+pub fn controller() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_controller"))
+}
+
+/// Runs `cmd` to its end off the async threads; its output.
+pub async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("spawn controller")
+}
+
+/// Runs `controller run PLAN --quiet` with `env` on a plan text aimed at a
+/// live simulator (`SIM_URL` in the text is its URL, `OUT` is `dir/out`),
+/// the plan written to `dir`; returns (status, stderr, requests the
+/// simulator saw).
+pub async fn run_binary_with(
+    dir: &Path,
+    body: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, u64) {
+    let _serial = LOAD.lock().await;
+    let sim = sim_with(SimConfig::default()).await;
+    let plan = dir.join("plan.toml");
+    let text = body
+        .replace("SIM_URL", &format!("http://{}", sim.addr()))
+        .replace("OUT", &dir.join("out").display().to_string());
+    std::fs::write(&plan, text).expect("write plan");
+    let mut cmd = controller();
+    cmd.envs(env.iter().copied())
+        .arg("run")
+        .arg(&plan)
+        .arg("--quiet");
+    let out = output(cmd).await;
+    let seen = sim.stats().requests;
+    sim.shutdown().await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        seen,
+    )
+}
+
+/// A word-level tokenizer: one token per whitespace-separated word, ids in
+/// the order of `words`, which must hold `[UNK]` for any other word.
+pub fn word_level_tokenizer<S: Into<String>>(words: impl IntoIterator<Item = S>) -> Tokenizer {
+    let mut vocab: HashMap<String, u32> = HashMap::new();
+    for w in words {
+        vocab.insert(w.into(), vocab.len() as u32);
+    }
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("[UNK]".into())
+        .build()
+        .expect("word level");
+    let mut t = Tokenizer::new(model);
+    t.with_pre_tokenizer(Some(WhitespaceSplit));
+    t
 }
