@@ -8,33 +8,18 @@ use barrage_llm_sim::SimServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
-    AgentProcess, LOAD, TEST_LIMIT, finish, free_port, opts, plan_from, scratch, sim_toml,
+    AgentProcess, LOAD, TEST_LIMIT, cluster_plan, finish, free_port, opts, plan_from, sim_toml,
 };
 
 const TOKEN: &str = "cluster-test-token";
 
 fn plan(sim: &SimServer, agents: &[AgentProcess], load: &str) -> String {
-    let list: Vec<String> = agents.iter().map(|a| format!("\"{}\"", a.addr)).collect();
-    format!(
-        r#"
-        name = "cluster"
-        [target]
-        url = "http://{}"
-        [request]
-        max_tokens = 8
-        [dataset]
-        input_words = 16
-        prompts = 100
-        [load]
-        {load}
-        [cluster]
-        agents = [{}]
-        [output]
-        dir = "{}"
-        "#,
-        sim.addr(),
-        list.join(", "),
-        scratch("cluster").display()
+    let addrs: Vec<&str> = agents.iter().map(|a| a.addr.as_str()).collect();
+    cluster_plan(
+        "cluster",
+        sim,
+        &addrs,
+        &format!("[dataset]\ninput_words = 16\nprompts = 100\n[load]\n{load}"),
     )
 }
 

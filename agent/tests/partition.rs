@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{AgentProcess, LOAD, finish, opts, plan_from, scratch, sim_toml};
+use crate::support::{AgentProcess, LOAD, cluster_plan, finish, opts, plan_from, sim_toml};
 
 const TOKEN: &str = "partition-token";
 
@@ -83,28 +83,11 @@ async fn a_two_second_partition_loses_no_interval_and_counts_nothing_twice() {
         AgentProcess::start(TOKEN, &[]),
     ];
     let proxy = Proxy::start(&agents[1].addr).await;
-    let text = format!(
-        r#"
-        name = "partition"
-        [target]
-        url = "http://{}"
-        [request]
-        max_tokens = 8
-        [dataset]
-        input_words = 16
-        prompts = 50
-        [load]
-        users = 4
-        requests = 320
-        [cluster]
-        agents = ["{}", "{}"]
-        [output]
-        dir = "{}"
-        "#,
-        sim.addr(),
-        agents[0].addr,
-        proxy.addr,
-        scratch("partition").display()
+    let text = cluster_plan(
+        "partition",
+        &sim,
+        &[&agents[0].addr, &proxy.addr],
+        "[dataset]\ninput_words = 16\nprompts = 50\n[load]\nusers = 4\nrequests = 320",
     );
     let run = tokio::spawn(execute(
         plan_from(&text),
@@ -148,24 +131,11 @@ async fn a_partition_longer_than_the_lease_stops_the_agent_and_loses_it() {
     let sim = sim_toml("ttft = \"20ms\"\nitl = \"10ms\"").await;
     let agent = AgentProcess::start(TOKEN, &[]);
     let proxy = Proxy::start(&agent.addr).await;
-    let text = format!(
-        r#"
-        name = "partition-long"
-        [target]
-        url = "http://{}"
-        [request]
-        max_tokens = 8
-        [load]
-        users = 2
-        duration = "60s"
-        [cluster]
-        agents = ["{}"]
-        [output]
-        dir = "{}"
-        "#,
-        sim.addr(),
-        proxy.addr,
-        scratch("partition-long").display()
+    let text = cluster_plan(
+        "partition-long",
+        &sim,
+        &[&proxy.addr],
+        "[load]\nusers = 2\nduration = \"60s\"",
     );
     let run = tokio::spawn(execute(
         plan_from(&text),

@@ -97,6 +97,30 @@ pub fn plan_from(text: &str) -> PlanFile {
     plan::from_figment(Figment::new().merge(Toml::string(text))).expect("valid plan")
 }
 
+/// A plan named `name` against `sim` through the agents at `agents`, with
+/// `sections` (TOML tables, `[load]` among them) between `[request]` and
+/// `[cluster]`; results go to a fresh scratch folder.
+pub fn cluster_plan(name: &str, sim: &SimServer, agents: &[&str], sections: &str) -> String {
+    let list: Vec<String> = agents.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+        name = "{name}"
+        [target]
+        url = "http://{}"
+        [request]
+        max_tokens = 8
+        {sections}
+        [cluster]
+        agents = [{}]
+        [output]
+        dir = "{}"
+        "#,
+        sim.addr(),
+        list.join(", "),
+        scratch(name).display()
+    )
+}
+
 /// Run options that present `token` to the agents.
 pub fn opts(token: &str) -> RunOptions {
     RunOptions {
