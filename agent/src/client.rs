@@ -396,8 +396,7 @@ impl TargetClient {
             let piece = piece.map_err(|e| from_reqwest(e, m.response_bytes))?;
             let at = Instant::now();
             m.response_bytes += piece.len() as u64;
-            let mut on_event =
-                |data: &[u8]| take_event(reader, m, &mut bad_event, at, data, ErrorEvents::Flag);
+            let mut on_event = |data: &[u8]| take_event(reader, m, &mut bad_event, at, data);
             let r = if ndjson {
                 parsers.ndjson.push(&piece, &mut on_event)
             } else {
@@ -406,10 +405,8 @@ impl TargetClient {
             r.map_err(|e| failure::stream("event too large", e.to_string()))?;
         }
         let at = Instant::now();
-        // The parsers' unfinished tail: only a malformed event is kept as
-        // the bad one here, not one the server marked as an error.
-        let mut on_event =
-            |data: &[u8]| take_event(reader, m, &mut bad_event, at, data, ErrorEvents::Ignore);
+        // The parsers' unfinished tail (a last event without its blank line).
+        let mut on_event = |data: &[u8]| take_event(reader, m, &mut bad_event, at, data);
         if ndjson {
             parsers.ndjson.finish(&mut on_event);
         } else {
@@ -439,27 +436,19 @@ impl TargetClient {
 /// The first event of a stream that went wrong: its cause and detail.
 type BadEvent = Option<(&'static str, String)>;
 
-/// Whether [`take_event`] keeps an event the server marked as an error.
-#[derive(Clone, Copy)]
-enum ErrorEvents {
-    Flag,
-    Ignore,
-}
-
 /// Counts one streamed event, read at `at`, into `m`; the first event that
-/// does not parse (or, with [`ErrorEvents::Flag`], that the server marked as
-/// an error) is kept in `bad_event`.
+/// does not parse, or that the server marked as an error, is kept in
+/// `bad_event`.
 fn take_event(
     reader: &chunk::ChunkReader,
     m: &mut RequestMeasure,
     bad_event: &mut BadEvent,
     at: Instant,
     data: &[u8],
-    error_events: ErrorEvents,
 ) {
     match reader.parse(data) {
         Ok(info) => {
-            if matches!(error_events, ErrorEvents::Flag) && info.error && bad_event.is_none() {
+            if info.error && bad_event.is_none() {
                 *bad_event = Some(("server sent an error event", failure::lossy(data)));
             }
             m.on_chunk(at, &info);
