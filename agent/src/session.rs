@@ -435,38 +435,11 @@ async fn run_step(
         let boundary = start + interval * (index as u32 + 1);
         let watchdog = hard_deadline.map_or(lease_until, |d| d.min(lease_until));
         tokio::select! {
+            // A heartbeat that has arrived renews the lease before the
+            // watchdog judges it: a loop held up (a slow send, a busy
+            // machine) must not read a late message as a missing one.
+            biased;
             r = &mut engine => break r.unwrap_or(pb::StopReason::Shutdown),
-            _ = tokio::time::sleep_until(boundary.into()) => {
-                let h = health(&mut sampler, &lag, p.work.in_flight());
-                iv.cut(index, &p.work, h, attached.then_some(&conn.tx)).await?;
-                index += 1;
-            }
-            _ = heartbeat.tick(), if attached => {
-                let hb = pb::AgentHeartbeat {
-                    seq: iv.seq,
-                    state: pb::AgentState::Running as i32,
-                    last_interval_seq: iv.seq,
-                    health: None,
-                };
-                // A full channel means the controller is not reading: the lease decides.
-                let _ = conn.tx.try_send(Ok(msg(agent_msg::Msg::Heartbeat(hb))));
-            }
-            _ = inner.shutdown.cancelled(), if stopped_by.is_none() => {
-                tracing::info!("agent shutting down: stopping load");
-                stopped_by = Some(pb::StopReason::Shutdown);
-                stop.cancel();
-            }
-            _ = tokio::time::sleep_until(watchdog.into()), if stopped_by.is_none() => {
-                let why = if Instant::now() >= lease_until { pb::StopReason::LeaseExpired } else { pb::StopReason::HardDeadline };
-                tracing::warn!(reason = ?why, "stopping load without the controller");
-                stopped_by = Some(why);
-                stop.cancel();
-            }
-            Some(r) = resumes.recv(), if !controller_gone => {
-                attached = iv.take_over(inner, conn, r).await.is_ok();
-                // The resumed controller renews the lease from its next heartbeat.
-                lease_until = lease_until.max(Instant::now() + lease);
-            }
             m = next_in_step(&mut conn.inbound), if attached && !controller_gone => match m {
                 Ok(Some(controller_msg::Msg::Heartbeat(h))) => {
                     lease_until = Instant::now() + Duration::from_millis(h.lease_extend_ms.max(1000));
@@ -492,6 +465,37 @@ async fn run_step(
                     attached = false;
                 }
             },
+            Some(r) = resumes.recv(), if !controller_gone => {
+                attached = iv.take_over(inner, conn, r).await.is_ok();
+                // The resumed controller renews the lease from its next heartbeat.
+                lease_until = lease_until.max(Instant::now() + lease);
+            }
+            _ = inner.shutdown.cancelled(), if stopped_by.is_none() => {
+                tracing::info!("agent shutting down: stopping load");
+                stopped_by = Some(pb::StopReason::Shutdown);
+                stop.cancel();
+            }
+            _ = tokio::time::sleep_until(watchdog.into()), if stopped_by.is_none() => {
+                let why = if Instant::now() >= lease_until { pb::StopReason::LeaseExpired } else { pb::StopReason::HardDeadline };
+                tracing::warn!(reason = ?why, "stopping load without the controller");
+                stopped_by = Some(why);
+                stop.cancel();
+            }
+            _ = heartbeat.tick(), if attached => {
+                let hb = pb::AgentHeartbeat {
+                    seq: iv.seq,
+                    state: pb::AgentState::Running as i32,
+                    last_interval_seq: iv.seq,
+                    health: None,
+                };
+                // A full channel means the controller is not reading: the lease decides.
+                let _ = conn.tx.try_send(Ok(msg(agent_msg::Msg::Heartbeat(hb))));
+            }
+            _ = tokio::time::sleep_until(boundary.into()) => {
+                let h = health(&mut sampler, &lag, p.work.in_flight());
+                iv.cut(index, &p.work, h, attached.then_some(&conn.tx)).await?;
+                index += 1;
+            }
         }
     };
     stop.cancel();

@@ -17,10 +17,12 @@ use crate::support::{AgentProcess, LOAD, cluster_plan, finish, opts, plan_from, 
 const TOKEN: &str = "partition-token";
 
 /// A TCP proxy on loopback that can cut every connection through it and
-/// refuse new ones for a while.
+/// refuse new ones for a while, or mute the controller: its bytes stop
+/// reaching the agent while the connection stays open.
 struct Proxy {
     addr: String,
     refusing: Arc<AtomicBool>,
+    muted: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -30,17 +32,19 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let refusing = Arc::new(AtomicBool::new(false));
+        let muted = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (r, c, up) = (refusing.clone(), conns.clone(), upstream.to_owned());
+        let m = muted.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if r.load(Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
-                let up = up.clone();
+                let (up, m) = (up.clone(), m.clone());
                 let pipe = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&up).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(&up).await {
+                        pipe(client, server, m).await;
                     }
                 });
                 c.lock().expect("conns").push(pipe);
@@ -49,6 +53,7 @@ impl Proxy {
         Self {
             addr,
             refusing,
+            muted,
             conns,
             accept,
         }
@@ -62,9 +67,44 @@ impl Proxy {
         }
     }
 
+    /// The controller's bytes stop reaching the agent (its heartbeats
+    /// among them); the agent's still reach the controller.
+    fn mute(&self) {
+        self.muted.store(true, Ordering::SeqCst);
+    }
+
     fn heal(&self) {
         self.refusing.store(false, Ordering::SeqCst);
     }
+}
+
+/// Both directions of one connection; controller → agent stops (unread,
+/// held in the socket buffers) once `muted` is set.
+async fn pipe(client: TcpStream, server: TcpStream, muted: Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                // Read after the mute: never delivered, nothing more read.
+                Ok(_) if muted.load(Ordering::SeqCst) => std::future::pending::<()>().await,
+                Ok(n) => {
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let down = async move {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    tokio::join!(up, down);
 }
 
 impl Drop for Proxy {
@@ -165,5 +205,66 @@ async fn a_partition_longer_than_the_lease_stops_the_agent_and_loses_it() {
     assert_eq!(outcome.verdict, Verdict::Degraded);
     let lost = outcome.summary.agents[0].lost.clone().expect("lost");
     assert!(lost.contains("not resumed"), "{lost}");
+    sim.shutdown().await;
+}
+
+/// A request-budget run has no end of its own before the budget: an agent
+/// that stops its load because its lease expired (the controller's
+/// heartbeats stopped reaching it) cut requests the plan meant to run, and
+/// the run must say so rather than report "completed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_expires_mid_run_degrades_a_request_budget_run() {
+    let _serial = LOAD.lock().await;
+    let cfg: SimConfig = toml::from_str("ttft = \"20ms\"\nitl = \"10ms\"").expect("sim config");
+    let sim = SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("sim");
+    let agent = AgentProcess::start(TOKEN, &[]);
+    let proxy = Proxy::start(&agent.addr).await;
+    let text = format!(
+        r#"
+        name = "lease-expired"
+        [target]
+        url = "http://{}"
+        [request]
+        max_tokens = 8
+        [load]
+        users = 2
+        requests = 100000
+        [cluster]
+        agents = ["{}"]
+        [output]
+        dir = "{}"
+        "#,
+        sim.addr(),
+        proxy.addr,
+        scratch("lease-expired").display()
+    );
+    let opts = RunOptions {
+        agent_token: Some(Token::new(TOKEN)),
+        ..RunOptions::default()
+    };
+    let run = tokio::spawn(execute(plan_from(&text), opts, CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(sim.stats().requests > 0, "load is running");
+    proxy.mute();
+    let outcome = tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("bounded")
+        .expect("join")
+        .expect("run");
+    let s = &outcome.summary;
+    assert_eq!(outcome.verdict, Verdict::Degraded, "{:?}", s.notes);
+    assert_eq!(outcome.verdict.exit_code(), 3);
+    assert_eq!(s.status, "degraded");
+    let a = &s.agents[0];
+    assert!(a.lost.is_none(), "its final totals arrived: {:?}", a.lost);
+    assert_eq!(a.stop_reason.as_deref(), Some("lease_expired"));
+    assert!(s.requests_ok > 0 && s.requests_ok < 100_000);
+    let note = format!(
+        "agent {} ({}) stopped its load itself: lease expired (no controller heartbeat for 5 s); {} requests cut",
+        a.id, a.addr, s.requests_incomplete
+    );
+    assert!(s.notes.contains(&note), "{note:?} not in {:?}", s.notes);
     sim.shutdown().await;
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use barrage_common::plan::PlanFile;
+use barrage_proto::agent::v1::StopReason;
 
 /// The drain of this plan's duration run (the target timeout, at most 30 s,
 /// unless `[load] drain` says otherwise).
@@ -75,6 +76,45 @@ pub fn cut_note(
     })
 }
 
+/// The name of an agent's stop reason in summary.json (`agents[].stop_reason`).
+pub fn stop_reason_name(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::Unspecified => "unspecified",
+        StopReason::Completed => "completed",
+        StopReason::Duration => "duration",
+        StopReason::Controller => "controller",
+        StopReason::LeaseExpired => "lease_expired",
+        StopReason::HardDeadline => "hard_deadline",
+        StopReason::Shutdown => "shutdown",
+    }
+}
+
+/// Why an agent stopped its load by itself when neither the plan (budget
+/// spent, duration over) nor the controller asked it to; `None` otherwise.
+/// Such a stop cuts requests the plan meant to run: the run is degraded.
+pub fn unasked_stop(reason: StopReason, lease: Duration) -> Option<String> {
+    match reason {
+        StopReason::LeaseExpired => Some(format!(
+            "lease expired (no controller heartbeat for {} s)",
+            lease.as_secs()
+        )),
+        StopReason::HardDeadline => Some("its hard deadline passed".into()),
+        StopReason::Shutdown => Some("the agent was shut down (SIGTERM or Ctrl-C)".into()),
+        StopReason::Unspecified
+        | StopReason::Completed
+        | StopReason::Duration
+        | StopReason::Controller => None,
+    }
+}
+
+/// The summary note for an agent that stopped its load by itself.
+pub fn unasked_stop_note(agent: &crate::report::AgentReport, why: &str, incomplete: u64) -> String {
+    format!(
+        "agent {} ({}) stopped its load itself: {why}; {incomplete} requests cut",
+        agent.id, agent.addr
+    )
+}
+
 /// An agent whose `Start` arrived after the agreed moment began its load
 /// that much later than the others: say so (a few ms is timer jitter).
 pub fn late_start_notes(agents: &[crate::report::AgentReport]) -> Vec<String> {
@@ -101,6 +141,23 @@ mod tests {
         assert_eq!(warmup_window(Duration::from_millis(1500), s(1)), (2, 2.0));
         assert_eq!(warmup_window(s(2), s(1)), (2, 2.0));
         assert_eq!(warmup_window(Duration::ZERO, s(1)), (0, 0.0));
+    }
+
+    #[test]
+    fn only_stops_the_plan_did_not_ask_for_are_unasked() {
+        let lease = Duration::from_secs(5);
+        let why = unasked_stop(StopReason::LeaseExpired, lease).expect("unasked");
+        assert_eq!(why, "lease expired (no controller heartbeat for 5 s)");
+        assert!(unasked_stop(StopReason::HardDeadline, lease).is_some());
+        assert!(unasked_stop(StopReason::Shutdown, lease).is_some());
+        for asked in [
+            StopReason::Completed,
+            StopReason::Duration,
+            StopReason::Controller,
+            StopReason::Unspecified,
+        ] {
+            assert_eq!(unasked_stop(asked, lease), None, "{asked:?}");
+        }
     }
 
     #[test]

@@ -64,6 +64,44 @@ impl LinkError {
     }
 }
 
+/// The agents' sessions (their gRPC connections, heartbeats and pumps) run
+/// on this small runtime of their own: a controller runtime busy with other
+/// work (merging, the built-in simulator, an embedding program) would
+/// otherwise delay the heartbeats past the agents' lease, and the agents
+/// would stop their load by themselves.
+pub struct LinkRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl LinkRuntime {
+    pub fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("controller-links")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        Ok(Self {
+            runtime: Some(runtime),
+            handle,
+        })
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for LinkRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime from async code panics; this never blocks.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// What the pump hands to the merger.
 #[derive(Debug)]
 pub enum LinkEvent {
@@ -119,6 +157,9 @@ impl Dial {
         }
     }
 }
+
+/// Longest wait for an agent to end its session after the final ack.
+const FINAL_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Pause between two attempts to resume a dropped session.
 const RESUME_RETRY: Duration = Duration::from_millis(250);
@@ -216,6 +257,28 @@ impl AgentLink {
             other => return Err(link.unexpected("hello", &other)),
         }
         Ok(link)
+    }
+
+    /// [`AgentLink::open`] on the links' runtime, so the connection's tasks
+    /// live there.
+    pub async fn open_on(
+        rt: &tokio::runtime::Handle,
+        addr: &str,
+        token: Option<&Token>,
+        tls: Option<&ClientTls>,
+        run_id: &str,
+        controller_id: &str,
+    ) -> Result<Self, LinkError> {
+        let (a, token, tls) = (addr.to_owned(), token.cloned(), tls.cloned());
+        let (run_id, controller_id) = (run_id.to_owned(), controller_id.to_owned());
+        rt.spawn(async move {
+            Self::open(&a, token.as_ref(), tls.as_ref(), &run_id, &controller_id).await
+        })
+        .await
+        .map_err(|e| LinkError::Protocol {
+            addr: addr.to_owned(),
+            reason: format!("session task: {e}"),
+        })?
     }
 
     /// Opens a new session that resumes the running one: the agent answers
@@ -355,6 +418,16 @@ impl AgentLink {
         .await
     }
 
+    /// After the final ack: the agent ends the session once it has the ack.
+    /// Waiting for that (bounded) keeps the ack from being lost when the
+    /// links' runtime shuts down right after the run.
+    async fn await_close(&mut self) {
+        let _ = tokio::time::timeout(FINAL_CLOSE_WAIT, async {
+            while let Ok(Some(_)) = self.rx.message().await {}
+        })
+        .await;
+    }
+
     /// Renews the lease and forwards everything until the agent's Final (or
     /// its loss). `stop` asks the agent to stop early. A dropped connection
     /// is resumed within the lease (the agent resends what was not acked).
@@ -425,6 +498,7 @@ impl AgentLink {
                         agent_msg::Msg::Final(f) => {
                             let _ = self.send(controller_msg::Msg::FinalAck(pb::FinalAck {})).await;
                             let _ = events.send(LinkEvent::Final { agent, fin: f }).await;
+                            self.await_close().await;
                             return;
                         }
                         agent_msg::Msg::Error(e) => {

@@ -97,6 +97,11 @@ pub struct AgentReport {
     pub intervals_missing: u64,
     /// Times its session was resumed after the connection dropped.
     pub reconnects: u64,
+    /// Why it stopped its load, from its final totals: "completed",
+    /// "duration", "controller", or one the plan did not ask for
+    /// ("lease_expired", "hard_deadline", "shutdown": the run is degraded).
+    /// None when its final totals never arrived.
+    pub stop_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dataset;
 use crate::embedded::EmbeddedAgents;
-use crate::link::{AgentLink, LinkError, LinkEvent};
+use crate::link::{AgentLink, LinkError, LinkEvent, LinkRuntime};
 use crate::merge::Merger;
 use crate::report::{self, AgentReport, RunFacts, Summary};
 
@@ -323,7 +323,17 @@ async fn drive(
     // before any traffic starts anywhere.
     // Embedded agents serve plaintext on loopback; TLS is for listed agents.
     let agent_tls = if embedded { None } else { tls };
-    let mut links = open_links(plan, addrs, token, agent_tls, run_id, &controller_id).await?;
+    let link_rt = LinkRuntime::start()
+        .map_err(|e| RunError::Setup(format!("starting the agent links' runtime: {e}")))?;
+    let mut links = open_links(
+        plan,
+        addrs,
+        (token, agent_tls),
+        link_rt.handle(),
+        run_id,
+        &controller_id,
+    )
+    .await?;
     let offsets = join_all(links.iter_mut().map(AgentLink::align_clock)).await;
     let offsets = offsets.into_iter().collect::<Result<Vec<_>, _>>()?;
 
@@ -499,12 +509,15 @@ async fn drive(
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let stop = CancellationToken::new();
     for (i, link) in links.into_iter().enumerate() {
-        tokio::spawn(link.pump(i, ev_tx.clone(), stop.clone()));
+        link_rt
+            .handle()
+            .spawn(link.pump(i, ev_tx.clone(), stop.clone()));
     }
     drop(ev_tx);
 
     let mut late = vec![None; infos.len()];
     let mut lost: Vec<Option<String>> = vec![None; infos.len()];
+    let mut stops: Vec<Option<pb::StopReason>> = vec![None; infos.len()];
     let mut interrupted = false;
     let mut last_final = start_instant;
     let mut printed = 0usize;
@@ -522,6 +535,7 @@ async fn drive(
                     }
                     LinkEvent::Final { agent, fin } => {
                         last_final = Instant::now();
+                        stops[agent] = Some(final_reason(&infos[agent].1, &fin));
                         if let Err(e) = merger.add_final(agent, &fin) {
                             merge_errors.push(format!("agent {}: final totals rejected: {e}", infos[agent].1));
                         }
@@ -607,12 +621,28 @@ async fn drive(
             intervals_duplicated: merger.agents[i].duplicates,
             intervals_missing: merger.agents[i].missing(),
             reconnects: merger.agents[i].resumes,
+            stop_reason: stops[i].map(|r| crate::edges::stop_reason_name(r).to_owned()),
+        })
+        .collect();
+    // Requests cut by a stop the plan did not ask for: failure looks like failure.
+    let stop_notes: Vec<String> = agents
+        .iter()
+        .zip(&stops)
+        .zip(&merger.agents)
+        .filter_map(|((a, r), t)| {
+            let why = crate::edges::unasked_stop((*r)?, crate::link::LEASE)?;
+            Some(crate::edges::unasked_stop_note(
+                a,
+                &why,
+                t.counters.requests_incomplete,
+            ))
         })
         .collect();
     let degraded = agents
         .iter()
         .any(|a| a.lost.is_some() || a.totals_mismatch.is_some() || a.intervals_missing > 0)
-        || !merge_errors.is_empty();
+        || !merge_errors.is_empty()
+        || !stop_notes.is_empty();
     let run_s = end.saturating_duration_since(start_instant).as_secs_f64();
     let measured_s = if warmup_s < run_s {
         run_s - warmup_s
@@ -655,6 +685,7 @@ async fn drive(
         Verdict::Completed
     };
     let mut notes = merge_errors;
+    notes.extend(stop_notes);
     notes.extend(agents.iter().filter_map(sequence_note));
     notes.extend(crate::edges::cut_note(
         merger.counters.requests_incomplete,
@@ -750,6 +781,16 @@ async fn drive(
     Ok((summary, verdict))
 }
 
+/// The stop reason of an agent's final totals; one the plan did not ask
+/// for is logged at once (it also degrades the run).
+fn final_reason(addr: &str, fin: &pb::Final) -> pb::StopReason {
+    let reason = pb::StopReason::try_from(fin.reason).unwrap_or(pb::StopReason::Unspecified);
+    if let Some(why) = crate::edges::unasked_stop(reason, crate::link::LEASE) {
+        tracing::warn!(agent = %addr, "agent stopped its load itself: {why}");
+    }
+    reason
+}
+
 /// A run in which requests ended and none succeeded failed, whatever the
 /// thresholds say (there may be none).
 fn every_request_failed(c: &barrage_common::metrics::Counters) -> bool {
@@ -800,8 +841,8 @@ fn expected_arrivals(s: &pb::Slice) -> f64 {
 async fn open_links(
     plan: &PlanFile,
     addrs: &[String],
-    token: Option<&Token>,
-    tls: Option<&ClientTls>,
+    (token, tls): (Option<&Token>, Option<&ClientTls>),
+    rt: &tokio::runtime::Handle,
     run_id: &str,
     controller_id: &str,
 ) -> Result<Vec<AgentLink>, RunError> {
@@ -813,7 +854,7 @@ async fn open_links(
         let tries = join_all(
             missing
                 .iter()
-                .map(|i| AgentLink::open(&addrs[*i], token, tls, run_id, controller_id)),
+                .map(|i| AgentLink::open_on(rt, &addrs[*i], token, tls, run_id, controller_id)),
         )
         .await;
         let mut last_errors = Vec::new();
