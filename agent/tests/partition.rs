@@ -215,44 +215,24 @@ async fn a_partition_longer_than_the_lease_stops_the_agent_and_loses_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_that_expires_mid_run_degrades_a_request_budget_run() {
     let _serial = LOAD.lock().await;
-    let cfg: SimConfig = toml::from_str("ttft = \"20ms\"\nitl = \"10ms\"").expect("sim config");
-    let sim = SimServer::spawn(cfg, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("sim");
+    let sim = sim_toml("ttft = \"20ms\"\nitl = \"10ms\"").await;
     let agent = AgentProcess::start(TOKEN, &[]);
     let proxy = Proxy::start(&agent.addr).await;
-    let text = format!(
-        r#"
-        name = "lease-expired"
-        [target]
-        url = "http://{}"
-        [request]
-        max_tokens = 8
-        [load]
-        users = 2
-        requests = 100000
-        [cluster]
-        agents = ["{}"]
-        [output]
-        dir = "{}"
-        "#,
-        sim.addr(),
-        proxy.addr,
-        scratch("lease-expired").display()
+    let text = cluster_plan(
+        "lease-expired",
+        &sim,
+        &[&proxy.addr],
+        "[load]\nusers = 2\nrequests = 100000",
     );
-    let opts = RunOptions {
-        agent_token: Some(Token::new(TOKEN)),
-        ..RunOptions::default()
-    };
-    let run = tokio::spawn(execute(plan_from(&text), opts, CancellationToken::new()));
+    let run = tokio::spawn(execute(
+        plan_from(&text),
+        opts(TOKEN),
+        CancellationToken::new(),
+    ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(sim.stats().requests > 0, "load is running");
     proxy.mute();
-    let outcome = tokio::time::timeout(TEST_LIMIT, run)
-        .await
-        .expect("bounded")
-        .expect("join")
-        .expect("run");
+    let outcome = finish(run).await;
     let s = &outcome.summary;
     assert_eq!(outcome.verdict, Verdict::Degraded, "{:?}", s.notes);
     assert_eq!(outcome.verdict.exit_code(), 3);
