@@ -87,6 +87,20 @@ pub enum ApiKind {
     Template,
 }
 
+impl ApiKind {
+    /// The name a plan uses (`api = "openai-chat"`), for reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::OpenaiChat => "openai-chat",
+            ApiKind::OpenaiCompletions => "openai-completions",
+            ApiKind::OllamaGenerate => "ollama-generate",
+            ApiKind::OllamaChat => "ollama-chat",
+            ApiKind::OpenaiEmbeddings => "openai-embeddings",
+            ApiKind::Template => "template",
+        }
+    }
+}
+
 /// `[target.template]`: a request body with placeholders and JSON pointers
 /// (RFC 6901) into the response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -685,6 +699,21 @@ mod tests {
         users = 4
         requests = 10
     "#;
+
+    #[test]
+    fn api_names_in_reports_are_the_names_plans_use() {
+        for api in [
+            ApiKind::OpenaiChat,
+            ApiKind::OpenaiCompletions,
+            ApiKind::OllamaGenerate,
+            ApiKind::OllamaChat,
+            ApiKind::OpenaiEmbeddings,
+            ApiKind::Template,
+        ] {
+            let plan_name = serde_json::to_value(api).expect("serialises");
+            assert_eq!(plan_name.as_str(), Some(api.as_str()));
+        }
+    }
 
     fn parse(text: &str) -> Result<PlanFile, PlanError> {
         from_figment(Figment::new().merge(Toml::string(text)))

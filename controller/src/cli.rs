@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// load.spawn_rate (users per second).
     #[arg(long)]
     pub spawn_rate: Option<f64>,
+    /// load.drain: how long in-flight requests may finish after `duration` ("30s"; "0s" cuts at once).
+    #[arg(long)]
+    pub drain: Option<String>,
     /// dataset.kind
     #[arg(long)]
     pub dataset: Option<String>,
@@ -184,6 +187,9 @@ impl RunArgs {
         }
         if let Some(v) = self.spawn_rate {
             set(&mut t, "load.spawn_rate", toml::Value::Float(v));
+        }
+        if let Some(v) = &self.drain {
+            set(&mut t, "load.drain", s(v));
         }
         if let Some(v) = &self.dataset {
             set(&mut t, "dataset.kind", s(v));
@@ -319,7 +325,8 @@ pub async fn main(cli: Cli) -> i32 {
             match e {
                 crate::run::RunError::Dataset(_)
                 | crate::run::RunError::Trace(_)
-                | crate::run::RunError::Tls(_) => EXIT_BAD_PLAN,
+                | crate::run::RunError::Tls(_)
+                | crate::run::RunError::Plan(_) => EXIT_BAD_PLAN,
                 _ => EXIT_FAILED,
             }
         }
@@ -384,6 +391,18 @@ mod tests {
         assert_eq!(p.load.requests, Some(100));
         assert_eq!(p.target.headers.get("X-A").map(String::as_str), Some("b"));
         assert_eq!(p.request.max_tokens, 32);
+    }
+
+    #[test]
+    fn drain_flag_sets_the_drain_and_a_bad_one_names_the_key() {
+        let p = args(&["--simulator", "--duration", "5s", "--drain", "2s"])
+            .plan()
+            .expect("valid");
+        assert_eq!(p.load.drain, Some(std::time::Duration::from_secs(2)));
+        let e = args(&["--simulator", "--duration", "5s", "--drain", "soon"])
+            .plan()
+            .expect_err("not a duration");
+        assert!(e.to_string().contains("drain"), "{e}");
     }
 
     #[test]

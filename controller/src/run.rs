@@ -67,6 +67,10 @@ pub enum RunError {
     Trace(#[from] crate::trace::TraceError),
     #[error("{0}")]
     Setup(String),
+    /// The plan names something that is not there (an unset environment
+    /// variable): a bad plan, like an unknown key.
+    #[error("{0}")]
+    Plan(String),
     #[error(transparent)]
     Tls(#[from] barrage_common::tls::TlsError),
     #[error(transparent)]
@@ -137,7 +141,7 @@ fn api(kind: ApiKind) -> pb::Api {
 fn target_proto(plan: &PlanFile, url: &str) -> Result<pb::Target, RunError> {
     let api_key = match &plan.target.api_key_env {
         Some(var) => std::env::var(var).map_err(|_| {
-            RunError::Setup(format!(
+            RunError::Plan(format!(
                 "target.api_key_env: environment variable {var} is not set"
             ))
         })?,
@@ -209,7 +213,7 @@ async fn resolve_agents(
     let token = match &plan.cluster.token_env {
         _ if given.is_some() => given,
         Some(var) => Some(
-            Token::from_env(var).map_err(|e| RunError::Setup(format!("cluster.token_env: {e}")))?,
+            Token::from_env(var).map_err(|e| RunError::Plan(format!("cluster.token_env: {e}")))?,
         ),
         None => None,
     };
@@ -454,7 +458,7 @@ async fn drive(
     ) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(var)) => Some(
-            Token::from_env(var).map_err(|e| RunError::Setup(format!("monitor.token_env: {e}")))?,
+            Token::from_env(var).map_err(|e| RunError::Plan(format!("monitor.token_env: {e}")))?,
         ),
         (None, None) => None,
     };
@@ -739,7 +743,7 @@ async fn drive(
         run_id: run_id.to_owned(),
         started_at: String::new(),
         target: barrage_common::redact::redact_url(&target.url),
-        api: format!("{:?}", plan.target.api),
+        api: plan.target.api.as_str().to_owned(),
         status: verdict.name().to_owned(),
         duration_s: measured_s,
         users: load.peak_users(),

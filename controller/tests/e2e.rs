@@ -48,6 +48,7 @@ async fn counts_and_timing_match_the_simulator() {
     let sim = s.simulator.clone().expect("simulator stats");
     assert_eq!(outcome.verdict, Verdict::Completed);
     assert_eq!(s.requests_ok, 640);
+    assert_eq!(s.api, "openai-chat", "the API as the plan names it");
     assert_eq!(
         s.requests_total, sim.requests,
         "client and server count the same requests"

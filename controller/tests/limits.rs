@@ -354,3 +354,20 @@ async fn an_error_an_embedded_agent_reports_at_prepare_is_printed_once() {
     assert!(!err.contains("break"), "the key is never shown: {err}");
     assert_eq!(seen, 0, "no traffic");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unset_api_key_variable_exits_2_naming_the_key() {
+    let dir = scratch("limits-api-key-env");
+    let var = "BARRAGE_LIMITS_TEST_SURELY_UNSET_KEY";
+    let plan = format!(
+        "{}[load]\nusers = 1\nrequests = 2\n",
+        TARGET.replace("[cluster]", &format!("api_key_env = \"{var}\"\n[cluster]"))
+    );
+    let (code, err, seen) = run_binary_with(&dir, &plan, &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("target.api_key_env") && err.contains(var),
+        "{err}"
+    );
+    assert_eq!(seen, 0, "no traffic");
+}
