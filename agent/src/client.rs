@@ -53,9 +53,7 @@ pub struct Parsers {
     ndjson: NdjsonSplitter,
 }
 
-/// Stale-connection retries after which a target counts as one that closes
-/// connections it announced as keep-alive, and pooling to it stops.
-const STALE_RETRIES_BEFORE_NO_POOL: u64 = 3;
+use barrage_common::metrics::STALE_RETRIES_BEFORE_NO_POOL;
 
 pub struct TargetClient {
     http: reqwest::Client,

@@ -533,6 +533,10 @@ impl SourceCounts {
     }
 }
 
+/// Stale-connection retries after which an agent treats the target as one
+/// that closes connections it announced as keep-alive, and stops pooling.
+pub const STALE_RETRIES_BEFORE_NO_POOL: u64 = 3;
+
 /// Plain counters of an interval or a total; addition is exact.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {

@@ -131,6 +131,24 @@ pub fn late_start_notes(agents: &[crate::report::AgentReport]) -> Vec<String> {
         .collect()
 }
 
+/// An agent that met the target closing pooled connections stopped reusing
+/// them: from then on connection setup is inside every ttft, so say so.
+pub fn unpooled_notes(agents: &[crate::report::AgentReport]) -> Vec<String> {
+    use barrage_common::metrics::STALE_RETRIES_BEFORE_NO_POOL as LIMIT;
+    agents
+        .iter()
+        .filter(|a| a.connection_retries >= LIMIT)
+        .map(|a| {
+            format!(
+                "agent {} ({}) stopped reusing connections after {LIMIT} stale-connection retries \
+                 (the target closes connections it announces as keep-alive): its later requests \
+                 each opened a new connection, whose setup is inside their ttft",
+                a.id, a.addr
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

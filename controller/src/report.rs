@@ -102,6 +102,8 @@ pub struct AgentReport {
     /// ("lease_expired", "hard_deadline", "shutdown": the run is degraded).
     /// None when its final totals never arrived.
     pub stop_reason: Option<String>,
+    /// Requests it resent after finding a pooled connection closed.
+    pub connection_retries: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -626,6 +626,7 @@ async fn drive(
             intervals_missing: merger.agents[i].missing(),
             reconnects: merger.agents[i].resumes,
             stop_reason: stops[i].map(|r| crate::edges::stop_reason_name(r).to_owned()),
+            connection_retries: merger.agents[i].counters.connection_retries,
         })
         .collect();
     // Requests cut by a stop the plan did not ask for: failure looks like failure.
@@ -698,6 +699,7 @@ async fn drive(
         interrupted,
     ));
     notes.extend(crate::edges::late_start_notes(&agents));
+    notes.extend(crate::edges::unpooled_notes(&agents));
     if let Some(key) = &aborted {
         notes.push(format!(
             "stopped early: threshold {key} was clearly lost (abort_on_breach)"

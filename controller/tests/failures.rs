@@ -297,6 +297,19 @@ async fn a_server_that_closes_each_keep_alive_connection_loses_no_request() {
     // never answered.
     assert_eq!(unanswered.load(Ordering::SeqCst), s.connection_retries);
     assert!(render(s).contains("Connection retries"));
+    // Every reuse fails here, so each agent soon stops pooling, and says so.
+    for a in s.agents.iter().filter(|a| a.connection_retries >= 3) {
+        let said = s.notes.iter().any(|n| {
+            n.contains(&format!("agent {} ({})", a.id, a.addr))
+                && n.contains("stopped reusing connections")
+        });
+        assert!(said, "agent {} not noted in {:?}", a.addr, s.notes);
+    }
+    assert!(
+        s.agents.iter().any(|a| a.connection_retries >= 3),
+        "{:?}",
+        s.agents
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
