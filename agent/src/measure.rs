@@ -333,28 +333,11 @@ impl RequestMeasure {
         } else {
             (self.first_output, self.first_answer)
         };
-        counters.response_bytes += self.response_bytes;
-        counters.chunks += self.chunks;
-        counters.chunk_tokens_assumed += self.chunks_assumed;
-        counters.reasoning_chunks += self.reasoning_chunks;
+        self.record_seen(start, first_output, first_answer, metrics, counters);
         let ttft = first_output.map(since);
-        if let Some(t) = ttft {
-            metrics.record(Metric::Ttft, t);
-        }
-        // Open loop: the same ends seen from the intended send time
-        // (coordinated omission made visible).
         let intended = self
             .intended
             .map(|i| move |t: Instant| micros(t.saturating_duration_since(i)));
-        if let Some(from_intended) = intended {
-            metrics.record(Metric::ScheduleLag, from_intended(start));
-            if let Some(f) = first_output {
-                metrics.record(Metric::TtftIntended, from_intended(f));
-            }
-        }
-        if let Some(t) = first_answer.map(since) {
-            metrics.record(Metric::Ttfo, t);
-        }
         let (output_tokens, output_source) = self.output_count();
         if let Err(class) = result {
             counters.requests_failed += 1;
@@ -394,12 +377,7 @@ impl RequestMeasure {
         if let Some(t) = tpot {
             metrics.record(Metric::Tpot, t);
         }
-        let mut max_gap = None;
-        for g in &self.gaps {
-            metrics.record(Metric::ChunkGap, g.micros);
-            metrics.record_n(Metric::Itl, g.micros / g.tokens, g.tokens);
-            max_gap = max_gap.max(Some(g.micros));
-        }
+        let max_gap = self.record_gaps(metrics);
         if let Some(m) = max_gap {
             metrics.record(Metric::MaxStall, m);
         }
@@ -425,30 +403,57 @@ impl RequestMeasure {
     pub fn record_cut(&self, metrics: &mut MetricSet, counters: &mut Counters) {
         counters.requests_incomplete += 1;
         let Some(start) = self.start else { return };
+        self.record_seen(
+            start,
+            self.first_output,
+            self.first_answer,
+            metrics,
+            counters,
+        );
+        self.record_gaps(metrics);
+    }
+
+    /// What a request keeps however it ended (ok, failed or cut): its bytes
+    /// and chunks, `ttft`, `ttfo`, and open loop the schedule lag and
+    /// `ttft_intended` (coordinated omission made visible).
+    fn record_seen(
+        &self,
+        start: Instant,
+        first_output: Option<Instant>,
+        first_answer: Option<Instant>,
+        metrics: &mut MetricSet,
+        counters: &mut Counters,
+    ) {
         let since = |t: Instant| micros(t.saturating_duration_since(start));
         counters.response_bytes += self.response_bytes;
         counters.chunks += self.chunks;
         counters.chunk_tokens_assumed += self.chunks_assumed;
         counters.reasoning_chunks += self.reasoning_chunks;
-        if let Some(t) = self.first_output {
+        if let Some(t) = first_output {
             metrics.record(Metric::Ttft, since(t));
         }
-        if let Some(t) = self.first_answer {
+        if let Some(t) = first_answer {
             metrics.record(Metric::Ttfo, since(t));
         }
         if let Some(i) = self.intended {
-            metrics.record(
-                Metric::ScheduleLag,
-                micros(start.saturating_duration_since(i)),
-            );
-            if let Some(f) = self.first_output {
-                metrics.record(Metric::TtftIntended, micros(f.saturating_duration_since(i)));
+            let from_intended = |t: Instant| micros(t.saturating_duration_since(i));
+            metrics.record(Metric::ScheduleLag, from_intended(start));
+            if let Some(f) = first_output {
+                metrics.record(Metric::TtftIntended, from_intended(f));
             }
         }
+    }
+
+    /// Each `chunk_gap`, spread over its tokens as `itl`; the longest gap.
+    fn record_gaps(&self, metrics: &mut MetricSet) -> Option<u64> {
+        let mut max_gap = None;
         for g in &self.gaps {
+            let tokens = g.tokens.max(1);
             metrics.record(Metric::ChunkGap, g.micros);
-            metrics.record_n(Metric::Itl, g.micros / g.tokens.max(1), g.tokens.max(1));
+            metrics.record_n(Metric::Itl, g.micros / tokens, tokens);
+            max_gap = max_gap.max(Some(g.micros));
         }
+        max_gap
     }
 }
 
