@@ -371,6 +371,23 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The summary table and the percentile table, as printed on the console.
 pub fn render(s: &Summary) -> String {
     let mut out = String::new();
+    render_headline(&mut out, s);
+    render_percentiles(&mut out, s);
+    render_error_details(&mut out, s);
+    render_schedule(&mut out, s);
+    if let Some(m) = &s.monitor {
+        render_monitor(&mut out, m);
+    }
+    render_thresholds(&mut out, s);
+    render_agent_problems(&mut out, s);
+    for n in &s.notes {
+        let _ = writeln!(out, "  note: {n}");
+    }
+    out
+}
+
+/// The summary table: status, counts, throughputs, averages, errors, sources.
+fn render_headline(out: &mut String, s: &Summary) {
     let rows: Vec<(&str, String)> = vec![
         ("Status", s.status.clone()),
         ("Target", format!("{} ({})", s.target, s.api)),
@@ -430,7 +447,11 @@ pub fn render(s: &Summary) -> String {
             "Connection retries", s.connection_retries
         );
     }
-    render_token_sources(&mut out, &s.token_source, w);
+    render_token_sources(out, &s.token_source, w);
+}
+
+/// One row per metric, one column per percentile ("–" where unobservable).
+fn render_percentiles(out: &mut String, s: &Summary) {
     let _ = write!(
         out,
         "\nPercentiles (ms; output_tokens in tokens)\n  {:<14}",
@@ -478,7 +499,10 @@ pub fn render(s: &Summary) -> String {
         }
         let _ = writeln!(out, "{:>10}", d.count);
     }
-    render_error_details(&mut out, s);
+}
+
+/// Open-loop delivery, start skew and the warmup left out.
+fn render_schedule(out: &mut String, s: &Summary) {
     if let Some(o) = &s.open_loop {
         let _ = writeln!(
             out,
@@ -502,9 +526,10 @@ pub fn render(s: &Summary) -> String {
             String::new()
         }
     );
-    if let Some(m) = &s.monitor {
-        render_monitor(&mut out, m);
-    }
+}
+
+/// Each `[thresholds]` limit with its verdict.
+fn render_thresholds(out: &mut String, s: &Summary) {
     if !s.thresholds.is_empty() {
         let _ = writeln!(out, "\nThresholds");
         for t in &s.thresholds {
@@ -518,6 +543,10 @@ pub fn render(s: &Summary) -> String {
             );
         }
     }
+}
+
+/// Lost agents and agents whose totals did not add up.
+fn render_agent_problems(out: &mut String, s: &Summary) {
     for a in s
         .agents
         .iter()
@@ -534,10 +563,6 @@ pub fn render(s: &Summary) -> String {
             let _ = writeln!(out, "\n  MISMATCH agent {} ({}): {why}", a.id, a.addr);
         }
     }
-    for n in &s.notes {
-        let _ = writeln!(out, "  note: {n}");
-    }
-    out
 }
 
 /// `shown`, or "–" when this run could not observe `m`.
