@@ -341,137 +341,54 @@ async fn drive(
     let offsets = join_all(links.iter_mut().map(AgentLink::align_clock)).await;
     let offsets = offsets.into_iter().collect::<Result<Vec<_>, _>>()?;
 
-    let weights: Vec<f64> = links
-        .iter()
-        .map(|l| {
-            l.hello.capacity.as_ref().map_or(1.0, |c| {
-                if c.weight > 0.0 {
-                    c.weight
-                } else {
-                    f64::from(c.cores.max(1))
-                }
-            })
-        })
-        .collect();
+    let weights = capacity_weights(&links);
     let load = &plan.load;
     let mut slices = crate::slices::slices(load, &weights);
-    // Trace replay: each agent gets its stripe of arrivals and their prompts.
-    let per_agent: Option<Vec<Vec<pb::Prompt>>> = trace.map(|t| {
-        t.split(&weights)
-            .into_iter()
-            .zip(slices.iter_mut())
-            .map(|((offsets, prompts), slice)| {
-                slice.max_requests = Some(offsets.len() as u64);
-                slice.arrival_offsets_s = offsets;
-                slice.duration_ms = 0;
-                // An agent without arrivals still needs a dataset to prepare.
-                if prompts.is_empty() {
-                    t.prompts[..1].to_vec()
-                } else {
-                    prompts
-                }
-            })
-            .collect()
-    });
-    let layouts = Layouts {
-        latency: Layout {
-            sigfig: plan.metrics.sigfig,
-            ..Layout::LATENCY_US
-        },
-        tokens: Layout {
-            sigfig: plan.metrics.sigfig,
-            ..Layout::TOKENS
-        },
-    };
+    let per_agent = trace.map(|t| stripe_trace(t, &weights, &mut slices));
+    let layouts = run_layouts(plan);
     let interval = plan.metrics.interval;
     let drain = crate::edges::drain(plan);
-    let hard_deadline = match load
-        .effective_duration()
-        .or(trace.map(|t| Duration::from_secs_f64(t.span_s())))
-    {
-        Some(d) => d + drain + plan.target.timeout + Duration::from_secs(30),
-        None => Duration::from_secs(24 * 3600),
-    };
-    let chunks: Vec<Vec<pb::DatasetChunk>> = match &per_agent {
-        Some(parts) => parts.iter().map(|p| dataset::chunks(p, 1 << 20)).collect(),
-        None => vec![dataset::chunks(prompts, 1 << 20); links.len()],
-    };
-    let prepares = links.iter_mut().enumerate().map(|(i, link)| {
-        let prepare = pb::Prepare {
-            run_id: run_id.to_owned(),
-            step: 0,
-            slice: Some(slices[i].clone()),
-            target: Some(target.clone()),
-            request: Some(pb::RequestParams {
-                max_tokens: plan.request.max_tokens,
-                temperature: plan.request.temperature,
-                ignore_eos: plan.request.ignore_eos,
-                extra_body_json: {
-                    let extra = plan.request.extra_json(plan.target.api);
-                    if extra.is_empty() {
-                        String::new()
-                    } else {
-                        serde_json::Value::Object(extra).to_string()
-                    }
-                },
-            }),
-            latency_layout: Some(layouts.latency.to_proto()),
-            count_layout: Some(layouts.tokens.to_proto()),
-            interval_ms: interval.as_millis() as u64,
-            lease_ms: crate::link::LEASE.as_millis() as u64,
-            hard_deadline_ms: hard_deadline.as_millis() as u64,
-            seed: plan.dataset.seed.wrapping_add(i as u64 * 0x9E37_79B9),
-            dataset_len: per_agent.as_ref().map_or(prompts.len(), |p| p[i].len()) as u64,
-            plan_sha256: plan_sha.to_owned(),
-            slo: Some(request_slo(plan)),
-            tokenizer_json: tokenizer_json.to_vec(),
-            drain_ms: drain.as_millis() as u64,
-            warmup_intervals: crate::edges::warmup_window(
-                load.warmup.unwrap_or_default(),
-                interval,
-            )
-            .0,
-        };
-        link.prepare(prepare, &chunks[i])
-    });
-    let readies = join_all(prepares)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some((i, r)) = readies
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.plan_sha256 != plan_sha)
-    {
-        return Err(RunError::Setup(format!(
-            "agent {}: prepared plan {} instead of {plan_sha}",
-            links[i].addr, r.plan_sha256
-        )));
-    }
-
-    let monitor_token = match (
-        &opts.monitor_token,
-        plan.monitor
-            .token_env
-            .as_ref()
-            .or(plan.cluster.token_env.as_ref()),
-    ) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(var)) => Some(
-            Token::from_env(var).map_err(|e| RunError::Plan(format!("monitor.token_env: {e}")))?,
+    let hard_deadline = hard_deadline(plan, trace, drain);
+    let common = common_prepare(
+        plan,
+        (run_id, plan_sha),
+        &target,
+        layouts,
+        (hard_deadline, drain),
+        tokenizer_json,
+    );
+    // The dataset in ≤ 1 MiB chunks: encoded once when every agent gets it all.
+    let (datasets, shared) = match &per_agent {
+        Some(parts) => (parts.iter().map(Vec::as_slice).collect(), None),
+        None => (
+            vec![prompts; links.len()],
+            Some(dataset::chunks(prompts, 1 << 20)),
         ),
-        (None, None) => None,
     };
-    let monitors = crate::monitor::Monitors::start(&plan.monitor, monitor_token, tls).await;
+    let striped: Vec<Vec<pb::DatasetChunk>> = match shared {
+        Some(_) => Vec::new(),
+        None => datasets
+            .iter()
+            .map(|d| dataset::chunks(d, 1 << 20))
+            .collect(),
+    };
+    let chunks: Vec<&[pb::DatasetChunk]> = match &shared {
+        Some(all) => vec![all.as_slice(); links.len()],
+        None => striped.iter().map(Vec::as_slice).collect(),
+    };
+    let lens: Vec<u64> = datasets.iter().map(|d| d.len() as u64).collect();
+    prepare_all(
+        &mut links,
+        &common,
+        &slices,
+        (&chunks, &lens),
+        plan.dataset.seed,
+    )
+    .await?;
 
-    // The start barrier: one moment, translated into each agent's clock.
-    let max_rtt = offsets.iter().map(|o| o.rtt_ns).max().unwrap_or(0);
-    let lead = Duration::from_nanos(max_rtt * 5).max(Duration::from_millis(500));
-    let start_local = mono_now_ns() + lead.as_nanos() as u64;
-    join_all(links.iter().map(|l| l.start(start_local)))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let monitors =
+        crate::monitor::Monitors::start(&plan.monitor, monitor_token(opts, plan)?, tls).await;
+    let start_local = start_together(&links, &offsets).await?;
     let start_instant = barrage_common::clock::instant_at(start_local);
     tracing::info!(agents = links.len(), mode = ?load.mode(), "run started");
 
@@ -490,27 +407,8 @@ async fn drive(
         .thresholds
         .checks()
         .map_err(|(k, p)| RunError::Setup(format!("thresholds.{k}: {p}")))?;
-    let mut aborted: Option<String> = None;
-    // Each agent's share of the load: users (closed loop) or rate (open loop).
-    let total_weight: f64 = slices.iter().map(slice_weight).sum();
-    let infos: Vec<(String, String, u64, f64)> = links
-        .iter()
-        .zip(&slices)
-        .map(|(l, s)| {
-            let share = if total_weight > 0.0 {
-                slice_weight(s) / total_weight
-            } else {
-                0.0
-            };
-            (
-                l.hello.agent_id.clone(),
-                l.addr.clone(),
-                s.user_indexes.len() as u64,
-                share,
-            )
-        })
-        .collect();
-    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let infos = agent_infos(&links, &slices);
+    let (ev_tx, ev_rx) = mpsc::channel(1024);
     let stop = CancellationToken::new();
     for (i, link) in links.into_iter().enumerate() {
         link_rt
@@ -519,130 +417,45 @@ async fn drive(
     }
     drop(ev_tx);
 
-    let mut late = vec![None; infos.len()];
-    let mut lost: Vec<Option<String>> = vec![None; infos.len()];
-    let mut stops: Vec<Option<pb::StopReason>> = vec![None; infos.len()];
-    let mut interrupted = false;
-    let mut last_final = start_instant;
-    let mut printed = 0usize;
-    let mut merge_errors = Vec::new();
-    loop {
-        tokio::select! {
-            ev = ev_rx.recv() => {
-                let Some(ev) = ev else { break };
-                match ev {
-                    LinkEvent::Started { agent, late_ns } => late[agent] = Some(late_ns as f64 / 1e6),
-                    LinkEvent::Interval { agent, interval } => {
-                        if let Err(e) = merger.add_interval(agent, &interval) {
-                            merge_errors.push(format!("agent {}: interval {} rejected: {e}", infos[agent].1, interval.index));
-                        }
-                    }
-                    LinkEvent::Final { agent, fin } => {
-                        last_final = Instant::now();
-                        stops[agent] = Some(final_reason(&infos[agent].1, &fin));
-                        if let Err(e) = merger.add_final(agent, &fin) {
-                            merge_errors.push(format!("agent {}: final totals rejected: {e}", infos[agent].1));
-                        }
-                    }
-                    LinkEvent::Resumed { agent } => merger.agent_resumed(agent),
-                    LinkEvent::Lost { agent, reason } => {
-                        tracing::warn!(agent = %infos[agent].1, %reason, "agent lost");
-                        lost[agent] = Some(reason);
-                        merger.agent_gone(agent);
-                    }
-                }
-                if plan.thresholds.abort_on_breach && aborted.is_none() {
-                    let lost = checks
-                        .iter()
-                        .find(|c| crate::verdict::clearly_lost(c, &merger.totals, &merger.counters, load.requests));
-                    if let Some(c) = lost {
-                        eprintln!("threshold {c} is clearly lost: stopping every agent");
-                        aborted = Some(c.key.clone());
-                        stop.cancel();
-                    }
-                }
-                if opts.progress {
-                    while printed < merger.timeline.len() {
-                        progress(&merger.timeline[printed]);
-                        printed += 1;
-                    }
-                }
-            }
-            _ = cancel.cancelled(), if !interrupted => {
-                interrupted = true;
-                eprintln!("interrupted: stopping all agents and writing what was measured");
-                stop.cancel();
-            }
-        }
-    }
+    let streamed = stream_and_merge(
+        ev_rx,
+        &mut merger,
+        &infos,
+        start_instant,
+        Watch {
+            plan,
+            checks: &checks,
+            progress: opts.progress,
+            cancel: &cancel,
+            stop: &stop,
+        },
+    )
+    .await;
+    let Streamed {
+        late,
+        lost,
+        stops,
+        interrupted,
+        last_final,
+        merge_errors,
+        aborted,
+    } = streamed;
     let end = if interrupted {
         Instant::now()
     } else {
         last_final
     };
     let mut timeline = merger.finish().to_vec();
-    let monitor_report = if monitors.is_empty() {
-        None
-    } else {
-        let end_ns = barrage_common::clock::mono_ns_of(end);
-        let n = timeline
-            .iter()
-            .map(|r| r.index as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let (report, rows) = monitors
-            .finish(
-                start_local,
-                end_ns,
-                interval,
-                n,
-                merger.counters.output_tokens,
-            )
-            .await;
-        for r in &mut timeline {
-            if let Some(m) = rows.get(r.index as usize) {
-                r.monitor = m.clone();
-            }
-        }
-        Some(report)
-    };
-    let agents: Vec<AgentReport> = infos
-        .iter()
-        .enumerate()
-        .map(|(i, (id, addr, users, share))| AgentReport {
-            share: *share,
-            id: id.clone(),
-            addr: addr.clone(),
-            users: *users,
-            requests_ok: merger.agents[i].counters.requests_ok,
-            requests_failed: merger.agents[i].counters.requests_failed,
-            max_cpu_percent: merger.agents[i].max_cpu,
-            delta_bytes: merger.agents[i].delta_bytes,
-            start_late_ms: late[i],
-            clock_uncertainty_ms: Some(offsets[i].uncertainty().as_secs_f64() * 1000.0),
-            lost: lost[i].clone(),
-            totals_mismatch: merger.agents[i].mismatch.clone(),
-            intervals_duplicated: merger.agents[i].duplicates,
-            intervals_missing: merger.agents[i].missing(),
-            reconnects: merger.agents[i].resumes,
-            stop_reason: stops[i].map(|r| crate::edges::stop_reason_name(r).to_owned()),
-            connection_retries: merger.agents[i].counters.connection_retries,
-        })
-        .collect();
-    // Requests cut by a stop the plan did not ask for: failure looks like failure.
-    let stop_notes: Vec<String> = agents
-        .iter()
-        .zip(&stops)
-        .zip(&merger.agents)
-        .filter_map(|((a, r), t)| {
-            let why = crate::edges::unasked_stop((*r)?, crate::link::LEASE)?;
-            Some(crate::edges::unasked_stop_note(
-                a,
-                &why,
-                t.counters.requests_incomplete,
-            ))
-        })
-        .collect();
+    let monitor_report = attach_monitors(
+        monitors,
+        &mut timeline,
+        (start_local, end),
+        interval,
+        merger.counters.output_tokens,
+    )
+    .await;
+    let agents = agent_reports(&infos, &merger, (&late, &lost, &stops), &offsets);
+    let stop_notes = unasked_stop_notes(&agents, &stops, &merger);
     let degraded = agents
         .iter()
         .any(|a| a.lost.is_some() || a.totals_mismatch.is_some() || a.intervals_missing > 0)
@@ -660,17 +473,7 @@ async fn drive(
         warmup_s.min(run_s),
         measured_s,
     );
-    let offered_rate = match load.mode() {
-        barrage_common::load::LoadMode::Rate => load.rate_per_second(),
-        barrage_common::load::LoadMode::Stages if load.open_loop() => {
-            let total: f64 = slices.iter().map(expected_arrivals).sum();
-            load.effective_duration().map(|d| total / d.as_secs_f64())
-        }
-        barrage_common::load::LoadMode::Trace => trace
-            .filter(|t| t.span_s() > 0.0)
-            .map(|t| t.offsets_s.len() as f64 / t.span_s()),
-        _ => None,
-    };
+    let offered_rate = offered_rate(load, &slices, trace);
     let figures = crate::verdict::RunFigures {
         duration_s: measured_s,
         offered_rate,
@@ -682,12 +485,12 @@ async fn drive(
         Verdict::Interrupted
     } else if every_request_failed(&merger.counters) {
         Verdict::Failed
-    } else if degraded {
-        Verdict::Degraded
-    } else if breached {
-        Verdict::Breached
     } else {
-        Verdict::Completed
+        match (degraded, breached) {
+            (true, _) => Verdict::Degraded,
+            (false, true) => Verdict::Breached,
+            (false, false) => Verdict::Completed,
+        }
     };
     let mut notes = merge_errors;
     notes.extend(stop_notes);
@@ -705,41 +508,8 @@ async fn drive(
             "stopped early: threshold {key} was clearly lost (abort_on_breach)"
         ));
     }
-    let lost: Vec<&AgentReport> = agents.iter().filter(|a| a.lost.is_some()).collect();
-    if !lost.is_empty() {
-        let share: f64 = lost.iter().map(|a| a.share).sum();
-        let users: u64 = lost.iter().map(|a| a.users).sum();
-        let what = if load.open_loop() {
-            format!("{:.1} % of the arrival rate", share * 100.0)
-        } else {
-            format!(
-                "{users} of {} users ({:.1} %)",
-                load.peak_users(),
-                share * 100.0
-            )
-        };
-        notes.push(format!(
-            "{what} ran on lost agents; their unreported intervals are missing"
-        ));
-    }
-    // A generator that stays saturated inflates the latencies it measures.
-    for (i, a) in agents.iter().enumerate() {
-        let t = &merger.agents[i];
-        if t.hot_intervals >= 3 && t.hot_intervals * 2 >= t.intervals {
-            let who = if embedded {
-                "this machine (embedded agents, simulator and controller share it)".to_owned()
-            } else {
-                format!("agent {} ({})", a.id, a.addr)
-            };
-            notes.push(format!(
-                "{who} stayed above 90 % CPU in {} of {} intervals: latencies may be client-bound",
-                t.hot_intervals, t.intervals
-            ));
-            if embedded {
-                break;
-            }
-        }
-    }
+    notes.extend(lost_share_note(&agents, load));
+    notes.extend(saturation_notes(&agents, &merger, embedded));
     let facts = RunFacts {
         name: plan.name.clone(),
         run_id: run_id.to_owned(),
@@ -771,20 +541,496 @@ async fn drive(
         summary.monitor = Some(m);
     }
     if load.open_loop() {
-        let lag = merger
-            .totals
-            .get(barrage_common::metrics::Metric::ScheduleLag);
-        let ms = |v: Option<u64>| v.map(|x| x as f64 / 1000.0);
-        summary.open_loop = Some(report::OpenLoopReport {
-            offered_rate,
-            achieved_rate,
-            arrivals_unsent: merger.counters.arrivals_unsent,
-            schedule_lag_p50_ms: ms(lag.quantile(0.5)),
-            schedule_lag_p99_ms: ms(lag.quantile(0.99)),
-            schedule_lag_max_ms: ms(lag.quantile(1.0)),
-        });
+        summary.open_loop = Some(open_loop_report(&merger, offered_rate, achieved_rate));
     }
     Ok((summary, verdict))
+}
+
+/// What the run loop saw besides the merged figures.
+struct Streamed {
+    late: Vec<Option<f64>>,
+    lost: Vec<Option<String>>,
+    stops: Vec<Option<pb::StopReason>>,
+    interrupted: bool,
+    last_final: Instant,
+    merge_errors: Vec<String>,
+    aborted: Option<String>,
+}
+
+/// What the run loop watches besides the agents' events.
+struct Watch<'a> {
+    plan: &'a PlanFile,
+    checks: &'a [barrage_common::thresholds::Check],
+    progress: bool,
+    cancel: &'a CancellationToken,
+    stop: &'a CancellationToken,
+}
+
+/// Stream and merge: every agent's events until all links end; stops every
+/// agent on Ctrl-C/SIGTERM or a threshold that is clearly lost.
+async fn stream_and_merge(
+    mut ev_rx: mpsc::Receiver<LinkEvent>,
+    merger: &mut Merger,
+    infos: &[(String, String, u64, f64)],
+    start_instant: Instant,
+    w: Watch<'_>,
+) -> Streamed {
+    let mut late = vec![None; infos.len()];
+    let mut lost: Vec<Option<String>> = vec![None; infos.len()];
+    let mut stops: Vec<Option<pb::StopReason>> = vec![None; infos.len()];
+    let mut interrupted = false;
+    let mut aborted: Option<String> = None;
+    let mut last_final = start_instant;
+    let mut printed = 0usize;
+    let mut merge_errors = Vec::new();
+    loop {
+        tokio::select! {
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    LinkEvent::Started { agent, late_ns } => late[agent] = Some(late_ns as f64 / 1e6),
+                    LinkEvent::Interval { agent, interval } => {
+                        if let Err(e) = merger.add_interval(agent, &interval) {
+                            merge_errors.push(format!("agent {}: interval {} rejected: {e}", infos[agent].1, interval.index));
+                        }
+                    }
+                    LinkEvent::Final { agent, fin } => {
+                        last_final = Instant::now();
+                        stops[agent] = Some(final_reason(&infos[agent].1, &fin));
+                        if let Err(e) = merger.add_final(agent, &fin) {
+                            merge_errors.push(format!("agent {}: final totals rejected: {e}", infos[agent].1));
+                        }
+                    }
+                    LinkEvent::Resumed { agent } => merger.agent_resumed(agent),
+                    LinkEvent::Lost { agent, reason } => {
+                        tracing::warn!(agent = %infos[agent].1, %reason, "agent lost");
+                        lost[agent] = Some(reason);
+                        merger.agent_gone(agent);
+                    }
+                }
+                if w.plan.thresholds.abort_on_breach && aborted.is_none() {
+                    let lost = w.checks
+                        .iter()
+                        .find(|c| crate::verdict::clearly_lost(c, &merger.totals, &merger.counters, w.plan.load.requests));
+                    if let Some(c) = lost {
+                        eprintln!("threshold {c} is clearly lost: stopping every agent");
+                        aborted = Some(c.key.clone());
+                        w.stop.cancel();
+                    }
+                }
+                if w.progress {
+                    while printed < merger.timeline.len() {
+                        progress(&merger.timeline[printed]);
+                        printed += 1;
+                    }
+                }
+            }
+            _ = w.cancel.cancelled(), if !interrupted => {
+                interrupted = true;
+                eprintln!("interrupted: stopping all agents and writing what was measured");
+                w.stop.cancel();
+            }
+        }
+    }
+    Streamed {
+        late,
+        lost,
+        stops,
+        interrupted,
+        last_final,
+        merge_errors,
+        aborted,
+    }
+}
+
+/// Per agent, what the run loop saw: start lateness (ms), why it was lost,
+/// why it stopped.
+type AgentEnds<'a> = (
+    &'a [Option<f64>],
+    &'a [Option<String>],
+    &'a [Option<pb::StopReason>],
+);
+
+/// Each agent's part of the report: its share, counts, timing and faults.
+fn agent_reports(
+    infos: &[(String, String, u64, f64)],
+    merger: &Merger,
+    (late, lost, stops): AgentEnds<'_>,
+    offsets: &[barrage_common::clock::ClockOffset],
+) -> Vec<AgentReport> {
+    infos
+        .iter()
+        .enumerate()
+        .map(|(i, (id, addr, users, share))| AgentReport {
+            share: *share,
+            id: id.clone(),
+            addr: addr.clone(),
+            users: *users,
+            requests_ok: merger.agents[i].counters.requests_ok,
+            requests_failed: merger.agents[i].counters.requests_failed,
+            max_cpu_percent: merger.agents[i].max_cpu,
+            delta_bytes: merger.agents[i].delta_bytes,
+            start_late_ms: late[i],
+            clock_uncertainty_ms: Some(offsets[i].uncertainty().as_secs_f64() * 1000.0),
+            lost: lost[i].clone(),
+            totals_mismatch: merger.agents[i].mismatch.clone(),
+            intervals_duplicated: merger.agents[i].duplicates,
+            intervals_missing: merger.agents[i].missing(),
+            reconnects: merger.agents[i].resumes,
+            stop_reason: stops[i].map(|r| crate::edges::stop_reason_name(r).to_owned()),
+            connection_retries: merger.agents[i].counters.connection_retries,
+        })
+        .collect()
+}
+
+/// Ends the monitors and puts their samples on the run's timeline.
+async fn attach_monitors(
+    monitors: crate::monitor::Monitors,
+    timeline: &mut [crate::merge::IntervalRow],
+    (start_local, end): (u64, Instant),
+    interval: Duration,
+    output_tokens: u64,
+) -> Option<crate::monitor::MonitorReport> {
+    if monitors.is_empty() {
+        return None;
+    }
+    let end_ns = barrage_common::clock::mono_ns_of(end);
+    let n = timeline
+        .iter()
+        .map(|r| r.index as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let (report, rows) = monitors
+        .finish(start_local, end_ns, interval, n, output_tokens)
+        .await;
+    for r in timeline.iter_mut() {
+        if let Some(m) = rows.get(r.index as usize) {
+            r.monitor = m.clone();
+        }
+    }
+    Some(report)
+}
+
+/// What every agent's Prepare shares; each then gets its slice, seed and
+/// prompts.
+fn common_prepare(
+    plan: &PlanFile,
+    (run_id, plan_sha): (&str, &str),
+    target: &pb::Target,
+    layouts: Layouts,
+    (hard_deadline, drain): (Duration, Duration),
+    tokenizer_json: &[u8],
+) -> pb::Prepare {
+    pb::Prepare {
+        run_id: run_id.to_owned(),
+        step: 0,
+        slice: None,
+        target: Some(target.clone()),
+        request: Some(request_params(plan)),
+        latency_layout: Some(layouts.latency.to_proto()),
+        count_layout: Some(layouts.tokens.to_proto()),
+        interval_ms: plan.metrics.interval.as_millis() as u64,
+        lease_ms: crate::link::LEASE.as_millis() as u64,
+        hard_deadline_ms: hard_deadline.as_millis() as u64,
+        seed: 0,
+        dataset_len: 0,
+        plan_sha256: plan_sha.to_owned(),
+        slo: Some(request_slo(plan)),
+        tokenizer_json: tokenizer_json.to_vec(),
+        drain_ms: drain.as_millis() as u64,
+        warmup_intervals: crate::edges::warmup_window(
+            plan.load.warmup.unwrap_or_default(),
+            plan.metrics.interval,
+        )
+        .0,
+    }
+}
+
+/// Prepare: every agent gets its slice, seed and dataset chunks (and their
+/// prompt count) and answers Ready
+/// with the plan's hash, or the run fails before any traffic.
+async fn prepare_all(
+    links: &mut [AgentLink],
+    common: &pb::Prepare,
+    slices: &[pb::Slice],
+    (chunks, lens): (&[&[pb::DatasetChunk]], &[u64]),
+    seed: u64,
+) -> Result<(), RunError> {
+    let prepares = links.iter_mut().enumerate().map(|(i, link)| {
+        let prepare = pb::Prepare {
+            slice: Some(slices[i].clone()),
+            seed: seed.wrapping_add(i as u64 * 0x9E37_79B9),
+            dataset_len: lens[i],
+            ..common.clone()
+        };
+        link.prepare(prepare, chunks[i])
+    });
+    let readies = join_all(prepares)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let sha = &common.plan_sha256;
+    if let Some((i, r)) = readies
+        .iter()
+        .enumerate()
+        .find(|(_, r)| &r.plan_sha256 != sha)
+    {
+        return Err(RunError::Setup(format!(
+            "agent {}: prepared plan {} instead of {sha}",
+            links[i].addr, r.plan_sha256
+        )));
+    }
+    Ok(())
+}
+
+/// Requests cut by a stop the plan did not ask for (lease expired, hard
+/// deadline, shutdown): failure looks like failure.
+fn unasked_stop_notes(
+    agents: &[AgentReport],
+    stops: &[Option<pb::StopReason>],
+    merger: &Merger,
+) -> Vec<String> {
+    agents
+        .iter()
+        .zip(stops)
+        .zip(&merger.agents)
+        .filter_map(|((a, r), t)| {
+            let why = crate::edges::unasked_stop((*r)?, crate::link::LEASE)?;
+            Some(crate::edges::unasked_stop_note(
+                a,
+                &why,
+                t.counters.requests_incomplete,
+            ))
+        })
+        .collect()
+}
+
+/// Each agent's weight: its declared capacity, else its cores.
+fn capacity_weights(links: &[AgentLink]) -> Vec<f64> {
+    links
+        .iter()
+        .map(|l| {
+            l.hello.capacity.as_ref().map_or(1.0, |c| {
+                if c.weight > 0.0 {
+                    c.weight
+                } else {
+                    f64::from(c.cores.max(1))
+                }
+            })
+        })
+        .collect()
+}
+
+/// Trace replay: each agent gets its stripe of arrivals (set in its slice)
+/// and their prompts.
+fn stripe_trace(
+    t: &crate::trace::Trace,
+    weights: &[f64],
+    slices: &mut [pb::Slice],
+) -> Vec<Vec<pb::Prompt>> {
+    t.split(weights)
+        .into_iter()
+        .zip(slices.iter_mut())
+        .map(|((offsets, prompts), slice)| {
+            slice.max_requests = Some(offsets.len() as u64);
+            slice.arrival_offsets_s = offsets;
+            slice.duration_ms = 0;
+            // An agent without arrivals still needs a dataset to prepare.
+            if prompts.is_empty() {
+                t.prompts[..1].to_vec()
+            } else {
+                prompts
+            }
+        })
+        .collect()
+}
+
+/// The one histogram layout of this run, at the plan's precision.
+fn run_layouts(plan: &PlanFile) -> Layouts {
+    Layouts {
+        latency: Layout {
+            sigfig: plan.metrics.sigfig,
+            ..Layout::LATENCY_US
+        },
+        tokens: Layout {
+            sigfig: plan.metrics.sigfig,
+            ..Layout::TOKENS
+        },
+    }
+}
+
+/// When an agent stops by itself, whatever the controller does: the run's
+/// length, the drain and one request timeout, with a margin.
+fn hard_deadline(
+    plan: &PlanFile,
+    trace: Option<&crate::trace::Trace>,
+    drain: Duration,
+) -> Duration {
+    match plan
+        .load
+        .effective_duration()
+        .or(trace.map(|t| Duration::from_secs_f64(t.span_s())))
+    {
+        Some(d) => d + drain + plan.target.timeout + Duration::from_secs(30),
+        None => Duration::from_secs(24 * 3600),
+    }
+}
+
+/// The request parameters every agent sends, from `[request]`.
+fn request_params(plan: &PlanFile) -> pb::RequestParams {
+    let extra = plan.request.extra_json(plan.target.api);
+    pb::RequestParams {
+        max_tokens: plan.request.max_tokens,
+        temperature: plan.request.temperature,
+        ignore_eos: plan.request.ignore_eos,
+        extra_body_json: if extra.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Object(extra).to_string()
+        },
+    }
+}
+
+/// The GPU exporters' token: given directly, else `monitor.token_env`, else
+/// the agents' `cluster.token_env`.
+fn monitor_token(opts: &RunOptions, plan: &PlanFile) -> Result<Option<Token>, RunError> {
+    let var = plan
+        .monitor
+        .token_env
+        .as_ref()
+        .or(plan.cluster.token_env.as_ref());
+    match (&opts.monitor_token, var) {
+        (Some(t), _) => Ok(Some(t.clone())),
+        (None, Some(var)) => Token::from_env(var)
+            .map(Some)
+            .map_err(|e| RunError::Plan(format!("monitor.token_env: {e}"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The start barrier: one moment far enough ahead for the slowest agent,
+/// translated into each agent's clock. Returns it on the controller's clock.
+async fn start_together(
+    links: &[AgentLink],
+    offsets: &[barrage_common::clock::ClockOffset],
+) -> Result<u64, RunError> {
+    let max_rtt = offsets.iter().map(|o| o.rtt_ns).max().unwrap_or(0);
+    let lead = Duration::from_nanos(max_rtt * 5).max(Duration::from_millis(500));
+    let start_local = mono_now_ns() + lead.as_nanos() as u64;
+    join_all(links.iter().map(|l| l.start(start_local)))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(start_local)
+}
+
+/// Each agent's id, address, users and share of the load (users in closed
+/// loop, rate in open loop).
+fn agent_infos(links: &[AgentLink], slices: &[pb::Slice]) -> Vec<(String, String, u64, f64)> {
+    let total_weight: f64 = slices.iter().map(slice_weight).sum();
+    links
+        .iter()
+        .zip(slices)
+        .map(|(l, s)| {
+            let share = if total_weight > 0.0 {
+                slice_weight(s) / total_weight
+            } else {
+                0.0
+            };
+            (
+                l.hello.agent_id.clone(),
+                l.addr.clone(),
+                s.user_indexes.len() as u64,
+                share,
+            )
+        })
+        .collect()
+}
+
+/// Open loop: the planned arrivals per second (None in closed loop).
+fn offered_rate(
+    load: &barrage_common::load::LoadSection,
+    slices: &[pb::Slice],
+    trace: Option<&crate::trace::Trace>,
+) -> Option<f64> {
+    match load.mode() {
+        barrage_common::load::LoadMode::Rate => load.rate_per_second(),
+        barrage_common::load::LoadMode::Stages if load.open_loop() => {
+            let total: f64 = slices.iter().map(expected_arrivals).sum();
+            load.effective_duration().map(|d| total / d.as_secs_f64())
+        }
+        barrage_common::load::LoadMode::Trace => trace
+            .filter(|t| t.span_s() > 0.0)
+            .map(|t| t.offsets_s.len() as f64 / t.span_s()),
+        _ => None,
+    }
+}
+
+/// The part of the load that ran on lost agents.
+fn lost_share_note(
+    agents: &[AgentReport],
+    load: &barrage_common::load::LoadSection,
+) -> Option<String> {
+    let lost: Vec<&AgentReport> = agents.iter().filter(|a| a.lost.is_some()).collect();
+    if lost.is_empty() {
+        return None;
+    }
+    let share: f64 = lost.iter().map(|a| a.share).sum();
+    let users: u64 = lost.iter().map(|a| a.users).sum();
+    let what = if load.open_loop() {
+        format!("{:.1} % of the arrival rate", share * 100.0)
+    } else {
+        format!(
+            "{users} of {} users ({:.1} %)",
+            load.peak_users(),
+            share * 100.0
+        )
+    };
+    Some(format!(
+        "{what} ran on lost agents; their unreported intervals are missing"
+    ))
+}
+
+/// A generator that stays saturated inflates the latencies it measures.
+fn saturation_notes(agents: &[AgentReport], merger: &Merger, embedded: bool) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (a, t) in agents.iter().zip(&merger.agents) {
+        if t.hot_intervals >= 3 && t.hot_intervals * 2 >= t.intervals {
+            let who = if embedded {
+                "this machine (embedded agents, simulator and controller share it)".to_owned()
+            } else {
+                format!("agent {} ({})", a.id, a.addr)
+            };
+            notes.push(format!(
+                "{who} stayed above 90 % CPU in {} of {} intervals: latencies may be client-bound",
+                t.hot_intervals, t.intervals
+            ));
+            if embedded {
+                break;
+            }
+        }
+    }
+    notes
+}
+
+/// Open-loop delivery: offered vs achieved rate and the schedule lag.
+fn open_loop_report(
+    merger: &Merger,
+    offered_rate: Option<f64>,
+    achieved_rate: f64,
+) -> report::OpenLoopReport {
+    let lag = merger
+        .totals
+        .get(barrage_common::metrics::Metric::ScheduleLag);
+    let ms = |v: Option<u64>| v.map(|x| x as f64 / 1000.0);
+    report::OpenLoopReport {
+        offered_rate,
+        achieved_rate,
+        arrivals_unsent: merger.counters.arrivals_unsent,
+        schedule_lag_p50_ms: ms(lag.quantile(0.5)),
+        schedule_lag_p99_ms: ms(lag.quantile(0.99)),
+        schedule_lag_max_ms: ms(lag.quantile(1.0)),
+    }
 }
 
 /// The stop reason of an agent's final totals; one the plan did not ask
