@@ -344,12 +344,39 @@ impl Default for ClusterSection {
 pub struct OutputSection {
     /// Each run writes into a new folder below this one.
     pub dir: PathBuf,
+    /// Per-request records (results.sqlite, requests.csv). Off for very
+    /// large runs: the histograms stay exact either way.
+    pub requests: bool,
+    /// Keep prompt and response text in the per-request records: `true`
+    /// for every request, a number N for the first N of each agent.
+    pub save_text: SaveText,
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("results"),
+            requests: true,
+            save_text: SaveText::All(false),
+        }
+    }
+}
+
+/// `[output] save_text`: `true`/`false`, or a sample size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SaveText {
+    All(bool),
+    Sample(u64),
+}
+
+impl SaveText {
+    /// Requests per agent whose text is kept (u64::MAX: all, 0: none).
+    pub fn per_agent(self) -> u64 {
+        match self {
+            SaveText::All(true) => u64::MAX,
+            SaveText::All(false) => 0,
+            SaveText::Sample(n) => n,
         }
     }
 }

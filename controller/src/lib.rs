@@ -6,6 +6,7 @@ pub mod cli;
 pub mod dataset;
 pub mod edges;
 pub mod embedded;
+pub mod events;
 pub mod link;
 pub mod merge;
 pub mod monitor;

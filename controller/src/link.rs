@@ -125,6 +125,11 @@ pub enum LinkEvent {
     Resumed {
         agent: usize,
     },
+    /// Per-request records of requests that ended.
+    Requests {
+        agent: usize,
+        batch: pb::RequestBatch,
+    },
 }
 
 pub struct AgentLink {
@@ -500,6 +505,9 @@ impl AgentLink {
                             let _ = events.send(LinkEvent::Final { agent, fin: f }).await;
                             self.await_close().await;
                             return;
+                        }
+                        agent_msg::Msg::Requests(batch) => {
+                            let _ = events.send(LinkEvent::Requests { agent, batch }).await;
                         }
                         agent_msg::Msg::Error(e) => {
                             let _ = events.send(lost(format!("{}: {}", e.code, e.message))).await;

@@ -602,6 +602,7 @@ async fn stream_and_merge(
                         }
                     }
                     LinkEvent::Resumed { agent } => merger.agent_resumed(agent),
+                    LinkEvent::Requests { .. } => {}
                     LinkEvent::Lost { agent, reason } => {
                         tracing::warn!(agent = %infos[agent].1, %reason, "agent lost");
                         lost[agent] = Some(reason);
@@ -743,6 +744,10 @@ fn common_prepare(
             plan.metrics.interval,
         )
         .0,
+        records: Some(pb::RecordOptions {
+            enabled: plan.output.requests,
+            save_text: plan.output.save_text.per_agent(),
+        }),
     }
 }
 
