@@ -10,6 +10,7 @@ pub mod events;
 pub mod link;
 pub mod merge;
 pub mod monitor;
+pub mod outputs;
 pub mod prometheus;
 pub mod report;
 pub mod run;
