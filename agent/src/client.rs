@@ -285,6 +285,7 @@ impl TargetClient {
         m.begin(handoff);
         m.unstreamed = !self.stream;
         let resp = self.post(body, handoff, m).await?;
+        m.http_status = resp.status().as_u16();
         if !resp.status().is_success() {
             return Err(failure::from_status(resp).await);
         }

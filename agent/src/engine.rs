@@ -21,6 +21,8 @@ use crate::client::{Parsers, PreparedPrompt, TargetClient};
 use crate::measure::RequestMeasure;
 use crate::profile::Profile;
 use crate::recorder::Recorder;
+use crate::records::{End, Sender};
+use barrage_proto::agent::v1::RequestRecord;
 
 /// Gaps of the unit-rate arrival process.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,6 +87,8 @@ pub struct Workload {
     /// Intervals of the warmup: a request started in them that ends after
     /// them is counted as `requests_from_warmup` where it ends.
     pub warmup_intervals: u64,
+    /// Per-request records (`None`: off, nothing kept per request).
+    pub records: Option<crate::records::Records>,
 }
 
 impl Workload {
@@ -111,6 +115,7 @@ impl Workload {
             in_flight: AtomicU64::new(0),
             last_arrival: AtomicU64::new(0),
             warmup_intervals: 0,
+            records: None,
         }
     }
 
@@ -157,9 +162,12 @@ impl Workload {
     /// every started request has its hand-off and ends as exactly one of
     /// ok, failed or incomplete. A request cut while its connection is still
     /// being set up is started and incomplete, and the server never saw it.
+    ///
+    /// `user` (the closed-loop user, 0 in open loop) is for its record only.
     async fn one_request(
         &self,
         slot: usize,
+        user: u64,
         prompt: Option<usize>,
         m: &mut RequestMeasure,
         p: &mut Parsers,
@@ -172,8 +180,16 @@ impl Workload {
             s.counters.requests_started += 1;
             s.interval
         });
+        let sender = self.records.as_ref().map(|r| Sender {
+            claim: r.claim(),
+            user,
+            prompt_index: i,
+            warmup: started_in < self.warmup_intervals,
+            input: prompt.input,
+        });
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        m.capture_text(self.tokenizer.is_some());
+        let keep_text = sender.is_some_and(|s| s.claim.keep_text);
+        m.capture_text(self.tokenizer.is_some() || keep_text);
         let result = tokio::select! {
             biased;
             r = self.client.send(prompt.body.clone(), m, p) => Some(r),
@@ -182,9 +198,11 @@ impl Workload {
         let end = Instant::now();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Some(result) = result else {
+            let record = self.build_record(sender, m, End::Cut);
             self.recorder.with_shard(slot, |s| {
                 m.record_cut(&mut s.metrics, &mut s.counters);
                 self.count_from_warmup(started_in, s);
+                self.keep_record(s, record);
             });
             return None;
         };
@@ -193,7 +211,10 @@ impl Workload {
             // timestamping off this worker meanwhile.
             tokio::task::block_in_place(|| m.count_with(tok));
         }
+        // Built outside the shard's lock: it allocates.
+        let record = self.build_record(sender, m, End::Done(end, &result));
         self.recorder.with_shard(slot, |s| {
+            self.keep_record(s, record);
             m.record(
                 end,
                 result.as_ref().map_err(|e| e.class).copied(),
@@ -209,6 +230,23 @@ impl Workload {
             }
         });
         Some(())
+    }
+
+    fn build_record(
+        &self,
+        sender: Option<Sender>,
+        m: &RequestMeasure,
+        end: End<'_>,
+    ) -> Option<(RequestRecord, usize)> {
+        Some(self.records.as_ref()?.build(sender?, m, end))
+    }
+
+    /// Puts a record in the shard, beside the counters of its interval.
+    fn keep_record(&self, s: &mut crate::recorder::Shard, record: Option<(RequestRecord, usize)>) {
+        if let (Some(records), Some((r, bytes))) = (&self.records, record) {
+            s.records.push(r);
+            records.added(bytes);
+        }
     }
 
     /// A request started in the warmup that ends after it: its outcome
@@ -365,7 +403,14 @@ async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
         }
         if ctx
             .work
-            .one_request(ctx.slot, None, &mut measure, &mut parsers, &ctx.cut)
+            .one_request(
+                ctx.slot,
+                ctx.global,
+                None,
+                &mut measure,
+                &mut parsers,
+                &ctx.cut,
+            )
             .await
             .is_none()
         {
@@ -543,7 +588,7 @@ async fn open_loop(
             m.intend(intended);
             let mut p = Parsers::default();
             let _ = work
-                .one_request(my_slot, prompt, &mut m, &mut p, &cut)
+                .one_request(my_slot, 0, prompt, &mut m, &mut p, &cut)
                 .await;
         });
     }

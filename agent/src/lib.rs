@@ -13,6 +13,7 @@ pub mod measure;
 pub mod ndjson;
 pub mod profile;
 pub mod recorder;
+pub mod records;
 mod resume;
 pub mod server;
 pub mod service;

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use barrage_common::metrics::{CountSource, Counters, ErrorClass, Metric, MetricSet};
-use barrage_proto::agent::v1::RequestSlo;
+use barrage_proto::agent::v1::{self as pb, RequestSlo};
 
 use crate::chunk::ChunkInfo;
 
@@ -80,6 +80,8 @@ pub struct RequestMeasure {
     /// arrives with all the others, so `ttft` = `e2e` and nothing between
     /// tokens (`tpot`, `chunk_gap`, `itl`, `max_stall`) can be observed.
     pub unstreamed: bool,
+    /// The response's HTTP status (0 until one arrives).
+    pub http_status: u16,
 }
 
 /// Appends the function names and arguments of a raw `tool_calls` array
@@ -107,6 +109,15 @@ fn append_tool_text(out: &mut String, raw: &[u8]) {
             Some(serde_json::Value::Null) | None => {}
             Some(v) => out.push_str(&v.to_string()),
         }
+    }
+}
+
+/// A count's source as the wire names it.
+fn source_of(s: CountSource) -> pb::CountSource {
+    match s {
+        CountSource::Server => pb::CountSource::Server,
+        CountSource::Tokenizer => pb::CountSource::Tokenizer,
+        CountSource::Estimated => pb::CountSource::Estimated,
     }
 }
 
@@ -442,6 +453,53 @@ impl RequestMeasure {
                 metrics.record(Metric::TtftIntended, from_intended(f));
             }
         }
+    }
+
+    /// The timing and token fields of this request's record: offsets from
+    /// `origin` (the agreed start), latencies from the hand-off, counts from
+    /// the same sources the counters use. `end` is `None` for a cut request
+    /// (its `e2e` is censored). Identity, outcome and text are the caller's.
+    pub fn to_record(
+        &self,
+        end: Option<Instant>,
+        prompt_input: InputCount,
+        origin: Instant,
+    ) -> pb::RequestRecord {
+        let start = self.start.unwrap_or(origin);
+        let since = |t: Instant| micros(t.saturating_duration_since(start));
+        let (first_output, first_answer) = match end {
+            Some(end) if self.unstreamed => (
+                self.first_output.map(|_| end),
+                self.first_answer.map(|_| end),
+            ),
+            _ => (self.first_output, self.first_answer),
+        };
+        let (input_tokens, input_source) = self.input_count(prompt_input);
+        let (output_tokens, output_source) = self.output_count();
+        pb::RequestRecord {
+            intended_offset_us: self
+                .intended
+                .map(|i| micros(i.saturating_duration_since(origin))),
+            start_offset_us: micros(start.saturating_duration_since(origin)),
+            ttft_us: first_output.map(since),
+            ttfo_us: first_answer.map(since),
+            e2e_us: end.map(since),
+            chunk_gaps_us: self.gaps.iter().map(|g| g.micros).collect(),
+            input_tokens,
+            output_tokens,
+            input_source: source_of(input_source) as i32,
+            output_source: source_of(output_source) as i32,
+            http_status: u32::from(self.http_status),
+            ..pb::RequestRecord::default()
+        }
+    }
+
+    /// The output text kept by `keep_text` (text, then tool calls, chunk by
+    /// chunk), decoded: for a record that saves its text.
+    pub fn response_text(&self) -> String {
+        (0..self.text_ends.len() / 2)
+            .map(|i| self.chunk_text(i))
+            .collect()
     }
 
     /// Each `chunk_gap`, spread over its tokens as `itl`; the longest gap.

@@ -5,6 +5,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use barrage_common::metrics::{Counters, Layouts, MetricError, MetricSet};
+use barrage_proto::agent::v1::RequestRecord;
 
 pub struct Shard {
     pub metrics: MetricSet,
@@ -12,6 +13,9 @@ pub struct Shard {
     /// Cuts taken of this shard so far: the index of the interval what is
     /// recorded now lands in (read under the same lock, so exact).
     pub interval: u64,
+    /// Records of requests that ended, not yet taken by the session (empty
+    /// with records off).
+    pub records: Vec<RequestRecord>,
 }
 
 pub struct Recorder {
@@ -27,6 +31,7 @@ impl Recorder {
                     metrics: MetricSet::new(layouts)?,
                     counters: Counters::default(),
                     interval: 0,
+                    records: Vec::new(),
                 }))
             })
             .collect::<Result<_, MetricError>>()?;
@@ -58,6 +63,22 @@ impl Recorder {
             s.interval += 1;
         }
         Ok((metrics, counters))
+    }
+
+    /// Takes every record waiting in the shards. Taken after a `cut`, it
+    /// holds every record of the intervals cut so far (and maybe some of the
+    /// next): records never arrive later than their interval.
+    pub fn take_records(&self) -> Vec<RequestRecord> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            if out.is_empty() {
+                out = std::mem::take(&mut s.records);
+            } else {
+                out.append(&mut s.records);
+            }
+        }
+        out
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use barrage_proto::agent::v1::{self as pb, controller_msg};
+use barrage_proto::agent::v1::{self as pb, agent_msg, controller_msg};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -97,25 +97,67 @@ impl ResumeDoor {
     }
 }
 
+/// Most bytes of request batches kept for a resend. Acks come every
+/// heartbeat, so this is reached only when no controller is attached for a
+/// long while at a high request rate: further batches are then dropped (and
+/// counted as `records_dropped`) rather than grow the agent without bound.
+pub(crate) const KEPT_BATCH_BYTES: usize = 64 << 20;
+
 /// Intervals sent but not yet acknowledged by the controller (cumulative
-/// ack in its heartbeats): resent after a resume.
+/// ack in its heartbeats), each with the request batches sent before it:
+/// resent, in their order, after a resume. The controller drops records it
+/// already had (by seq) from batches resent after its last interval.
 #[derive(Default)]
-pub(crate) struct Unacked(VecDeque<pb::Interval>);
+pub(crate) struct Unacked {
+    intervals: VecDeque<(Vec<(pb::RequestBatch, usize)>, pb::Interval)>,
+    /// Batches sent since the last interval (they belong to the next one).
+    batches: Vec<(pb::RequestBatch, usize)>,
+    batch_bytes: usize,
+}
 
 impl Unacked {
     pub(crate) fn keep(&mut self, interval: pb::Interval) {
-        self.0.push_back(interval);
+        let batches = std::mem::take(&mut self.batches);
+        self.intervals.push_back((batches, interval));
     }
 
-    /// Forgets everything up to `seq` (the controller has it).
+    /// Keeps a batch of `bytes` for a resend; false when there is no room.
+    pub(crate) fn keep_batch(&mut self, batch: pb::RequestBatch, bytes: usize) -> bool {
+        if self.batch_bytes.saturating_add(bytes) > KEPT_BATCH_BYTES {
+            return false;
+        }
+        self.batch_bytes += bytes;
+        self.batches.push((batch, bytes));
+        true
+    }
+
+    /// Forgets everything up to interval `seq` (the controller has it).
     pub(crate) fn ack(&mut self, seq: u64) {
-        while self.0.front().is_some_and(|i| i.seq <= seq) {
-            self.0.pop_front();
+        while self.intervals.front().is_some_and(|(_, i)| i.seq <= seq) {
+            if let Some((batches, _)) = self.intervals.pop_front() {
+                let freed: usize = batches.iter().map(|(_, b)| b).sum();
+                self.batch_bytes = self.batch_bytes.saturating_sub(freed);
+            }
         }
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &pb::Interval> {
-        self.0.iter()
+    /// Intervals kept.
+    pub(crate) fn intervals(&self) -> usize {
+        self.intervals.len()
+    }
+
+    /// Everything kept, in the order it was (or would have been) sent.
+    pub(crate) fn messages(&self) -> impl Iterator<Item = agent_msg::Msg> + '_ {
+        let batch = |(b, _): &(pb::RequestBatch, usize)| agent_msg::Msg::Requests(b.clone());
+        self.intervals
+            .iter()
+            .flat_map(move |(batches, i)| {
+                batches
+                    .iter()
+                    .map(batch)
+                    .chain(std::iter::once(agent_msg::Msg::Interval(i.clone())))
+            })
+            .chain(self.batches.iter().map(batch))
     }
 }
 
@@ -133,8 +175,75 @@ mod tests {
             });
         }
         u.ack(2);
-        assert_eq!(u.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(seqs(&u), vec![3, 4]);
         u.ack(9);
-        assert_eq!(u.iter().count(), 0);
+        assert_eq!(u.messages().count(), 0);
+    }
+
+    fn seqs(u: &Unacked) -> Vec<u64> {
+        u.messages()
+            .filter_map(|m| match m {
+                agent_msg::Msg::Interval(i) => Some(i.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn batch(seq: u64) -> pb::RequestBatch {
+        pb::RequestBatch {
+            records: vec![pb::RequestRecord {
+                seq,
+                ..pb::RequestRecord::default()
+            }],
+        }
+    }
+
+    /// "b7" for a batch holding record 7, "i2" for interval 2.
+    fn order(u: &Unacked) -> Vec<String> {
+        u.messages()
+            .map(|m| match m {
+                agent_msg::Msg::Requests(b) => format!("b{}", b.records[0].seq),
+                agent_msg::Msg::Interval(i) => format!("i{}", i.seq),
+                _ => "?".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_resent_before_their_interval_and_forgotten_with_it() {
+        let mut u = Unacked::default();
+        assert!(u.keep_batch(batch(0), 10));
+        u.keep(pb::Interval {
+            seq: 1,
+            ..pb::Interval::default()
+        });
+        assert!(u.keep_batch(batch(1), 10));
+        assert!(u.keep_batch(batch(2), 10));
+        u.keep(pb::Interval {
+            seq: 2,
+            ..pb::Interval::default()
+        });
+        assert!(u.keep_batch(batch(3), 10));
+        assert_eq!(order(&u), ["b0", "i1", "b1", "b2", "i2", "b3"]);
+        u.ack(1);
+        assert_eq!(order(&u), ["b1", "b2", "i2", "b3"]);
+        assert_eq!(u.batch_bytes, 30);
+    }
+
+    #[test]
+    fn kept_batches_are_bounded() {
+        let mut u = Unacked::default();
+        assert!(u.keep_batch(batch(0), KEPT_BATCH_BYTES - 5));
+        assert!(!u.keep_batch(batch(1), 6), "over the bound");
+        assert!(u.keep_batch(batch(2), 5));
+        u.keep(pb::Interval {
+            seq: 1,
+            ..pb::Interval::default()
+        });
+        u.ack(1);
+        assert!(
+            u.keep_batch(batch(3), KEPT_BATCH_BYTES),
+            "room again after the ack"
+        );
     }
 }

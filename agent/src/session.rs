@@ -223,6 +223,7 @@ fn prepare(
     let mut work = Workload::new(client, bodies, recorder, p.seed, spec.max_requests);
     work.slo = p.slo.unwrap_or_default();
     work.warmup_intervals = p.warmup_intervals;
+    work.records = crate::records::Records::new(p.records.as_ref(), &prompts);
     if !p.tokenizer_json.is_empty() {
         let tok = tokenizers::Tokenizer::from_bytes(&p.tokenizer_json)
             .map_err(|e| SessionError::Prepare(format!("dataset.tokenizer: {e}")))?;
@@ -307,6 +308,10 @@ struct Intervals {
     sent: u64,
     /// Kept until the controller acknowledges them, resent after a resume.
     unacked: Unacked,
+    /// Per-request records sent (or kept to resend) and dropped since the
+    /// last cut: counted in the next interval.
+    records_sent: u64,
+    records_dropped: u64,
 }
 
 /// Longest wait for room on the stream: a controller that does not read
@@ -323,7 +328,11 @@ impl Intervals {
         health: pb::GeneratorHealth,
         tx: Option<&Tx>,
     ) -> Result<(), SessionError> {
-        let (metrics, counters) = work.recorder.cut()?;
+        let (metrics, mut counters) = work.recorder.cut()?;
+        // After the cut: every record of this interval goes before it.
+        self.flush_records(work, tx).await;
+        counters.records_sent += std::mem::take(&mut self.records_sent);
+        counters.records_dropped += std::mem::take(&mut self.records_dropped);
         self.totals.add(&metrics)?;
         self.total_counters.add(&counters);
         self.seq += 1;
@@ -343,8 +352,49 @@ impl Intervals {
         Ok(())
     }
 
+    /// Sends the records waiting in the shards, in batches, and keeps each
+    /// batch with the interval that follows it, for a resend after a resume.
+    /// Without a controller attached they are only kept (sent on resume).
+    async fn flush_records(&mut self, work: &Workload, tx: Option<&Tx>) {
+        let Some(records) = &work.records else {
+            return;
+        };
+        let taken = work.recorder.take_records();
+        if taken.is_empty() {
+            return;
+        }
+        for (batch, bytes) in records.batches(taken) {
+            let n = batch.records.len() as u64;
+            let Some(tx) = tx else {
+                self.keep_or_drop(batch, bytes, n);
+                continue;
+            };
+            let sending = tx.send(Ok(msg(agent_msg::Msg::Requests(batch.clone()))));
+            match tokio::time::timeout(SEND_WAIT, sending).await {
+                Ok(Ok(())) => {
+                    self.records_sent += n;
+                    // Sent: kept if there is room (a resend is then possible).
+                    let _ = self.unacked.keep_batch(batch, bytes);
+                }
+                // The stream is gone: kept for the controller's resume.
+                Ok(Err(_)) => self.keep_or_drop(batch, bytes, n),
+                // The controller does not read: it could not be told apart
+                // from a batch that arrived, so it is not resent.
+                Err(_) => self.records_dropped += n,
+            }
+        }
+    }
+
+    fn keep_or_drop(&mut self, batch: pb::RequestBatch, bytes: usize, n: u64) {
+        if self.unacked.keep_batch(batch, bytes) {
+            self.records_sent += n;
+        } else {
+            self.records_dropped += n;
+        }
+    }
+
     /// Takes over a resumed controller's stream: hello, then every interval
-    /// it does not have yet.
+    /// it does not have yet, each after the request batches sent before it.
     async fn take_over(
         &mut self,
         inner: &Inner,
@@ -354,14 +404,23 @@ impl Intervals {
         *conn = r.conn;
         send(&conn.tx, agent_msg::Msg::Hello(hello_ack(inner, &r.hello)?)).await?;
         self.unacked.ack(r.hello.acked_through_seq);
-        for i in self.unacked.iter() {
-            send(&conn.tx, agent_msg::Msg::Interval(i.clone())).await?;
+        for m in self.unacked.messages() {
+            send(&conn.tx, m).await?;
         }
         tracing::info!(
-            resent = self.unacked.iter().count(),
+            resent = self.unacked.intervals(),
             "resumed: unacknowledged intervals resent"
         );
         Ok(())
+    }
+}
+
+/// Resolves when enough per-request records wait for an early batch; never
+/// with records off.
+async fn records_full(work: &Workload) {
+    match &work.records {
+        Some(r) => r.full().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -389,6 +448,9 @@ async fn run_step(
     let lease = Duration::from_millis(p.prepare.lease_ms.max(1000));
     let hard_deadline = (p.prepare.hard_deadline_ms > 0)
         .then(|| start + Duration::from_millis(p.prepare.hard_deadline_ms));
+    if let Some(r) = &p.work.records {
+        r.set_origin(agreed);
+    }
     let stop = CancellationToken::new();
     let lag = Arc::new(LagProbe::default());
     {
@@ -422,6 +484,8 @@ async fn run_step(
         total_counters: Counters::default(),
         sent: 0,
         unacked: Unacked::default(),
+        records_sent: 0,
+        records_dropped: 0,
     };
     let mut index = 0u64;
     let mut lease_until = Instant::now() + lease;
@@ -490,6 +554,9 @@ async fn run_step(
                 };
                 // A full channel means the controller is not reading: the lease decides.
                 let _ = conn.tx.try_send(Ok(msg(agent_msg::Msg::Heartbeat(hb))));
+            }
+            _ = records_full(&p.work) => {
+                iv.flush_records(&p.work, attached.then_some(&conn.tx)).await;
             }
             _ = tokio::time::sleep_until(boundary.into()) => {
                 let h = health(&mut sampler, &lag, p.work.in_flight());

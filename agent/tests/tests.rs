@@ -6,6 +6,7 @@ mod support;
 
 mod cluster;
 mod partition;
+mod records;
 mod safety;
 mod start;
 mod tls;

@@ -567,6 +567,12 @@ pub struct Counters {
     /// Sources of `input_tokens`, of `output_tokens` (each count its own).
     pub input_from: SourceCounts,
     pub output_from: SourceCounts,
+    /// Per-request records put on the session stream (a resend counts once).
+    #[serde(default)]
+    pub records_sent: u64,
+    /// Per-request records that could not be delivered.
+    #[serde(default)]
+    pub records_dropped: u64,
 }
 
 impl Counters {
@@ -602,6 +608,8 @@ impl Counters {
         self.error_details.add(&o.error_details);
         self.input_from.add(&o.input_from);
         self.output_from.add(&o.output_from);
+        self.records_sent = self.records_sent.saturating_add(o.records_sent);
+        self.records_dropped = self.records_dropped.saturating_add(o.records_dropped);
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -649,6 +657,8 @@ impl Counters {
             output_from_server: self.output_from.server,
             output_from_tokenizer: self.output_from.tokenizer,
             output_estimated: self.output_from.estimated,
+            records_sent: self.records_sent,
+            records_dropped: self.records_dropped,
         }
     }
 
@@ -682,6 +692,8 @@ impl Counters {
                 tokenizer: p.output_from_tokenizer,
                 estimated: p.output_estimated,
             },
+            records_sent: p.records_sent,
+            records_dropped: p.records_dropped,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);
@@ -769,6 +781,8 @@ mod tests {
         let mut c = Counters {
             requests_ok: 3,
             output_tokens: 30,
+            records_sent: 3,
+            records_dropped: 1,
             ..Counters::default()
         };
         c.count_error(ErrorClass::Http5xx);
@@ -779,5 +793,10 @@ mod tests {
         sum.add(&c);
         assert_eq!(sum.error(ErrorClass::Http5xx), 4);
         assert_eq!(sum.output_tokens, 60);
+        assert_eq!((sum.records_sent, sum.records_dropped), (6, 2));
+        let mut huge = c.clone();
+        huge.records_sent = u64::MAX;
+        huge.add(&c);
+        assert_eq!(huge.records_sent, u64::MAX, "saturates");
     }
 }

@@ -449,6 +449,10 @@ impl AgentLink {
         let mut hb_seq = 0u64;
         // Cumulative: every interval up to here has arrived.
         let mut acked = 0u64;
+        // Record seqs received since the last interval: after a resume the
+        // agent resends the batches sent before each interval not acked,
+        // and those already here are dropped.
+        let mut unconfirmed: std::collections::HashSet<u64> = Default::default();
         let mut last_heard = tokio::time::Instant::now();
         let mut stop_sent = false;
         let lost = |reason: String| LinkEvent::Lost { agent, reason };
@@ -497,6 +501,7 @@ impl AgentLink {
                         agent_msg::Msg::Interval(i) => {
                             if i.seq == acked + 1 {
                                 acked = i.seq;
+                                unconfirmed.clear();
                             }
                             let _ = events.send(LinkEvent::Interval { agent, interval: i }).await;
                         }
@@ -506,8 +511,11 @@ impl AgentLink {
                             self.await_close().await;
                             return;
                         }
-                        agent_msg::Msg::Requests(batch) => {
-                            let _ = events.send(LinkEvent::Requests { agent, batch }).await;
+                        agent_msg::Msg::Requests(mut batch) => {
+                            batch.records.retain(|r| unconfirmed.insert(r.seq));
+                            if !batch.records.is_empty() {
+                                let _ = events.send(LinkEvent::Requests { agent, batch }).await;
+                            }
                         }
                         agent_msg::Msg::Error(e) => {
                             let _ = events.send(lost(format!("{}: {}", e.code, e.message))).await;
