@@ -756,6 +756,56 @@ mod tests {
     }
 
     #[test]
+    fn a_record_keeps_offsets_latencies_gaps_and_the_counters_sources() {
+        let origin = Instant::now();
+        let mut m = RequestMeasure::default();
+        m.intend(origin + ms(3));
+        m.begin(origin + ms(5));
+        m.http_status = 200;
+        m.on_chunk(origin + ms(25), &out(Some(1)));
+        m.on_chunk(origin + ms(35), &out(Some(3)));
+        m.on_chunk(origin + ms(40), &out(Some(4)));
+        let r = m.to_record(Some(origin + ms(45)), InputCount::estimated(7), origin);
+        assert_eq!(
+            (r.intended_offset_us, r.start_offset_us),
+            (Some(3_000), 5_000)
+        );
+        assert_eq!(
+            (r.ttft_us, r.ttfo_us, r.e2e_us),
+            (Some(20_000), Some(20_000), Some(40_000))
+        );
+        assert_eq!(r.chunk_gaps_us, vec![10_000, 5_000]);
+        assert_eq!((r.input_tokens, r.output_tokens), (7, 4));
+        assert_eq!(r.input_source, pb::CountSource::Estimated as i32);
+        assert_eq!(r.output_source, pb::CountSource::Server as i32);
+        assert_eq!(r.http_status, 200);
+        let cut = m.to_record(None, InputCount::estimated(7), origin);
+        assert_eq!(
+            (cut.e2e_us, cut.ttft_us),
+            (None, Some(20_000)),
+            "cut: e2e censored"
+        );
+    }
+
+    #[test]
+    fn the_kept_response_text_is_the_decoded_output() {
+        let (t0, mut m) = begun();
+        m.capture_text(true);
+        for (i, data) in [r#"{"t":"Hel"}"#, r#"{"t":"lo\n"}"#]
+            .into_iter()
+            .enumerate()
+        {
+            let info = ChunkInfo {
+                text_span: Some((5, data.len() as u32 - 1)),
+                ..out(None)
+            };
+            m.on_chunk(t0 + ms(i as u64), &info);
+            m.keep_text(data.as_bytes(), &info);
+        }
+        assert_eq!(m.response_text(), "Hello\n");
+    }
+
+    #[test]
     fn begin_resets_but_keeps_buffer_capacity() {
         let (t0, mut m) = begun();
         for i in 0..10 {

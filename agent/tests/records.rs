@@ -3,6 +3,9 @@
 //! loopback. Every request that ends gives one record, sent before the
 //! interval it ended in, and the Final's counters say how many were sent.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use barrage_llm_sim::SimServer;
@@ -10,7 +13,7 @@ use barrage_proto::agent::v1::{self as pb, agent_msg, controller_msg};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::support::{AgentProcess, LOAD, TEST_LIMIT, cmsg, raw_client, sim_toml};
+use crate::support::{AgentProcess, LOAD, RawClient, TEST_LIMIT, cmsg, raw_client, sim_toml};
 
 const TOKEN: &str = "records-token";
 const PROMPTS: [&str; 3] = ["alpha one", "bravo two words", "charlie"];
@@ -59,7 +62,12 @@ struct Session {
 
 impl Session {
     async fn start(agent: &AgentProcess, prepare: pb::Prepare) -> Self {
-        let mut client = raw_client(agent, TOKEN).await;
+        let client = raw_client(agent, TOKEN).await;
+        Self::open(client, prepare, Arc::default()).await
+    }
+
+    /// A session through `client`; heartbeats ack the interval in `acked`.
+    async fn open(mut client: RawClient, prepare: pb::Prepare, acked: Arc<AtomicU64>) -> Self {
         let (tx, out) = mpsc::channel(16);
         for m in [
             controller_msg::Msg::Hello(pb::Hello {
@@ -101,25 +109,7 @@ impl Session {
         })))
         .await
         .expect("start");
-        // The lease is renewed as a controller does.
-        let hb = tx.clone();
-        let heartbeats = tokio::spawn(async move {
-            for seq in 1.. {
-                let beat = pb::ControllerHeartbeat {
-                    seq,
-                    lease_extend_ms: 5000,
-                    acked_through_seq: 0,
-                };
-                if hb
-                    .send(cmsg(controller_msg::Msg::Heartbeat(beat)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
+        let heartbeats = heartbeats(tx.clone(), acked);
         Self {
             tx,
             rx,
@@ -146,6 +136,30 @@ impl Session {
             }
         }
     }
+}
+
+/// Renews the lease as a controller does, acking the interval in `acked`.
+fn heartbeats(
+    tx: mpsc::Sender<pb::ControllerMsg>,
+    acked: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for seq in 1.. {
+            let beat = pb::ControllerHeartbeat {
+                seq,
+                lease_extend_ms: 5000,
+                acked_through_seq: acked.load(Ordering::SeqCst),
+            };
+            if tx
+                .send(cmsg(controller_msg::Msg::Heartbeat(beat)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
 }
 
 /// Next message of the stream, bounded.
@@ -368,5 +382,170 @@ async fn a_full_batch_goes_out_before_its_interval_ends() {
     msgs.extend(session.until_final().await);
     let s = step(msgs);
     assert!(s.batches >= 2);
+    sim.shutdown().await;
+}
+
+/// A TCP proxy on loopback whose connections can all be cut at once.
+struct Proxy {
+    addr: String,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let conns: Arc<std::sync::Mutex<Vec<_>>> = Arc::default();
+        let (c, up) = (conns.clone(), upstream.to_owned());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let up = up.clone();
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&up).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                c.lock().expect("conns").push(pipe);
+            }
+        });
+        Self {
+            addr,
+            conns,
+            accept,
+        }
+    }
+
+    /// Drops every connection through the proxy, both sides.
+    fn cut(&self) {
+        for pipe in self.conns.lock().expect("conns").drain(..) {
+            pipe.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn client_at(addr: &str) -> RawClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let attach =
+        barrage_common::auth::AttachToken::new(Some(&barrage_common::auth::Token::new(TOKEN)))
+            .expect("token");
+    barrage_proto::agent::v1::agent_client::AgentClient::with_interceptor(channel, attach)
+}
+
+/// The interval seq up to which every interval is in `msgs`.
+fn contiguous(msgs: &[agent_msg::Msg], mut acked: u64) -> u64 {
+    for m in msgs {
+        if let agent_msg::Msg::Interval(i) = m
+            && i.seq == acked + 1
+        {
+            acked = i.seq;
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_session_resumed_loses_no_record() {
+    let _serial = LOAD.lock().await;
+    let sim = sim_toml("ttft = \"5ms\"\nitl = \"5ms\"").await;
+    let agent = AgentProcess::start(TOKEN, &[]);
+    let proxy = Proxy::start(&agent.addr).await;
+    let mut p = prepare(&sim, 4, on(0));
+    p.interval_ms = 300;
+    p.slice.as_mut().expect("slice").duration_ms = 3000;
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut first = Session::open(client_at(&proxy.addr).await, p, acked.clone()).await;
+    // Two intervals through the proxy, then the connection drops.
+    let mut before = Vec::new();
+    while contiguous(&before, 0) < 2 {
+        let m = next(&mut first.rx).await;
+        before.push(m);
+        acked.store(contiguous(&before, 0), Ordering::SeqCst);
+    }
+    proxy.cut();
+    // Whatever was already on its way still arrives, until the break.
+    while let Ok(Ok(Some(m))) =
+        tokio::time::timeout(Duration::from_secs(10), first.rx.message()).await
+    {
+        before.extend(m.msg);
+    }
+    first._heartbeats.abort();
+    let had = contiguous(&before, 0);
+    // The load went on meanwhile; the controller resumes directly.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut client = client_at(&agent.addr).await;
+    let (tx, out) = mpsc::channel(16);
+    tx.send(cmsg(controller_msg::Msg::Hello(pb::Hello {
+        protocol_major: barrage_proto::PROTOCOL_MAJOR,
+        controller_id: "records-test".into(),
+        run_id: "records".into(),
+        resume: true,
+        acked_through_seq: had,
+        ..pb::Hello::default()
+    })))
+    .await
+    .expect("hello");
+    let rx = client
+        .session(ReceiverStream::new(out))
+        .await
+        .expect("resumed session")
+        .into_inner();
+    acked.store(had, Ordering::SeqCst);
+    let mut second = Session {
+        _heartbeats: heartbeats(tx.clone(), acked),
+        tx,
+        rx,
+    };
+    let after = second.until_final().await;
+    // Records received after interval `had` may come again: the controller
+    // drops those (by seq). Nothing else may repeat, nothing may be missing.
+    let window: Vec<u64> = before
+        .iter()
+        .skip_while(|m| !matches!(m, agent_msg::Msg::Interval(i) if i.seq == had))
+        .filter_map(|m| match m {
+            agent_msg::Msg::Requests(b) => Some(b.records.iter().map(|r| r.seq)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let (mut seen, mut intervals) = (HashSet::new(), HashSet::new());
+    let mut msgs = Vec::new();
+    for m in before.into_iter().chain(after) {
+        match m {
+            agent_msg::Msg::Interval(i) => {
+                assert!(intervals.insert(i.seq), "interval {} twice", i.seq);
+                msgs.push(agent_msg::Msg::Interval(i));
+            }
+            agent_msg::Msg::Requests(mut b) => {
+                b.records.retain(|r| {
+                    let fresh = seen.insert(r.seq);
+                    assert!(
+                        fresh || window.contains(&r.seq),
+                        "record {} repeated",
+                        r.seq
+                    );
+                    fresh
+                });
+                msgs.push(agent_msg::Msg::Requests(b));
+            }
+            other => msgs.push(other),
+        }
+    }
+    msgs.retain(|m| !matches!(m, agent_msg::Msg::Requests(b) if b.records.is_empty()));
+    let s = step(msgs);
+    assert!(s.fin.requests_ok > 0);
     sim.shutdown().await;
 }

@@ -5,6 +5,8 @@
 //! cargo build --release -p barrage-llm-sim
 //! cargo run --release -p barrage-controller --example engine_bench [-- 100 1000 5000]
 //! cargo run --release -p barrage-controller --example engine_bench -- open   # open-loop schedule lag
+//! cargo build --release -p barrage-agent
+//! cargo run --release -p barrage-controller --example engine_bench -- records [runs]  # per-request records: agent CPU
 //! ```
 //!
 //! Prints achieved vs ideal completed requests, output chunks/s, client and
@@ -204,10 +206,119 @@ async fn open_loop_case() -> Result<()> {
     Ok(())
 }
 
+/// Per-request records, their cost on the agent: one `agent` process (one
+/// load thread) with 1000 users against llm-sim (TTFT 50 ms, ITL 50 ms, 16
+/// tokens: ~0.8 s a request, ~1250 requests/s), 20 s, with `[output]
+/// requests` off, on, and on with every text saved; agent CPU seconds per
+/// request (its /proc figures) over `runs` rounds of the three.
+async fn records_case(runs: usize) -> Result<()> {
+    const MODES: [(&str, &str); 3] = [
+        ("off", "requests = false"),
+        ("on", "requests = true"),
+        (
+            "on, save_text = true",
+            "requests = true\n        save_text = true",
+        ),
+    ];
+    let mut per_request: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    for run in 0..runs {
+        for (m, (name, output)) in MODES.iter().enumerate() {
+            let (requests, agent_cpu) = records_run(output).await?;
+            let us = agent_cpu / requests as f64 * 1e6;
+            println!(
+                "run {run} {name}: {requests} requests, agent CPU {agent_cpu:.2} s, {us:.1} µs/request"
+            );
+            per_request[m].push(us);
+        }
+    }
+    println!("| records | agent CPU µs / request (median of {runs}) | runs | vs off |");
+    println!("|---|---|---|---|");
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let off = median(&per_request[0]);
+    for ((name, _), v) in MODES.iter().zip(&per_request) {
+        let runs: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        println!(
+            "| {name} | {:.1} | {} | {:+.1} % |",
+            median(v),
+            runs.join(", "),
+            100.0 * (median(v) / off - 1.0)
+        );
+    }
+    Ok(())
+}
+
+/// One records run: requests ended and the agent process's CPU seconds.
+async fn records_run(output: &str) -> Result<(u64, f64)> {
+    const TOKEN: &str = "records-bench-token";
+    let (mut sim, url) = start_sim(50)?;
+    let (mut agent, addr) = bench_support::spawn_listening(
+        bench_support::sibling("agent")?,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-env",
+            "BENCH_TOKEN",
+            "--threads",
+            "1",
+        ],
+        &[("BENCH_TOKEN", TOKEN)],
+    )?;
+    let plan = format!(
+        r#"
+        name = "bench-records"
+        [target]
+        url = "{url}"
+        [request]
+        max_tokens = 16
+        [dataset]
+        kind = "random"
+        input_words = 32
+        prompts = 64
+        [load]
+        users = 1000
+        spawn_rate = 500
+        duration = "20s"
+        [cluster]
+        agents = ["{addr}"]
+        [output]
+        dir = "{out}"
+        {output}
+        "#,
+        out = std::env::temp_dir().join("barrage-bench").display(),
+    );
+    let plan = bench_support::plan(&plan)?;
+    let cpu0 = child_cpu_secs(agent.id());
+    let opts = RunOptions {
+        agent_token: Some(barrage_common::auth::Token::new(TOKEN)),
+        ..RunOptions::default()
+    };
+    let outcome = execute(plan, opts, CancellationToken::new()).await?;
+    let agent_cpu = child_cpu_secs(agent.id()) - cpu0;
+    for c in [&mut agent, &mut sim] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let s = &outcome.summary;
+    Ok((
+        s.requests_ok + s.requests_failed + s.requests_incomplete,
+        agent_cpu,
+    ))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("open") {
-        return open_loop_case().await;
+    match std::env::args().nth(1).as_deref() {
+        Some("open") => return open_loop_case().await,
+        Some("records") => {
+            let runs = std::env::args().nth(2).and_then(|r| r.parse().ok());
+            return records_case(runs.unwrap_or(3)).await;
+        }
+        _ => {}
     }
     let args: Vec<u64> = std::env::args()
         .skip(1)
