@@ -271,7 +271,10 @@ mod tests {
                 RunEvent::PlanFinished(_) => "end",
                 _ => "other",
             };
-            self.0.lock().map_err(|_| OutputError::Other("poisoned".into()))?.push(kind);
+            self.0
+                .lock()
+                .map_err(|_| OutputError::Other("poisoned".into()))?
+                .push(kind);
             if self.1 {
                 return Err(OutputError::Other("disk full".into()));
             }
