@@ -192,3 +192,20 @@ pub(super) fn agents_missing(
         errors.join("; ")
     ))
 }
+
+/// Connect and align: every session opened (a wrong token or a busy agent
+/// fails the step before any traffic starts anywhere), then each agent's
+/// clock offset measured.
+pub(super) async fn connect_all(
+    plan: &PlanFile,
+    addrs: &[String],
+    auth: (Option<&Token>, Option<&ClientTls>),
+    link_rt: &LinkRuntime,
+    run_id: &str,
+) -> Result<(Vec<AgentLink>, Vec<barrage_common::clock::ClockOffset>), RunError> {
+    let controller_id = format!("controller-{}", std::process::id());
+    let mut links = open_links(plan, addrs, auth, link_rt.handle(), run_id, &controller_id).await?;
+    let offsets = join_all(links.iter_mut().map(AgentLink::align_clock)).await;
+    let offsets = offsets.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok((links, offsets))
+}

@@ -5,21 +5,23 @@
 //! loses agents, so nothing measured is lost.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use barrage_common::auth::Token;
 use barrage_common::plan::PlanFile;
 use barrage_common::tls::ClientTls;
 use barrage_proto::agent::v1 as pb;
-use futures::future::join_all;
+
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::dataset;
+use crate::events::{
+    AgentStart, Events, Outputs, PlanEnd, PlanStart, RunEvent, StepEnd, StepStart,
+};
 use crate::link::{AgentLink, LinkError, LinkRuntime};
 use crate::merge::Merger;
-use crate::report::{self, RunFacts, Summary};
+use crate::report::Summary;
 
 mod connect;
 mod finish;
@@ -109,19 +111,113 @@ pub struct RunOutcome {
     pub verdict: Verdict,
 }
 
-/// Runs the plan. `cancel` (Ctrl-C) stops every agent and still writes the
-/// report of what was measured.
+/// Runs a plan without a sweep as one step, with the default outputs
+/// (`outputs::defaults`). `cancel` (Ctrl-C) stops every agent and still
+/// writes the report of what was measured.
 pub async fn execute(
     plan: PlanFile,
     opts: RunOptions,
     cancel: CancellationToken,
 ) -> Result<RunOutcome, RunError> {
-    let run_id = format!("{:016x}", rand::random::<u64>());
-    let started_wall = chrono::Local::now();
-    // Header values and URL credentials may be secrets: the written plan hides them.
-    let plan_toml = barrage_common::redact::plan_for_display(&plan)
+    let outputs = Outputs::start(crate::outputs::defaults(&opts));
+    let events = outputs.events();
+    let step = StepOut::new(&events, 0);
+    let dir = step.dir(&plan);
+    events.emit(RunEvent::PlanStarted(PlanStart {
+        name: plan.name.clone(),
+        dir: dir.clone(),
+        plan_toml: plan_text(&plan)?,
+        started_at: step.started.to_rfc3339(),
+        sweep: false,
+    }));
+    let result = run_step(plan, &opts, cancel, step).await;
+    if let Ok(o) = &result {
+        events.emit(RunEvent::PlanFinished(PlanEnd {
+            verdict: o.verdict,
+            dir: o.dir.clone(),
+            sweep: None,
+        }));
+    }
+    drop(events);
+    let closed = outputs.close();
+    let outcome = result?;
+    outputs_written(&closed, &dir)?;
+    Ok(outcome)
+}
+
+/// The run's results folder must be written; another output that failed
+/// (the console, a report) is logged by its thread and does not fail the run.
+pub(crate) fn outputs_written(
+    closed: &[crate::events::ConsumerReport],
+    dir: &std::path::Path,
+) -> Result<(), RunError> {
+    match closed
+        .iter()
+        .find(|r| r.name == crate::outputs::RESULTS_FOLDER && r.error.is_some())
+    {
+        Some(r) => Err(RunError::Output {
+            dir: dir.to_owned(),
+            reason: r
+                .error
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The plan as written into the results: header values and URL
+/// credentials (which may be secrets) redacted.
+pub(crate) fn plan_text(plan: &PlanFile) -> Result<String, RunError> {
+    barrage_common::redact::plan_for_display(plan)
         .to_toml()
-        .map_err(|e| RunError::Setup(e.to_string()))?;
+        .map_err(|e| RunError::Setup(e.to_string()))
+}
+
+/// Where one step sends its events, and its identity: index, run id and
+/// the wall-clock moment that names its folder.
+pub(crate) struct StepOut<'a> {
+    pub events: &'a Events,
+    pub step: u32,
+    pub run_id: String,
+    pub started: chrono::DateTime<chrono::Local>,
+}
+
+impl<'a> StepOut<'a> {
+    pub fn new(events: &'a Events, step: u32) -> Self {
+        Self {
+            events,
+            step,
+            run_id: format!("{:016x}", rand::random::<u64>()),
+            started: chrono::Local::now(),
+        }
+    }
+
+    /// The step's results folder, below the plan's `[output] dir`.
+    pub fn dir(&self, plan: &PlanFile) -> PathBuf {
+        plan.output.dir.join(format!(
+            "{}-{}-{}",
+            plan.name,
+            self.started.format("%Y%m%d-%H%M%S"),
+            &self.run_id[..8]
+        ))
+    }
+}
+
+/// What a step loads before any agent is contacted: a bad file fails here,
+/// before traffic.
+struct Loaded {
+    plan_toml: String,
+    plan_sha: String,
+    tls: Option<ClientTls>,
+    trace: Option<crate::trace::Trace>,
+    tokenizer_json: Vec<u8>,
+    prompts: Vec<pb::Prompt>,
+}
+
+fn load(plan: &PlanFile, opts: &RunOptions) -> Result<Loaded, RunError> {
+    let plan_toml = plan_text(plan)?;
     let plan_sha = format!("{:x}", Sha256::digest(plan_toml.as_bytes()));
     // TLS files are read and checked before anything connects.
     let tls = ClientTls::from_cluster(&plan.cluster, opts.plan_dir.as_deref())?;
@@ -133,6 +229,25 @@ pub async fn execute(
         Some(t) => t.prompts.clone(),
         None => dataset::load(&plan.dataset, opts.plan_dir.as_deref())?,
     };
+    Ok(Loaded {
+        plan_toml,
+        plan_sha,
+        tls,
+        trace,
+        tokenizer_json,
+        prompts,
+    })
+}
+
+/// One step: load, resolve the target and the agents, drive the load,
+/// then emit the step's summary to the outputs.
+pub(crate) async fn run_step(
+    plan: PlanFile,
+    opts: &RunOptions,
+    cancel: CancellationToken,
+    out: StepOut<'_>,
+) -> Result<RunOutcome, RunError> {
+    let loaded = load(&plan, opts)?;
     let target = resolve_target(&plan).await?;
     let target_pb = target_proto(&plan, &target.url)?;
     let (addrs, token, embedded) = resolve_agents(
@@ -141,18 +256,13 @@ pub async fn execute(
         opts.agent_token.clone(),
     )
     .await?;
+    let dir = out.dir(&plan);
     let result = drive(
         &plan,
-        &opts,
-        &run_id,
-        &plan_sha,
-        &prompts,
-        trace.as_ref(),
-        target_pb,
-        &addrs,
-        token.as_ref(),
-        tls.as_ref(),
-        &tokenizer_json,
+        opts,
+        &loaded,
+        (target_pb, &addrs, token.as_ref()),
+        (&out, &dir),
         cancel,
     )
     .await;
@@ -160,24 +270,24 @@ pub async fn execute(
         e.shutdown().await;
     }
     let (mut summary, verdict) = result?;
-    summary.started_at = started_wall.to_rfc3339();
-    summary
-        .notes
-        .extend(trace.as_ref().and_then(crate::trace::Trace::counts_note));
+    summary.started_at = out.started.to_rfc3339();
+    summary.notes.extend(
+        loaded
+            .trace
+            .as_ref()
+            .and_then(crate::trace::Trace::counts_note),
+    );
     if let Some(sim) = target.sim {
         summary.simulator = Some(sim.stats());
         sim.shutdown().await;
     }
-    let dir = plan.output.dir.join(format!(
-        "{}-{}-{}",
-        plan.name,
-        started_wall.format("%Y%m%d-%H%M%S"),
-        &run_id[..8]
-    ));
-    report::write(&dir, &summary, &plan_toml).map_err(|e| RunError::Output {
+    out.events.emit(RunEvent::StepFinished(Box::new(StepEnd {
+        step: out.step,
+        summary: summary.clone(),
+        verdict,
         dir: dir.clone(),
-        reason: e.to_string(),
-    })?;
+        plan_toml: loaded.plan_toml,
+    })));
     Ok(RunOutcome {
         summary,
         dir,
@@ -185,108 +295,46 @@ pub async fn execute(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The phases of one step: connect and align clocks, prepare, start
+/// together, stream and merge, finish.
 async fn drive(
     plan: &PlanFile,
     opts: &RunOptions,
-    run_id: &str,
-    plan_sha: &str,
-    prompts: &[pb::Prompt],
-    trace: Option<&crate::trace::Trace>,
-    target: pb::Target,
-    addrs: &[String],
-    token: Option<&Token>,
-    tls: Option<&ClientTls>,
-    tokenizer_json: &[u8],
+    loaded: &Loaded,
+    (target, addrs, token): (pb::Target, &[String], Option<&Token>),
+    (out, dir): (&StepOut<'_>, &PathBuf),
     cancel: CancellationToken,
 ) -> Result<(Summary, Verdict), RunError> {
-    let controller_id = format!("controller-{}", std::process::id());
     let embedded = plan.cluster.agents.is_empty();
-    // Open every session first: a wrong token or a busy agent fails the run
-    // before any traffic starts anywhere.
     // Embedded agents serve plaintext on loopback; TLS is for listed agents.
-    let agent_tls = if embedded { None } else { tls };
+    let agent_tls = if embedded { None } else { loaded.tls.as_ref() };
     let link_rt = LinkRuntime::start()
         .map_err(|e| RunError::Setup(format!("starting the agent links' runtime: {e}")))?;
-    let mut links = open_links(
-        plan,
-        addrs,
-        (token, agent_tls),
-        link_rt.handle(),
-        run_id,
-        &controller_id,
+    let (mut links, offsets) =
+        connect_all(plan, addrs, (token, agent_tls), &link_rt, &out.run_id).await?;
+    let prepared = prepare_step(plan, loaded, &target, &out.run_id, &mut links).await?;
+    let monitors = crate::monitor::Monitors::start(
+        &plan.monitor,
+        monitor_token(opts, plan)?,
+        loaded.tls.as_ref(),
     )
-    .await?;
-    let offsets = join_all(links.iter_mut().map(AgentLink::align_clock)).await;
-    let offsets = offsets.into_iter().collect::<Result<Vec<_>, _>>()?;
-
-    let weights = capacity_weights(&links);
-    let load = &plan.load;
-    let mut slices = crate::slices::slices(load, &weights);
-    let per_agent = trace.map(|t| stripe_trace(t, &weights, &mut slices));
-    let layouts = run_layouts(plan);
-    let interval = plan.metrics.interval;
-    let drain = crate::edges::drain(plan);
-    let hard_deadline = hard_deadline(plan, trace, drain);
-    let common = common_prepare(
-        plan,
-        (run_id, plan_sha),
-        &target,
-        layouts,
-        (hard_deadline, drain),
-        tokenizer_json,
-    );
-    // The dataset in ≤ 1 MiB chunks: encoded once when every agent gets it all.
-    let (datasets, shared) = match &per_agent {
-        Some(parts) => (parts.iter().map(Vec::as_slice).collect(), None),
-        None => (
-            vec![prompts; links.len()],
-            Some(dataset::chunks(prompts, 1 << 20)),
-        ),
-    };
-    let striped: Vec<Vec<pb::DatasetChunk>> = match shared {
-        Some(_) => Vec::new(),
-        None => datasets
-            .iter()
-            .map(|d| dataset::chunks(d, 1 << 20))
-            .collect(),
-    };
-    let chunks: Vec<&[pb::DatasetChunk]> = match &shared {
-        Some(all) => vec![all.as_slice(); links.len()],
-        None => striped.iter().map(Vec::as_slice).collect(),
-    };
-    let lens: Vec<u64> = datasets.iter().map(|d| d.len() as u64).collect();
-    prepare_all(
-        &mut links,
-        &common,
-        &slices,
-        (&chunks, &lens),
-        plan.dataset.seed,
-    )
-    .await?;
-
-    let monitors =
-        crate::monitor::Monitors::start(&plan.monitor, monitor_token(opts, plan)?, tls).await;
+    .await;
     let start_local = start_together(&links, &offsets).await?;
     let start_instant = barrage_common::clock::instant_at(start_local);
-    tracing::info!(agents = links.len(), mode = ?load.mode(), "run started");
-
-    let mut merger = Merger::new(layouts, links.len(), interval.as_secs_f64())?;
-    for (tally, link) in merger.agents.iter_mut().zip(&links) {
-        tally.cores = link
-            .hello
-            .capacity
-            .as_ref()
-            .map_or(1.0, |c| f64::from(c.cores.max(1)));
-    }
-    let (warmup_intervals, warmup_s) =
-        crate::edges::warmup_window(load.warmup.unwrap_or_default(), interval);
-    merger.warmup_intervals = warmup_intervals;
+    tracing::info!(agents = links.len(), mode = ?plan.load.mode(), "run started");
+    let infos = agent_infos(&links, &prepared.slices);
+    out.events.emit(RunEvent::StepStarted(step_start(
+        plan,
+        out,
+        dir,
+        &loaded.plan_toml,
+        &infos,
+    )));
+    let mut merger = new_merger(plan, &links, prepared.layouts)?;
     let checks = plan
         .thresholds
         .checks()
         .map_err(|(k, p)| RunError::Setup(format!("thresholds.{k}: {p}")))?;
-    let infos = agent_infos(&links, &slices);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let stop = CancellationToken::new();
     for (i, link) in links.into_iter().enumerate() {
@@ -295,7 +343,6 @@ async fn drive(
             .spawn(link.pump(i, ev_tx.clone(), stop.clone()));
     }
     drop(ev_tx);
-
     let streamed = stream_and_merge(
         ev_rx,
         &mut merger,
@@ -304,123 +351,89 @@ async fn drive(
         Watch {
             plan,
             checks: &checks,
-            progress: opts.progress,
             cancel: &cancel,
             stop: &stop,
+            events: out.events,
+            step: out.step,
         },
     )
     .await;
-    let Streamed {
-        late,
-        lost,
-        stops,
-        interrupted,
-        last_final,
-        merge_errors,
-        aborted,
-    } = streamed;
-    let end = if interrupted {
-        Instant::now()
-    } else {
-        last_final
+    let ran = Ran {
+        merger,
+        streamed,
+        infos,
+        offsets,
+        slices: prepared.slices,
+        start_local,
+        start_instant,
+        checks,
+        drain: prepared.drain,
     };
-    let mut timeline = merger.finish().to_vec();
-    let monitor_report = attach_monitors(
+    Ok(finish_step(
+        plan,
+        loaded.trace.as_ref(),
+        (&out.run_id, &target.url),
         monitors,
-        &mut timeline,
-        (start_local, end),
-        interval,
-        merger.counters.output_tokens,
+        ran,
+        out,
     )
-    .await;
-    let agents = agent_reports(&infos, &merger, (&late, &lost, &stops), &offsets);
-    let stop_notes = unasked_stop_notes(&agents, &stops, &merger);
-    let degraded = agents
-        .iter()
-        .any(|a| a.lost.is_some() || a.totals_mismatch.is_some() || a.intervals_missing > 0)
-        || !merge_errors.is_empty()
-        || !stop_notes.is_empty();
-    let run_s = end.saturating_duration_since(start_instant).as_secs_f64();
-    let measured_s = if warmup_s < run_s {
-        run_s - warmup_s
-    } else {
-        run_s
-    };
-    let achieved_rate = crate::edges::achieved_rate(
-        merger.counters.requests_started,
-        merger.last_arrival_us.map(|us| us as f64 / 1e6),
-        warmup_s.min(run_s),
-        measured_s,
-    );
-    let offered_rate = offered_rate(load, &slices, trace);
-    let figures = crate::verdict::RunFigures {
-        duration_s: measured_s,
-        offered_rate,
-        achieved_rate: Some(achieved_rate),
-    };
-    let results = crate::verdict::evaluate(&checks, &merger.totals, &merger.counters, figures);
-    let breached = results.iter().any(|r| !r.passed) || aborted.is_some();
-    let verdict = if interrupted {
-        Verdict::Interrupted
-    } else if every_request_failed(&merger.counters) {
-        Verdict::Failed
-    } else {
-        match (degraded, breached) {
-            (true, _) => Verdict::Degraded,
-            (false, true) => Verdict::Breached,
-            (false, false) => Verdict::Completed,
-        }
-    };
-    let mut notes = merge_errors;
-    notes.extend(stop_notes);
-    notes.extend(agents.iter().filter_map(sequence_note));
-    notes.extend(crate::edges::cut_note(
-        merger.counters.requests_incomplete,
-        drain,
-        load.effective_duration().is_some(),
-        interrupted,
-    ));
-    notes.extend(crate::edges::late_start_notes(&agents));
-    notes.extend(crate::edges::unpooled_notes(&agents));
-    if let Some(key) = &aborted {
-        notes.push(format!(
-            "stopped early: threshold {key} was clearly lost (abort_on_breach)"
-        ));
-    }
-    notes.extend(lost_share_note(&agents, load));
-    notes.extend(saturation_notes(&agents, &merger, embedded));
-    let facts = RunFacts {
+    .await)
+}
+
+/// The event that opens a step: its identity and what ends its load.
+fn step_start(
+    plan: &PlanFile,
+    out: &StepOut<'_>,
+    dir: &std::path::Path,
+    plan_toml: &str,
+    infos: &[(String, String, u64, f64)],
+) -> StepStart {
+    let load = &plan.load;
+    StepStart {
+        step: out.step,
         name: plan.name.clone(),
-        run_id: run_id.to_owned(),
-        started_at: String::new(),
-        target: barrage_common::redact::redact_url(&target.url),
-        api: plan.target.api.as_str().to_owned(),
-        status: verdict.name().to_owned(),
-        duration_s: measured_s,
-        users: load.peak_users(),
-        streamed: plan.streams(),
-    };
-    let summary = Summary::build(
-        facts,
-        &merger.totals,
-        &merger.counters,
-        agents,
-        timeline,
-        notes,
-    );
-    let mut summary = summary;
-    summary.warmup_s = warmup_s.min(run_s);
-    summary.drain_s = load.effective_duration().map(|_| drain.as_secs_f64());
-    summary.thresholds = results;
-    if request_slo(plan) != pb::RequestSlo::default() && measured_s > 0.0 {
-        summary.goodput = Some(merger.counters.requests_good as f64 / measured_s);
+        run_id: out.run_id.clone(),
+        dir: dir.to_owned(),
+        plan_toml: plan_toml.to_owned(),
+        started_at: out.started.to_rfc3339(),
+        interval_s: plan.metrics.interval.as_secs_f64(),
+        duration_s: load.effective_duration().map(|d| d.as_secs_f64()),
+        requests: load.requests,
+        users: if load.open_loop() {
+            0
+        } else {
+            load.peak_users()
+        },
+        rate: load.rate_per_second(),
+        agents: infos
+            .iter()
+            .map(|(id, addr, users, share)| AgentStart {
+                id: id.clone(),
+                addr: addr.clone(),
+                users: *users,
+                share: *share,
+            })
+            .collect(),
     }
-    if let Some(m) = monitor_report {
-        summary.notes.extend(m.notes.iter().cloned());
-        summary.monitor = Some(m);
+}
+
+/// The merger of this step, knowing each agent's cores (for the CPU
+/// saturation check) and the warmup window.
+fn new_merger(
+    plan: &PlanFile,
+    links: &[AgentLink],
+    layouts: barrage_common::metrics::Layouts,
+) -> Result<Merger, RunError> {
+    let interval = plan.metrics.interval;
+    let mut merger = Merger::new(layouts, links.len(), interval.as_secs_f64())?;
+    for (tally, link) in merger.agents.iter_mut().zip(links) {
+        tally.cores = link
+            .hello
+            .capacity
+            .as_ref()
+            .map_or(1.0, |c| f64::from(c.cores.max(1)));
     }
-    if load.open_loop() {
-        summary.open_loop = Some(open_loop_report(&merger, offered_rate, achieved_rate));
-    }
-    Ok((summary, verdict))
+    merger.warmup_intervals =
+        crate::edges::warmup_window(plan.load.warmup.unwrap_or_default(), interval).0;
+    Ok(merger)
 }

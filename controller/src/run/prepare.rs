@@ -328,3 +328,64 @@ pub(super) fn slice_weight(s: &pb::Slice) -> f64 {
         peak
     }
 }
+
+/// What the prepare phase settled: each agent's slice, the histogram
+/// layout and the drain.
+pub(super) struct Prepared {
+    pub(super) slices: Vec<pb::Slice>,
+    pub(super) layouts: Layouts,
+    pub(super) drain: Duration,
+}
+
+/// Prepare: split the load by capacity, give each agent its slice and its
+/// dataset (or its stripe of a trace), and wait for every Ready.
+pub(super) async fn prepare_step(
+    plan: &PlanFile,
+    loaded: &Loaded,
+    target: &pb::Target,
+    run_id: &str,
+    links: &mut [AgentLink],
+) -> Result<Prepared, RunError> {
+    let weights = capacity_weights(links);
+    let mut slices = crate::slices::slices(&plan.load, &weights);
+    let trace = loaded.trace.as_ref();
+    let per_agent = trace.map(|t| stripe_trace(t, &weights, &mut slices));
+    let layouts = run_layouts(plan);
+    let drain = crate::edges::drain(plan);
+    let common = common_prepare(
+        plan,
+        (run_id, &loaded.plan_sha),
+        target,
+        layouts,
+        (hard_deadline(plan, trace, drain), drain),
+        &loaded.tokenizer_json,
+    );
+    // The dataset in ≤ 1 MiB chunks: encoded once when every agent gets it all.
+    let (chunks, lens): (Vec<Vec<pb::DatasetChunk>>, Vec<u64>) = match &per_agent {
+        Some(parts) => (
+            parts.iter().map(|d| dataset::chunks(d, 1 << 20)).collect(),
+            parts.iter().map(|d| d.len() as u64).collect(),
+        ),
+        None => (
+            vec![dataset::chunks(&loaded.prompts, 1 << 20)],
+            vec![loaded.prompts.len() as u64; links.len()],
+        ),
+    };
+    let chunk_refs: Vec<&[pb::DatasetChunk]> = match &per_agent {
+        Some(_) => chunks.iter().map(Vec::as_slice).collect(),
+        None => vec![chunks[0].as_slice(); links.len()],
+    };
+    prepare_all(
+        links,
+        &common,
+        &slices,
+        (&chunk_refs, &lens),
+        plan.dataset.seed,
+    )
+    .await?;
+    Ok(Prepared {
+        slices,
+        layouts,
+        drain,
+    })
+}

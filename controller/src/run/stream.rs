@@ -1,6 +1,7 @@
 //! Stream and merge: every agent's events until all links end, emitted
 //! to the run's outputs as they settle.
 
+use crate::events::{Events, IntervalEvent, RequestsEvent, RunEvent};
 use crate::link::LinkEvent;
 use crate::merge::Merger;
 use barrage_common::plan::PlanFile;
@@ -24,9 +25,11 @@ pub(super) struct Streamed {
 pub(super) struct Watch<'a> {
     pub(super) plan: &'a PlanFile,
     pub(super) checks: &'a [barrage_common::thresholds::Check],
-    pub(super) progress: bool,
     pub(super) cancel: &'a CancellationToken,
     pub(super) stop: &'a CancellationToken,
+    /// Where settled intervals and request records go.
+    pub(super) events: &'a Events,
+    pub(super) step: u32,
 }
 
 /// Stream and merge: every agent's events until all links end; stops every
@@ -44,7 +47,6 @@ pub(super) async fn stream_and_merge(
     let mut interrupted = false;
     let mut aborted: Option<String> = None;
     let mut last_final = start_instant;
-    let mut printed = 0usize;
     let mut merge_errors = Vec::new();
     loop {
         tokio::select! {
@@ -65,7 +67,11 @@ pub(super) async fn stream_and_merge(
                         }
                     }
                     LinkEvent::Resumed { agent } => merger.agent_resumed(agent),
-                    LinkEvent::Requests { .. } => {}
+                    LinkEvent::Requests { agent, batch } => w.events.emit(RunEvent::Requests(RequestsEvent {
+                        step: w.step,
+                        agent,
+                        records: batch.records,
+                    })),
                     LinkEvent::Lost { agent, reason } => {
                         tracing::warn!(agent = %infos[agent].1, %reason, "agent lost");
                         lost[agent] = Some(reason);
@@ -82,12 +88,7 @@ pub(super) async fn stream_and_merge(
                         w.stop.cancel();
                     }
                 }
-                if w.progress {
-                    while printed < merger.timeline.len() {
-                        progress(&merger.timeline[printed]);
-                        printed += 1;
-                    }
-                }
+                emit_settled(merger, w.events, w.step);
             }
             _ = w.cancel.cancelled(), if !interrupted => {
                 interrupted = true;
@@ -117,17 +118,15 @@ pub(super) fn final_reason(addr: &str, fin: &pb::Final) -> pb::StopReason {
     reason
 }
 
-pub(super) fn progress(r: &crate::merge::IntervalRow) {
-    let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.1}"));
-    eprintln!(
-        "[{:>6.1}s] ok {:>6}  failed {:>4}  in-flight {:>5}  out tok {:>7}  ttft p50 {:>7} ms  itl p50 {:>6} ms  e2e p99 {:>8} ms",
-        r.t_s + 0.0,
-        r.requests_ok,
-        r.requests_failed,
-        r.in_flight,
-        r.output_tokens,
-        f(r.ttft_p50_ms),
-        f(r.itl_p50_ms),
-        f(r.e2e_p99_ms)
-    );
+/// Sends the intervals that settled since the last call to the outputs.
+pub(super) fn emit_settled(merger: &mut Merger, events: &Events, step: u32) {
+    for settled in merger.take_settled() {
+        events.emit(RunEvent::Interval(IntervalEvent {
+            step,
+            row: settled.row,
+            metrics: settled.metrics,
+            counters: settled.counters,
+            totals: merger.counters.clone(),
+        }));
+    }
 }
