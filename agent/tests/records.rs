@@ -8,12 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use barrage_controller::events::{Consumer, OutputError, RunEvent};
+use barrage_controller::run::execute_with;
 use barrage_llm_sim::SimServer;
 use barrage_proto::agent::v1::{self as pb, agent_msg, controller_msg};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
-use crate::support::{AgentProcess, LOAD, RawClient, TEST_LIMIT, cmsg, raw_client, sim_toml};
+use crate::support::{
+    AgentProcess, LOAD, RawClient, TEST_LIMIT, cluster_plan, cmsg, finish, opts, plan_from,
+    raw_client, sim_toml,
+};
 
 const TOKEN: &str = "records-token";
 const PROMPTS: [&str; 3] = ["alpha one", "bravo two words", "charlie"];
@@ -547,5 +553,84 @@ async fn a_dropped_session_resumed_loses_no_record() {
     msgs.retain(|m| !matches!(m, agent_msg::Msg::Requests(b) if b.records.is_empty()));
     let s = step(msgs);
     assert!(s.fin.requests_ok > 0);
+    sim.shutdown().await;
+}
+
+/// Records as the controller's consumers see them.
+#[derive(Default)]
+struct Collected {
+    /// (agent, seq) of every record.
+    records: Vec<(usize, u64)>,
+    sent: u64,
+    dropped: u64,
+}
+
+struct Collector(Arc<std::sync::Mutex<Collected>>);
+
+impl Consumer for Collector {
+    fn name(&self) -> &'static str {
+        "records test"
+    }
+
+    fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
+        let mut c = self
+            .0
+            .lock()
+            .map_err(|_| OutputError::Other("poisoned".into()))?;
+        match ev {
+            RunEvent::Requests(r) => {
+                let agent = r.agent;
+                c.records.extend(r.records.iter().map(|x| (agent, x.seq)));
+            }
+            RunEvent::Interval(iv) => {
+                c.sent += iv.counters.records_sent;
+                c.dropped += iv.counters.records_dropped;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_gets_every_record_once_across_a_dropped_session() {
+    let _serial = LOAD.lock().await;
+    let sim = sim_toml("ttft = \"20ms\"\nitl = \"10ms\"").await;
+    let agents = [
+        AgentProcess::start(TOKEN, &[]),
+        AgentProcess::start(TOKEN, &[]),
+    ];
+    let proxy = Proxy::start(&agents[1].addr).await;
+    let text = cluster_plan(
+        "records-resume",
+        &sim,
+        &[&agents[0].addr, &proxy.addr],
+        "[dataset]\ninput_words = 16\nprompts = 50\n[load]\nusers = 4\nrequests = 320\n[metrics]\ninterval = \"500ms\"",
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Collected::default()));
+    let run = tokio::spawn(execute_with(
+        plan_from(&text),
+        opts(TOKEN),
+        CancellationToken::new(),
+        vec![Box::new(Collector(seen.clone()))],
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!run.is_finished(), "the drop must fall inside the run");
+    proxy.cut();
+    let outcome = finish(run).await;
+    let s = &outcome.summary;
+    let behind = s
+        .agents
+        .iter()
+        .find(|a| a.addr == proxy.addr)
+        .expect("the proxied agent");
+    assert!(behind.reconnects >= 1, "{behind:?}");
+    let seen = seen.lock().expect("seen");
+    let distinct: HashSet<(usize, u64)> = seen.records.iter().copied().collect();
+    assert_eq!(distinct.len(), seen.records.len(), "no record twice");
+    let ended = s.requests_ok + s.requests_failed + s.requests_incomplete;
+    assert_eq!(ended, 320);
+    assert_eq!(seen.records.len() as u64, ended, "one record per request");
+    assert_eq!((seen.sent, seen.dropped), (ended, 0), "the agents' count");
     sim.shutdown().await;
 }

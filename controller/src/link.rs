@@ -102,6 +102,25 @@ impl Drop for LinkRuntime {
     }
 }
 
+/// Record seqs received since the last interval. After a resume the agent
+/// resends the request batches sent before each interval not acked: those
+/// already here are dropped, so every record reaches the outputs once.
+#[derive(Default)]
+struct RecordWindow(std::collections::HashSet<u64>);
+
+impl RecordWindow {
+    /// The next interval arrived: nothing before it is resent again.
+    fn interval(&mut self) {
+        self.0.clear();
+    }
+
+    /// Drops the records already received; false when none is left.
+    fn fresh(&mut self, batch: &mut pb::RequestBatch) -> bool {
+        batch.records.retain(|r| self.0.insert(r.seq));
+        !batch.records.is_empty()
+    }
+}
+
 /// What the pump hands to the merger.
 #[derive(Debug)]
 pub enum LinkEvent {
@@ -449,10 +468,7 @@ impl AgentLink {
         let mut hb_seq = 0u64;
         // Cumulative: every interval up to here has arrived.
         let mut acked = 0u64;
-        // Record seqs received since the last interval: after a resume the
-        // agent resends the batches sent before each interval not acked,
-        // and those already here are dropped.
-        let mut unconfirmed: std::collections::HashSet<u64> = Default::default();
+        let mut unconfirmed = RecordWindow::default();
         let mut last_heard = tokio::time::Instant::now();
         let mut stop_sent = false;
         let lost = |reason: String| LinkEvent::Lost { agent, reason };
@@ -501,7 +517,7 @@ impl AgentLink {
                         agent_msg::Msg::Interval(i) => {
                             if i.seq == acked + 1 {
                                 acked = i.seq;
-                                unconfirmed.clear();
+                                unconfirmed.interval();
                             }
                             let _ = events.send(LinkEvent::Interval { agent, interval: i }).await;
                         }
@@ -512,8 +528,7 @@ impl AgentLink {
                             return;
                         }
                         agent_msg::Msg::Requests(mut batch) => {
-                            batch.records.retain(|r| unconfirmed.insert(r.seq));
-                            if !batch.records.is_empty() {
+                            if unconfirmed.fresh(&mut batch) {
                                 let _ = events.send(LinkEvent::Requests { agent, batch }).await;
                             }
                         }
@@ -526,5 +541,47 @@ impl AgentLink {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seqs: &[u64]) -> pb::RequestBatch {
+        pb::RequestBatch {
+            records: seqs
+                .iter()
+                .map(|&seq| pb::RequestRecord {
+                    seq,
+                    ..pb::RequestRecord::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn seqs(b: &pb::RequestBatch) -> Vec<u64> {
+        b.records.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn records_resent_after_a_resume_reach_the_outputs_once() {
+        let mut w = RecordWindow::default();
+        let mut b = batch(&[0, 1]);
+        assert!(w.fresh(&mut b));
+        w.interval();
+        // Sent before interval 2, which was lost with the connection...
+        let mut b = batch(&[2, 3]);
+        assert!(w.fresh(&mut b));
+        // ...and resent with it after the resume, beside new ones.
+        let mut again = batch(&[2, 3]);
+        assert!(!w.fresh(&mut again), "all already here");
+        let mut mixed = batch(&[3, 4]);
+        assert!(w.fresh(&mut mixed));
+        assert_eq!(seqs(&mixed), vec![4]);
+        w.interval();
+        let mut next = batch(&[5]);
+        assert!(w.fresh(&mut next));
+        assert_eq!(seqs(&next), vec![5]);
     }
 }
