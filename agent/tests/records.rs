@@ -625,7 +625,7 @@ async fn the_controller_gets_every_record_once_across_a_dropped_session() {
         .find(|a| a.addr == proxy.addr)
         .expect("the proxied agent");
     assert!(behind.reconnects >= 1, "{behind:?}");
-    let seen = seen.lock().expect("seen");
+    let seen = std::mem::take(&mut *seen.lock().expect("seen"));
     let distinct: HashSet<(usize, u64)> = seen.records.iter().copied().collect();
     assert_eq!(distinct.len(), seen.records.len(), "no record twice");
     let ended = s.requests_ok + s.requests_failed + s.requests_incomplete;
