@@ -231,6 +231,12 @@ async fn records_case(runs: usize) -> Result<()> {
             per_request[m].push(us);
         }
     }
+    let (build, send, bytes) = records_micro(200_000, false);
+    let (build_t, send_t, bytes_t) = records_micro(200_000, true);
+    println!(
+        "record alone (one thread, 16 chunks): build {build:.0} ns + batch and encode {send:.0} ns, \
+         {bytes:.0} B on the wire; with text: {build_t:.0} + {send_t:.0} ns, {bytes_t:.0} B"
+    );
     println!("| records | agent CPU µs / request (median of {runs}) | runs | vs off |");
     println!("|---|---|---|---|");
     let median = |v: &[f64]| {
@@ -249,6 +255,83 @@ async fn records_case(runs: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The cost of one record alone, in ns: built from a request of 16 output
+/// chunks as the engine does, then batched and encoded as the session does
+/// (the clone kept for a resend included). Medians of 5 rounds of `n`.
+fn records_micro(n: u64, text: bool) -> (f64, f64, f64) {
+    use barrage_agent::chunk::ChunkInfo;
+    use barrage_agent::measure::{InputCount, RequestMeasure};
+    use barrage_agent::records::{End, Records, Sender};
+    use barrage_proto::agent::v1 as pb;
+    use prost::Message;
+    use std::time::Instant;
+    let prompt = pb::Prompt {
+        messages: vec![pb::ChatMessage {
+            role: "user".into(),
+            content: "word ".repeat(32),
+        }],
+        ..pb::Prompt::default()
+    };
+    let opts = pb::RecordOptions {
+        enabled: true,
+        save_text: if text { u64::MAX } else { 0 },
+    };
+    let Some(records) = Records::new(Some(&opts), &[prompt]) else {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    };
+    let t0 = Instant::now();
+    records.set_origin(t0);
+    let data = br#"{"choices":[{"delta":{"content":"token"}}]}"#;
+    let mut m = RequestMeasure::default();
+    m.capture_text(text);
+    m.begin(t0);
+    for i in 0..16u64 {
+        let info = ChunkInfo {
+            output: true,
+            answer: true,
+            completion_tokens: Some(i + 1),
+            text_span: Some((30, 37)),
+            ..ChunkInfo::default()
+        };
+        m.on_chunk(t0 + Duration::from_millis(50 + 10 * i), &info);
+        m.keep_text(data, &info);
+    }
+    let result = Ok(());
+    let end = End::Done(t0 + Duration::from_millis(210), &result);
+    let (mut builds, mut sends, mut wire) = (Vec::new(), Vec::new(), 0usize);
+    for _ in 0..5 {
+        let start = Instant::now();
+        let mut all = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let who = Sender {
+                claim: records.claim(),
+                user: i % 1000,
+                prompt_index: 0,
+                warmup: false,
+                input: InputCount::estimated(32),
+            };
+            let (r, bytes) = records.build(who, &m, end);
+            records.added(bytes);
+            all.push(r);
+        }
+        let built = Instant::now();
+        wire = 0;
+        for (batch, _) in records.batches(all) {
+            let kept = batch.clone();
+            wire += batch.encode_to_vec().len();
+            drop(kept);
+        }
+        let per = |d: Duration| d.as_nanos() as f64 / n as f64;
+        builds.push(per(built - start));
+        sends.push(per(built.elapsed()));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(builds), median(sends), wire as f64 / n as f64)
 }
 
 /// One records run: requests ended and the agent process's CPU seconds.
