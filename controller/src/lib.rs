@@ -3,10 +3,12 @@
 //! the report.
 
 pub mod cli;
+pub mod compare;
 pub mod dataset;
 pub mod edges;
 pub mod embedded;
 pub mod events;
+pub mod html;
 pub mod link;
 pub mod merge;
 pub mod monitor;

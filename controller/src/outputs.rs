@@ -8,6 +8,6 @@ use crate::run::RunOptions;
 /// its own thread).
 pub fn defaults(opts: &RunOptions) -> Vec<Box<dyn Consumer>> {
     let _ = opts;
-    let outputs: Vec<Box<dyn Consumer>> = Vec::new();
+    let outputs: Vec<Box<dyn Consumer>> = vec![Box::new(crate::html::HtmlReport::new())];
     outputs
 }
