@@ -2,7 +2,7 @@
 // no network. One chart per call:
 //   var c = BarrageCharts.chart(element, spec); ... c.update(newSeries);
 // spec = {
-//   title, x: {label, scale: "linear" | "nines" | "log"}, y: {label, scale},
+//   title, x: {label, scale: "linear" | "nines" | "log", min, max}, y: {label, scale, unit},
 //   series: [{name, points: [[x, y], ...], dashed, color}],   // y may be null (a gap)
 //   bands: [{from, to, label}],                               // shaded x ranges
 //   kind: "line" | "points"
@@ -18,7 +18,8 @@
   var MAX_MARKERS = 400;
   var PALETTE = ["#1f6fd1", "#d9480f", "#2b8a3e", "#9c36b5", "#e8590c", "#0b7285",
     "#c2255c", "#5c940d", "#364fc7", "#862e9c"];
-  var NINES_CAP = 5; // p99.999; p100 (the exact max) is drawn just past the last point
+  var NINES_CAP = 5;     // p99.999: the furthest percentile drawn
+  var NINES_MAX = 4.35;  // where p100 (the exact max) is drawn, just past p99.99
 
   function el(name, attrs, parent) {
     var e = document.createElementNS(SVG, name);
@@ -28,7 +29,7 @@
   }
 
   function nines(p) {
-    if (p >= 100) return NINES_CAP;
+    if (p >= 100) return NINES_MAX;
     return Math.min(NINES_CAP, -Math.log(1 - p / 100) / Math.LN10);
   }
 
@@ -88,8 +89,16 @@
     var scale = (spec.x && spec.x.scale) || "linear";
     var ticks;
     if (scale === "nines") {
-      ticks = [0, 50, 90, 99, 99.9, 99.99, 99.999].filter(function (p) { return nines(p) <= dom[1] + 1e-9; })
+      ticks = [0, 50, 90, 99, 99.9, 99.99].filter(function (p) { return nines(p) <= dom[1] + 1e-9; })
         .map(function (p) { return { v: nines(p), label: pctLabel(p) }; });
+      var hasMax = (spec.series || []).some(function (s) {
+        return (s.points || []).some(function (p) { return p[0] >= 100; });
+      });
+      if (hasMax) {
+        // "max" sits at the end: drop a percentile tick too close to it.
+        ticks = ticks.filter(function (t) { return t.v < NINES_MAX - 0.25; });
+        ticks.push({ v: NINES_MAX, label: "max" });
+      }
     } else if (scale === "log") {
       ticks = logTicks(dom[0], dom[1]).map(function (v) { return { v: v, label: fmt(v) }; });
     } else {
@@ -137,7 +146,13 @@
       if (y1 <= y0) y1 = y0 + 1;
       y1 = y1 + (y1 - y0) * 0.05;
     }
-    if (x1 <= x0) { x0 = x0 - 1; x1 = x1 + 1; }
+    if (spec.x && isFinite(spec.x.min)) x0 = xf(spec.x.min);
+    if (spec.x && isFinite(spec.x.max)) x1 = xf(spec.x.max);
+    if (x1 <= x0) {
+      // One point: a span around it that does not go below 0 for times.
+      var half = Math.max(Math.abs(x0) * 0.5, 0.5);
+      x1 = x0 + half; x0 = x0 >= 0 ? Math.max(0, x0 - half) : x0 - half;
+    }
     if (spec.x && spec.x.scale === "nines") { x0 = 0; }
     return { x: [x0, x1], y: [y0, y1], logY: logY };
   }

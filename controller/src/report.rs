@@ -364,8 +364,12 @@ fn percentile_curves(totals: &MetricSet) -> BTreeMap<&'static str, Vec<[f64; 2]>
         .filter(|m| !totals.get(**m).is_empty())
         .map(|m| {
             let s = totals.get(*m);
+            // Past 1 - 1/count every percentile is the max: the tail beyond
+            // what the samples can resolve is left to the max point.
+            let resolved = 1.0 - 1.0 / s.count as f64;
             let points = qs
                 .iter()
+                .filter(|p| **p >= 100.0 || **p / 100.0 <= resolved)
                 .filter_map(|p| s.quantile(p / 100.0).map(|us| [round4(*p), us as f64 / 1000.0]))
                 .collect();
             (m.name(), points)

@@ -14,5 +14,6 @@ mod limits;
 mod load_models;
 mod monitor;
 mod odd_servers;
+mod reports;
 mod secrets;
 mod sweeps;

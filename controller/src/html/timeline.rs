@@ -65,6 +65,10 @@ impl<'a> Rows<'a> {
 fn chart(p: &mut Page, t: &Rows, title: &str, y: &str, unit: &str, series: Vec<Value>) {
     let mut sp = spec("time (s)", "linear", y, unit, series);
     sp["bands"] = t.bands();
+    // Every time chart spans the whole run, whatever its own data covers.
+    let ts = t.rows.iter().filter_map(|r| get_f(r, "t_s"));
+    sp["x"]["min"] = json!(ts.clone().reduce(f64::min));
+    sp["x"]["max"] = json!(ts.reduce(f64::max).map(|x| x + t.interval_s));
     p.chart(title, sp);
 }
 
@@ -76,10 +80,12 @@ pub fn charts(p: &mut Page, s: &Value) {
         p.push("<p>No interval was recorded.</p>");
         return;
     }
-    p.push(&format!(
-        "<p class=\"meta\">One point per {} s interval, at its start.</p><div class=\"charts\">",
-        super::page::num(Some(t.interval_s))
-    ));
+    let what = if t.rows.len() > 1 {
+        format!("One point per {} s interval, at its start.", super::page::num(Some(t.interval_s)))
+    } else {
+        "The run fit in one interval: one point, at its start.".to_owned()
+    };
+    p.push(&format!("<p class=\"meta\">{what}</p><div class=\"charts\">"));
     let mut req = vec![t.series("ok / s", t.rate("requests_ok"))];
     if t.rows.iter().any(|r| get_f(r, "requests_failed").unwrap_or(0.0) > 0.0) {
         req.push(t.series("failed / s", t.rate("requests_failed")));
