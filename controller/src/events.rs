@@ -21,6 +21,8 @@ use crate::run::Verdict;
 use crate::sweep::SweepReport;
 
 /// What a run produces, in the order it happens.
+// One StepFinished per step: its size (a whole Summary) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum RunEvent {
     /// A plan begins: one run, or a sweep whose steps follow.
@@ -271,7 +273,10 @@ mod tests {
                 RunEvent::PlanFinished(_) => "end",
                 _ => "other",
             };
-            self.0.lock().map_err(|_| OutputError::Other("poisoned".into()))?.push(kind);
+            self.0
+                .lock()
+                .map_err(|_| OutputError::Other("poisoned".into()))?
+                .push(kind);
             if self.1 {
                 return Err(OutputError::Other("disk full".into()));
             }

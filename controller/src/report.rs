@@ -370,7 +370,10 @@ fn percentile_curves(totals: &MetricSet) -> BTreeMap<&'static str, Vec<[f64; 2]>
             let points = qs
                 .iter()
                 .filter(|p| **p >= 100.0 || **p / 100.0 <= resolved)
-                .filter_map(|p| s.quantile(p / 100.0).map(|us| [round4(*p), us as f64 / 1000.0]))
+                .filter_map(|p| {
+                    s.quantile(p / 100.0)
+                        .map(|us| [round4(*p), us as f64 / 1000.0])
+                })
                 .collect();
             (m.name(), points)
         })

@@ -36,10 +36,13 @@ fn sim_plan(name: &str, out: &Path, load: &str, extra: &str) -> String {
 }
 
 async fn run(text: &str, cancel: CancellationToken) -> RunOutcome {
-    let o = tokio::time::timeout(TEST_LIMIT, execute(plan_from(text), RunOptions::default(), cancel))
-        .await
-        .expect("bounded")
-        .expect("run");
+    let o = tokio::time::timeout(
+        TEST_LIMIT,
+        execute(plan_from(text), RunOptions::default(), cancel),
+    )
+    .await
+    .expect("bounded")
+    .expect("run");
     shim_step(&o);
     o
 }
@@ -81,7 +84,15 @@ fn elements<'a>(html: &'a str, tag: &str, unless: &str) -> Vec<&'a str> {
 fn network_references(html: &str) -> Vec<String> {
     let lower = html.to_ascii_lowercase();
     let mut found = Vec::new();
-    for attr in [" src=", " href=", " srcset=", " action=", " poster=", " data=", " xlink:href="] {
+    for attr in [
+        " src=",
+        " href=",
+        " srcset=",
+        " action=",
+        " poster=",
+        " data=",
+        " xlink:href=",
+    ] {
         for (i, _) in lower.match_indices(attr) {
             let value: String = lower[i + attr.len()..]
                 .trim_start_matches(['"', '\''])
@@ -93,7 +104,10 @@ fn network_references(html: &str) -> Vec<String> {
             }
         }
     }
-    for tag in ["<link", "<img", "<iframe", "<object", "<embed", "<base", "<audio", "<video", "<source", "<frame"] {
+    for tag in [
+        "<link", "<img", "<iframe", "<object", "<embed", "<base", "<audio", "<video", "<source",
+        "<frame",
+    ] {
         if lower.contains(tag) {
             found.push(tag.to_owned());
         }
@@ -103,7 +117,20 @@ fn network_references(html: &str) -> Vec<String> {
         .chain(elements(&lower, "script", "application/json"))
         .collect();
     for c in code {
-        for needle in ["url(", "@import", "fetch(", "xmlhttprequest", "websocket", "eventsource", "sendbeacon", "import(", "importscripts", ".src", "location.href", "window.open"] {
+        for needle in [
+            "url(",
+            "@import",
+            "fetch(",
+            "xmlhttprequest",
+            "websocket",
+            "eventsource",
+            "sendbeacon",
+            "import(",
+            "importscripts",
+            ".src",
+            "location.href",
+            "window.open",
+        ] {
             if c.contains(needle) {
                 found.push(needle.to_owned());
             }
@@ -125,14 +152,25 @@ fn the_scanner_finds_what_would_load() {
         assert!(!network_references(bad).is_empty(), "{bad}");
     }
     let fine = "<a href=\"#errors\">e</a><a href=\"step/report.html\">s</a><p>error sending request for url(http://x)</p><script type=\"application/json\">{\"m\":\"fetch(x)\"}</script>";
-    assert!(network_references(fine).is_empty(), "{:?}", network_references(fine));
+    assert!(
+        network_references(fine).is_empty(),
+        "{:?}",
+        network_references(fine)
+    );
 }
 
 fn assert_offline(path: &Path) -> String {
     let html = read(path);
     let refs = network_references(&html);
-    assert!(refs.is_empty(), "{}: network references {refs:?}", path.display());
-    assert!(html.contains("<style>") && html.contains("BarrageCharts"), "styles and charts inlined");
+    assert!(
+        refs.is_empty(),
+        "{}: network references {refs:?}",
+        path.display()
+    );
+    assert!(
+        html.contains("<style>") && html.contains("BarrageCharts"),
+        "styles and charts inlined"
+    );
     html
 }
 
@@ -212,15 +250,27 @@ async fn browse(page: &Path, shot: &Path) -> Option<Rendered> {
     let out = tokio::time::timeout(Duration::from_secs(60), output(dump))
         .await
         .expect("chromium bounded");
-    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut snap = chromium_cmd(&bin, &profile);
-    snap.arg(format!("--screenshot={}", shot.display()))
-        .args(["--window-size=1400,6000", "--hide-scrollbars", "--virtual-time-budget=5000", &url]);
+    snap.arg(format!("--screenshot={}", shot.display())).args([
+        "--window-size=1400,6000",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+        &url,
+    ]);
     let s = tokio::time::timeout(Duration::from_secs(60), output(snap))
         .await
         .expect("chromium bounded");
-    assert!(s.status.success() && shot.is_file(), "screenshot: {}", String::from_utf8_lossy(&s.stderr));
+    assert!(
+        s.status.success() && shot.is_file(),
+        "screenshot: {}",
+        String::from_utf8_lossy(&s.stderr)
+    );
     println!("screenshot: {}", shot.display());
     let errors = dom
         .split("id=\"script-errors\"")
@@ -241,12 +291,23 @@ async fn browse(page: &Path, shot: &Path) -> Option<Rendered> {
 
 /// The page rendered every chart it placed, with data points and no error.
 fn assert_drawn(r: &Rendered, html: &str, what: &str) {
-    assert!(r.errors.trim().is_empty(), "{what}: script errors: {}", r.errors);
+    assert!(
+        r.errors.trim().is_empty(),
+        "{what}: script errors: {}",
+        r.errors
+    );
     let placed = html.matches("class=\"chart-box\"").count() as u64;
     assert!(placed > 0, "{what}: no chart placed");
     assert_eq!(r.charts, placed, "{what}: every placed chart drawn");
-    assert!(r.points > 0 && r.circles > 0 && r.paths > 0, "{what}: data points drawn: {r:?}");
-    assert_eq!(r.dom.matches("data-empty=\"true\"").count(), 0, "{what}: a chart with no data");
+    assert!(
+        r.points > 0 && r.circles > 0 && r.paths > 0,
+        "{what}: data points drawn: {r:?}"
+    );
+    assert_eq!(
+        r.dom.matches("data-empty=\"true\"").count(),
+        0,
+        "{what}: a chart with no data"
+    );
 }
 
 /// report.html of a run's folder, checked offline and in the browser.
@@ -271,19 +332,32 @@ async fn a_single_run_report_holds_every_section_and_its_charts_render() {
     .await;
     assert_eq!(o.verdict, Verdict::Completed);
     let (html, r) = check_report(&o.dir, "single").await;
-    for section in ["id=\"summary\"", "id=\"timeline\"", "id=\"distributions\"", "id=\"errors\"", "id=\"accuracy\"", "id=\"definitions\""] {
+    for section in [
+        "id=\"summary\"",
+        "id=\"timeline\"",
+        "id=\"distributions\"",
+        "id=\"errors\"",
+        "id=\"accuracy\"",
+        "id=\"definitions\"",
+    ] {
         assert!(html.contains(section), "{section}");
     }
     // The headline shows the run's own figures, and the alias table is there.
     let ok = o.summary.requests_ok.to_string();
-    assert!(html.contains(&format!("<div class=\"v\">{ok}<")), "requests ok {ok}");
+    assert!(
+        html.contains(&format!("<div class=\"v\">{ok}<")),
+        "requests ok {ok}"
+    );
     assert!(html.contains("AIPerf") && html.contains("GuideLLM") && html.contains("EvalScope"));
     // Percentile curves go as far into the tail as the samples resolve
     // (1 - 1/count), then the exact max; in summary.json too.
     let itl = &o.summary.percentile_curves["itl"];
     let n = o.summary.metrics["itl"].count as f64;
     let tail = itl[itl.len() - 2][0];
-    assert!(tail >= 99.0 && tail / 100.0 <= 1.0 - 1.0 / n, "itl tail p{tail} of {n}");
+    assert!(
+        tail >= 99.0 && tail / 100.0 <= 1.0 - 1.0 / n,
+        "itl tail p{tail} of {n}"
+    );
     assert_eq!(itl.last().map(|p| p[0]), Some(100.0));
     assert_eq!(itl.last().map(|p| p[1]), o.summary.metrics["itl"].max);
     let json = read(&o.dir.join("summary.json"));
@@ -300,7 +374,12 @@ async fn one_request_unstreamed_shows_dashes_not_charts_of_zeros() {
     let _serial = LOAD.lock().await;
     let out = scratch("report-one");
     let o = run(
-        &sim_plan("one", &out, "users = 1\nrequests = 1", "[target]\nstream = false"),
+        &sim_plan(
+            "one",
+            &out,
+            "users = 1\nrequests = 1",
+            "[target]\nstream = false",
+        ),
         CancellationToken::new(),
     )
     .await;
@@ -308,7 +387,10 @@ async fn one_request_unstreamed_shows_dashes_not_charts_of_zeros() {
     assert!(o.summary.not_observable.contains(&"itl"));
     let (html, r) = check_report(&o.dir, "one request, unstreamed").await;
     assert!(html.contains("not observable: responses were not streamed"));
-    assert!(!html.contains("ITL p50 / p99 (ms)</figcaption><div"), "no ITL chart");
+    assert!(
+        !html.contains("ITL p50 / p99 (ms)</figcaption><div"),
+        "no ITL chart"
+    );
     if let Some(r) = r {
         assert!(!r.dom.contains("data-series=\"itl\""), "no itl curve drawn");
     }
@@ -317,7 +399,11 @@ async fn one_request_unstreamed_shows_dashes_not_charts_of_zeros() {
 async fn sweep(text: &str) -> barrage_controller::sweep::SweepOutcome {
     let out = tokio::time::timeout(
         TEST_LIMIT,
-        execute_plan(plan_from(text), RunOptions::default(), CancellationToken::new()),
+        execute_plan(
+            plan_from(text),
+            RunOptions::default(),
+            CancellationToken::new(),
+        ),
     )
     .await
     .expect("bounded")
@@ -329,7 +415,8 @@ async fn sweep(text: &str) -> barrage_controller::sweep::SweepOutcome {
     if !s.dir.join("report.html").exists() {
         let mut steps = Vec::new();
         for row in &s.report.steps {
-            let v: serde_json::Value = serde_json::from_str(&read(&row.dir.join("summary.json"))).expect("json");
+            let v: serde_json::Value =
+                serde_json::from_str(&read(&row.dir.join("summary.json"))).expect("json");
             barrage_controller::html::write_step(&row.dir, &v, None).expect("write");
             steps.push((row.step as u64, v));
         }
@@ -363,7 +450,12 @@ async fn a_sweep_report_has_one_point_per_step_and_links_each_steps_report() {
     let page = out.join("compare.html");
     let o = compare(&[&s.dir, &s.dir], &page).await;
     let text = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(text.contains("step u8-n64"), "{text}");
     let cmp = assert_offline(&page);
     assert!(cmp.contains("id=\"sweeps\""));
@@ -372,9 +464,15 @@ async fn a_sweep_report_has_one_point_per_step_and_links_each_steps_report() {
     }
     if let Some(r) = r {
         // The knee chart: one point per step on each of its two lines.
-        assert!(r.dom.contains("data-series=\"p50\" data-points=\"4\""), "4 steps drawn");
+        assert!(
+            r.dom.contains("data-series=\"p50\" data-points=\"4\""),
+            "4 steps drawn"
+        );
         // Steps' curves overlaid, one line per step.
-        assert!(r.dom.contains("data-series=\"u8-n64\""), "step curves labelled");
+        assert!(
+            r.dom.contains("data-series=\"u8-n64\""),
+            "step curves labelled"
+        );
     }
 }
 
@@ -382,7 +480,13 @@ async fn a_sweep_report_has_one_point_per_step_and_links_each_steps_report() {
 async fn a_single_step_sweep_still_draws_its_point() {
     let _serial = LOAD.lock().await;
     let out = scratch("report-sweep1");
-    let s = sweep(&sim_plan("sweep1", &out, "users = 2\nrequests = 6", "[sweep]\nusers = [2]")).await;
+    let s = sweep(&sim_plan(
+        "sweep1",
+        &out,
+        "users = 2\nrequests = 6",
+        "[sweep]\nusers = [2]",
+    ))
+    .await;
     let (_, r) = check_report(&s.dir, "single-step sweep").await;
     if let Some(r) = r {
         assert!(r.dom.contains("data-points=\"1\""));
@@ -399,7 +503,11 @@ async fn an_interrupted_run_reports_what_it_measured() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         c.cancel();
     });
-    let o = run(&sim_plan("interrupted", &out, "users = 4\nduration = \"30s\"", ""), cancel).await;
+    let o = run(
+        &sim_plan("interrupted", &out, "users = 4\nduration = \"30s\"", ""),
+        cancel,
+    )
+    .await;
     assert_eq!(o.verdict, Verdict::Interrupted);
     let (html, _) = check_report(&o.dir, "interrupted").await;
     assert!(html.contains("status-interrupted"));
@@ -424,7 +532,10 @@ async fn a_run_where_every_request_failed_says_so_and_still_renders() {
     assert!(html.contains("FAILED: all 6 requests failed"), "headline");
     assert!(html.contains("<code>connect</code>"), "error class listed");
     assert!(html.contains("class=\"example\""), "example messages");
-    assert!(html.contains("no samples in this run"), "no latency chart of nothing");
+    assert!(
+        html.contains("no samples in this run"),
+        "no latency chart of nothing"
+    );
     if let Some(r) = r {
         assert!(r.dom.contains("data-series=\"failed / s\""));
     }
@@ -445,14 +556,23 @@ fn agent_to_lose(token: &str) -> (String, std::sync::mpsc::Sender<()>) {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            addr_tx.send(listener.local_addr().expect("addr").to_string()).expect("send");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addr_tx
+                .send(listener.local_addr().expect("addr").to_string())
+                .expect("send");
             let service = AgentService::new(AgentOptions {
                 load_threads: 1,
                 ..AgentOptions::default()
             })
             .expect("agent");
-            tokio::spawn(server::serve(listener, service, Some(token), std::future::pending::<()>()));
+            tokio::spawn(server::serve(
+                listener,
+                service,
+                Some(token),
+                std::future::pending::<()>(),
+            ));
         });
         let _ = kill_rx.recv();
         rt.shutdown_background();
@@ -479,12 +599,19 @@ async fn a_degraded_run_names_the_lost_agent_in_its_report() {
     let run = tokio::spawn(execute(plan_from(&text), opts, CancellationToken::new()));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     kill.send(()).expect("kill agent");
-    let o = tokio::time::timeout(TEST_LIMIT, run).await.expect("bounded").expect("join").expect("run");
+    let o = tokio::time::timeout(TEST_LIMIT, run)
+        .await
+        .expect("bounded")
+        .expect("join")
+        .expect("run");
     assert_eq!(o.verdict, Verdict::Degraded);
     shim_step(&o);
     let (html, _) = check_report(&o.dir, "degraded").await;
     assert!(html.contains("status-degraded"));
-    assert!(html.contains(&format!("Lost agent")) && html.contains(&b), "lost agent {b} named");
+    assert!(
+        html.contains("Lost agent") && html.contains(&b),
+        "lost agent {b} named"
+    );
     sim.shutdown().await;
 }
 
@@ -499,30 +626,55 @@ async fn compare(dirs: &[&Path], page: &Path) -> std::process::Output {
 async fn compare_prints_changes_with_noise_marks_and_overlays_curves() {
     let _serial = LOAD.lock().await;
     let out = scratch("compare");
-    let slow = run(&sim_plan("slow", &out, "users = 2\nduration = \"2s\"", ""), CancellationToken::new()).await;
+    let slow = run(
+        &sim_plan("slow", &out, "users = 2\nduration = \"2s\"", ""),
+        CancellationToken::new(),
+    )
+    .await;
     let fast = run(
-        &sim_plan("fast", &out, "users = 2\nduration = \"2s\"", "").replace("ttft = \"15ms\"", "ttft = \"5ms\""),
+        &sim_plan("fast", &out, "users = 2\nduration = \"2s\"", "")
+            .replace("ttft = \"15ms\"", "ttft = \"5ms\""),
         CancellationToken::new(),
     )
     .await;
     let page = out.join("compare.html");
     let o = compare(&[&slow.dir, &fast.dir], &page).await;
     let text = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    for want in ["A = ", "B = ", "request throughput (req/s)", "ttft p50 (ms)", "B vs A", "within the runs' own noise"] {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "A = ",
+        "B = ",
+        "request throughput (req/s)",
+        "ttft p50 (ms)",
+        "B vs A",
+        "within the runs' own noise",
+    ] {
         assert!(text.contains(want), "{want} in {text}");
     }
     // TTFT p50 fell by 10 ms of the simulator's: a real change, beyond noise.
-    let ttft = text.lines().find(|l| l.contains("ttft p50 (ms)")).expect("ttft row");
+    let ttft = text
+        .lines()
+        .find(|l| l.contains("ttft p50 (ms)"))
+        .expect("ttft row");
     let pct: f64 = ttft
         .split_whitespace()
         .find_map(|w| w.strip_suffix('%')?.parse().ok())
         .expect("a % change");
-    assert!(pct < -30.0 && !ttft.contains('≈') && !ttft.ends_with('?'), "{ttft}");
+    assert!(
+        pct < -30.0 && !ttft.contains('≈') && !ttft.ends_with('?'),
+        "{ttft}"
+    );
     let html = assert_offline(&page);
     if let Some(r) = browse(&page, &out.join("compare.png")).await {
         assert_drawn(&r, &html, "compare");
-        assert!(r.dom.contains("data-series=\"A slow\"") && r.dom.contains("data-series=\"B fast\""));
+        assert!(
+            r.dom.contains("data-series=\"A slow\"") && r.dom.contains("data-series=\"B fast\"")
+        );
     }
 }
 
@@ -535,7 +687,11 @@ async fn compare_refuses_what_is_not_a_results_folder_naming_it() {
     std::fs::create_dir_all(&broken).expect("mkdir");
     std::fs::write(broken.join("summary.json"), "{ not json").expect("write");
     let missing = dir.join("missing");
-    for (bad, names) in [(&empty, empty.display().to_string()), (&broken, broken.join("summary.json").display().to_string()), (&missing, missing.display().to_string())] {
+    for (bad, names) in [
+        (&empty, empty.display().to_string()),
+        (&broken, broken.join("summary.json").display().to_string()),
+        (&missing, missing.display().to_string()),
+    ] {
         let o = compare(&[bad, &empty], &dir.join("c.html")).await;
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{err}");

@@ -176,10 +176,26 @@ pub fn figures() -> Vec<Figure> {
     vec![
         f("requests ok", |s| get_f(s, "requests_ok"), None),
         f("requests failed", |s| get_f(s, "requests_failed"), None),
-        f("success rate (%)", |s| get_f(s, "success_rate").map(|x| x * 100.0), None),
-        f("request throughput (req/s)", |s| get_f(s, "request_throughput"), Some(Rate("requests_ok"))),
-        f("output throughput (tok/s)", |s| get_f(s, "output_throughput"), Some(Rate("output_tokens"))),
-        f("total token throughput (tok/s)", |s| get_f(s, "total_token_throughput"), None),
+        f(
+            "success rate (%)",
+            |s| get_f(s, "success_rate").map(|x| x * 100.0),
+            None,
+        ),
+        f(
+            "request throughput (req/s)",
+            |s| get_f(s, "request_throughput"),
+            Some(Rate("requests_ok")),
+        ),
+        f(
+            "output throughput (tok/s)",
+            |s| get_f(s, "output_throughput"),
+            Some(Rate("output_tokens")),
+        ),
+        f(
+            "total token throughput (tok/s)",
+            |s| get_f(s, "total_token_throughput"),
+            None,
+        ),
         f("goodput (req/s)", |s| get_f(s, "goodput"), None),
         f("ttft p50 (ms)", pct!("ttft", "p50"), Some(V("ttft_p50_ms"))),
         f("ttft p90 (ms)", pct!("ttft", "p90"), None),
@@ -323,7 +339,9 @@ pub fn compare(runs: &[Run]) -> Vec<Group> {
     match step_labels(runs) {
         None => vec![group(
             String::new(),
-            runs.iter().map(|r| r.steps.first().map(|s| &s.summary)).collect(),
+            runs.iter()
+                .map(|r| r.steps.first().map(|s| &s.summary))
+                .collect(),
         )],
         Some(labels) => labels
             .into_iter()
@@ -341,7 +359,11 @@ pub fn compare(runs: &[Run]) -> Vec<Group> {
 /// Letters naming the runs in tables and legends: A, B, ...
 pub fn letter(i: usize) -> String {
     let l = (b'A' + (i % 26) as u8) as char;
-    if i < 26 { l.to_string() } else { format!("{l}{}", i / 26) }
+    if i < 26 {
+        l.to_string()
+    } else {
+        format!("{l}{}", i / 26)
+    }
 }
 
 pub(crate) fn fmt(v: Option<f64>) -> String {
@@ -353,9 +375,13 @@ pub(crate) fn fmt_change(c: &Cell) -> String {
         None => "–".into(),
         Some((d, pct, v)) => {
             let pct = pct.map_or_else(String::new, |p| format!(" {p:+.1}%"));
-            format!("{}{d:.3}{pct} {}", if d >= 0.0 { "+" } else { "" }, v.mark())
-                .trim_end()
-                .to_owned()
+            format!(
+                "{}{d:.3}{pct} {}",
+                if d >= 0.0 { "+" } else { "" },
+                v.mark()
+            )
+            .trim_end()
+            .to_owned()
         }
     }
 }
@@ -364,7 +390,14 @@ pub(crate) fn fmt_change(c: &Cell) -> String {
 pub fn render(runs: &[Run], groups: &[Group]) -> String {
     let mut out = String::from("\nCompare\n");
     for (i, r) in runs.iter().enumerate() {
-        let _ = writeln!(out, "  {} = {} ({}, {})", letter(i), r.dir.display(), r.name, r.status);
+        let _ = writeln!(
+            out,
+            "  {} = {} ({}, {})",
+            letter(i),
+            r.dir.display(),
+            r.name,
+            r.status
+        );
     }
     let w = 30;
     for g in groups {
@@ -396,7 +429,10 @@ pub fn render(runs: &[Run], groups: &[Group]) -> String {
 
 /// Reads every folder, prints the table, writes compare.html to `html`.
 pub fn run(dirs: &[PathBuf], html: &Path) -> Result<String, CompareError> {
-    let runs = dirs.iter().map(|d| load(d)).collect::<Result<Vec<_>, _>>()?;
+    let runs = dirs
+        .iter()
+        .map(|d| load(d))
+        .collect::<Result<Vec<_>, _>>()?;
     let groups = compare(&runs);
     let text = render(&runs, &groups);
     let page = page::page(&runs, &groups);
@@ -433,12 +469,18 @@ mod tests {
         let sigma = noise(&s, PerInterval::Rate("requests_ok")).expect("4 intervals");
         // stdev of 9,11,9,11 (n-1) = 1.1547; / √4
         assert!((sigma - 0.57735).abs() < 1e-4, "{sigma}");
-        assert_eq!(noise(&with_timeline(&[1, 2]), PerInterval::Rate("requests_ok")), None);
+        assert_eq!(
+            noise(&with_timeline(&[1, 2]), PerInterval::Rate("requests_ok")),
+            None
+        );
     }
 
     #[test]
     fn a_difference_inside_twice_the_combined_noise_is_not_real() {
-        assert_eq!(judge(10.0, 11.0, Some(0.5), Some(0.5)), Verdict::WithinNoise);
+        assert_eq!(
+            judge(10.0, 11.0, Some(0.5), Some(0.5)),
+            Verdict::WithinNoise
+        );
         assert_eq!(judge(10.0, 12.0, Some(0.5), Some(0.5)), Verdict::Beyond);
         assert_eq!(judge(10.0, 10.0, None, Some(0.5)), Verdict::Unknown);
     }

@@ -4,10 +4,10 @@
 use serde_json::Value;
 
 use super::{Group, Run, fmt, fmt_change, letter};
+use crate::html::get_f;
 use crate::html::page::{Page, esc, series, spec, table};
 use crate::html::step::{curve, unobservable};
 use crate::html::sweep::{by_load, load_axis};
-use crate::html::get_f;
 
 /// More lines than this in one chart are unreadable: sweeps then show
 /// only each run's last (heaviest) step.
@@ -86,7 +86,11 @@ fn lines(runs: &[Run]) -> Vec<(String, &Value)> {
                 r.steps.iter().collect()
             };
             steps.into_iter().map(move |s| {
-                let name = if one { format!("{} {}", letter(i), r.name) } else { format!("{} {}", letter(i), s.label) };
+                let name = if one {
+                    format!("{} {}", letter(i), r.name)
+                } else {
+                    format!("{} {}", letter(i), s.label)
+                };
                 (name, &s.summary)
             })
         })
@@ -96,7 +100,12 @@ fn lines(runs: &[Run]) -> Vec<(String, &Value)> {
 fn curves(p: &mut Page, runs: &[Run]) {
     p.push("<section id=\"distributions\"><h2>Latency distributions</h2><div class=\"charts\">");
     let lines = lines(runs);
-    for (m, t) in [("ttft", "TTFT"), ("itl", "ITL"), ("tpot", "TPOT"), ("e2e", "E2E")] {
+    for (m, t) in [
+        ("ttft", "TTFT"),
+        ("itl", "ITL"),
+        ("tpot", "TPOT"),
+        ("e2e", "E2E"),
+    ] {
         let s: Vec<Value> = lines
             .iter()
             .filter(|(_, s)| !unobservable(s, m))
@@ -133,22 +142,42 @@ fn over_time(p: &mut Page, runs: &[Run]) {
                     .unwrap_or(1.0);
                 series(
                     &format!("{} {}", letter(i), r.name),
-                    rows.iter().filter_map(|row| Some((get_f(row, "t_s")?, f(row, dt)))).collect(),
+                    rows.iter()
+                        .filter_map(|row| Some((get_f(row, "t_s")?, f(row, dt))))
+                        .collect(),
                 )
             })
             .collect()
     };
     p.chart(
         "Requests per second",
-        spec("time (s)", "linear", "req/s", "req/s", per_run(&|r, dt| get_f(r, "requests_ok").map(|n| n / dt))),
+        spec(
+            "time (s)",
+            "linear",
+            "req/s",
+            "req/s",
+            per_run(&|r, dt| get_f(r, "requests_ok").map(|n| n / dt)),
+        ),
     );
     p.chart(
         "Output tokens per second",
-        spec("time (s)", "linear", "tok/s", "tok/s", per_run(&|r, dt| get_f(r, "output_tokens").map(|n| n / dt))),
+        spec(
+            "time (s)",
+            "linear",
+            "tok/s",
+            "tok/s",
+            per_run(&|r, dt| get_f(r, "output_tokens").map(|n| n / dt)),
+        ),
     );
     p.chart(
         "TTFT p50 (ms)",
-        spec("time (s)", "linear", "ms", "ms", per_run(&|r, _| get_f(r, "ttft_p50_ms"))),
+        spec(
+            "time (s)",
+            "linear",
+            "ms",
+            "ms",
+            per_run(&|r, _| get_f(r, "ttft_p50_ms")),
+        ),
     );
     p.push("</div></section>");
 }
@@ -172,21 +201,42 @@ fn sweeps(p: &mut Page, runs: &[Run]) {
                 let rows = by_load(steps, key);
                 series(
                     &format!("{} {}", letter(*i), runs[*i].name),
-                    rows.iter().filter_map(|r| Some((get_f(r, x)?, get_f(r, y)))).collect(),
+                    rows.iter()
+                        .filter_map(|r| Some((get_f(r, x)?, get_f(r, y))))
+                        .collect(),
                 )
             })
             .collect()
     };
-    for (y, t) in [("ttft_p50_ms", "TTFT p50"), ("ttft_p99_ms", "TTFT p99"), ("e2e_p50_ms", "E2E p50")] {
+    for (y, t) in [
+        ("ttft_p50_ms", "TTFT p50"),
+        ("ttft_p99_ms", "TTFT p99"),
+        ("e2e_p50_ms", "E2E p50"),
+    ] {
         p.chart(
             &format!("{t} (ms) by request throughput"),
-            spec("request throughput (req/s)", "linear", "ms", "ms", mk("request_throughput", y)),
+            spec(
+                "request throughput (req/s)",
+                "linear",
+                "ms",
+                "ms",
+                mk("request_throughput", y),
+            ),
         );
     }
     p.chart(
         &format!("Request throughput by {label}"),
-        spec(label, "linear", "req/s", "req/s", mk(key, "request_throughput")),
+        spec(
+            label,
+            "linear",
+            "req/s",
+            "req/s",
+            mk(key, "request_throughput"),
+        ),
     );
-    p.chart(&format!("TTFT p99 (ms) by {label}"), spec(label, "linear", "ms", "ms", mk(key, "ttft_p99_ms")));
+    p.chart(
+        &format!("TTFT p99 (ms) by {label}"),
+        spec(label, "linear", "ms", "ms", mk(key, "ttft_p99_ms")),
+    );
     p.push("</div></section>");
 }

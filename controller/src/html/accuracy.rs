@@ -46,11 +46,17 @@ fn value(v: &Value, depth: usize) -> String {
             out.push_str("</dl>");
             out
         }
-        Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() && depth < 4 => {
+        Value::Array(items)
+            if items.iter().all(Value::is_object) && !items.is_empty() && depth < 4 =>
+        {
             records(items)
         }
         Value::Array(items) if items.is_empty() => "none".into(),
-        Value::Array(items) => items.iter().map(|x| value(x, depth + 1)).collect::<Vec<_>>().join(", "),
+        Value::Array(items) => items
+            .iter()
+            .map(|x| value(x, depth + 1))
+            .collect::<Vec<_>>()
+            .join(", "),
         _ => scalar(v),
     }
 }
@@ -96,7 +102,15 @@ mod tests {
         let mut p = Page::new();
         section(&mut p, &s);
         let html = p.finish("t");
-        for want in ["start skew ms", "1.50", "generator bound intervals", "<th>cpu percent</th>", "97", "significant digits", "&lt;b&gt;"] {
+        for want in [
+            "start skew ms",
+            "1.50",
+            "generator bound intervals",
+            "<th>cpu percent</th>",
+            "97",
+            "significant digits",
+            "&lt;b&gt;",
+        ] {
             assert!(html.contains(want), "{want} missing");
         }
     }

@@ -95,8 +95,14 @@ mod tests {
             1,
         );
         assert!(html.contains("<h2>Title</h2>"), "{html}");
-        assert!(html.contains("<p>Some <code>ttft</code> text more.</p>"), "{html}");
+        assert!(
+            html.contains("<p>Some <code>ttft</code> text more.</p>"),
+            "{html}"
+        );
         assert!(html.contains("<tr><th>a</th><th>b</th></tr>"), "{html}");
-        assert!(html.contains("<td><code>x</code></td><td>&lt;y&gt;</td>"), "{html}");
+        assert!(
+            html.contains("<td><code>x</code></td><td>&lt;y&gt;</td>"),
+            "{html}"
+        );
     }
 }

@@ -37,13 +37,21 @@ pub(crate) fn get_str<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 /// Writes `dir/report.html` for one run or step.
-pub fn write_step(dir: &Path, summary: &Value, plan_toml: Option<&str>) -> Result<PathBuf, OutputError> {
+pub fn write_step(
+    dir: &Path,
+    summary: &Value,
+    plan_toml: Option<&str>,
+) -> Result<PathBuf, OutputError> {
     write(dir, &step::page(summary, plan_toml))
 }
 
 /// Writes `dir/report.html` for a sweep: `report` is its sweep.json, `steps`
 /// the steps' summaries by step number (for their curves; may be empty).
-pub fn write_sweep(dir: &Path, report: &Value, steps: &[(u64, Value)]) -> Result<PathBuf, OutputError> {
+pub fn write_sweep(
+    dir: &Path,
+    report: &Value,
+    steps: &[(u64, Value)],
+) -> Result<PathBuf, OutputError> {
     write(dir, &sweep::page(dir, report, steps))
 }
 
@@ -84,13 +92,15 @@ impl Consumer for HtmlReport {
         match ev {
             RunEvent::StepFinished(end) => {
                 let summary = to_value(&end.summary)?;
-                self.written.push(write_step(&end.dir, &summary, Some(&end.plan_toml))?);
+                self.written
+                    .push(write_step(&end.dir, &summary, Some(&end.plan_toml))?);
                 self.steps.push((u64::from(end.step), curves_only(summary)));
             }
             RunEvent::PlanFinished(end) => {
                 if let Some(report) = &end.sweep {
                     let report = to_value(report)?;
-                    self.written.push(write_sweep(&end.dir, &report, &self.steps)?);
+                    self.written
+                        .push(write_sweep(&end.dir, &report, &self.steps)?);
                 }
             }
             _ => {}
@@ -107,7 +117,13 @@ impl Consumer for HtmlReport {
 /// observe (a long timeline is not kept for every step).
 fn curves_only(mut s: Value) -> Value {
     let mut out = serde_json::Map::new();
-    for k in ["percentile_curves", "not_observable", "metrics", "name", "status"] {
+    for k in [
+        "percentile_curves",
+        "not_observable",
+        "metrics",
+        "name",
+        "status",
+    ] {
         if let Some(v) = s.get_mut(k) {
             out.insert(k.to_owned(), v.take());
         }

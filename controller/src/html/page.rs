@@ -111,7 +111,13 @@ pub fn series(name: &str, points: Vec<(f64, Option<f64>)>) -> Value {
 }
 
 /// A chart spec with axis labels and its series.
-pub fn spec(x_label: &str, x_scale: &str, y_label: &str, y_unit: &str, series: Vec<Value>) -> Value {
+pub fn spec(
+    x_label: &str,
+    x_scale: &str,
+    y_label: &str,
+    y_unit: &str,
+    series: Vec<Value>,
+) -> Value {
     json!({
         "x": { "label": x_label, "scale": x_scale },
         "y": { "label": y_label, "unit": y_unit },

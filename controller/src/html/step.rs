@@ -167,11 +167,19 @@ fn headline(p: &mut Page, s: &Value) {
         card("Status", get_str(s, "status").to_owned(), ""),
         card("Succeeded", num(f("requests_ok")), "requests"),
         card("Failed", num(f("requests_failed")), "requests"),
-        card("Incomplete at stop", num(f("requests_incomplete")), "requests"),
+        card(
+            "Incomplete at stop",
+            num(f("requests_incomplete")),
+            "requests",
+        ),
         card("Success rate", num(success), "%"),
         card("Request throughput", num(f("request_throughput")), "req/s"),
         card("Output throughput", num(f("output_throughput")), "tok/s"),
-        card("Total token throughput", num(f("total_token_throughput")), "tok/s"),
+        card(
+            "Total token throughput",
+            num(f("total_token_throughput")),
+            "tok/s",
+        ),
         card("Goodput", num(f("goodput")), "req/s"),
         pct_card("ttft", "p50", "TTFT p50"),
         pct_card("ttft", "p99", "TTFT p99"),
@@ -290,7 +298,10 @@ fn percentile_table(p: &mut Page, s: &Value) {
     for m in TABLE_METRICS {
         let d = &s["metrics"][m];
         let count = get_u(d, "count").unwrap_or(0);
-        let core = matches!(m, "ttft" | "ttfo" | "chunk_gap" | "itl" | "tpot" | "e2e" | "output_tokens");
+        let core = matches!(
+            m,
+            "ttft" | "ttfo" | "chunk_gap" | "itl" | "tpot" | "e2e" | "output_tokens"
+        );
         if d.is_null() || (count == 0 && !core) {
             continue;
         }
@@ -298,16 +309,26 @@ fn percentile_table(p: &mut Page, s: &Value) {
         let mut row = vec![format!("<code>{m}</code> ({})", esc(unit))];
         let gone = unobservable(s, m);
         for q in ["p50", "p90", "p95", "p99", "p99.9"] {
-            row.push(if gone { "–".into() } else { num(get_f(&d["percentiles"], q)) });
+            row.push(if gone {
+                "–".into()
+            } else {
+                num(get_f(&d["percentiles"], q))
+            });
         }
         for k in ["min", "mean", "max"] {
             row.push(if gone { "–".into() } else { num(get_f(d, k)) });
         }
-        row.push(if gone { "–".into() } else { count.to_string() });
+        row.push(if gone {
+            "–".into()
+        } else {
+            count.to_string()
+        });
         rows.push(row);
     }
     p.push(&table(
-        &["metric", "p50", "p90", "p95", "p99", "p99.9", "min", "mean", "max", "count"],
+        &[
+            "metric", "p50", "p90", "p95", "p99", "p99.9", "min", "mean", "max", "count",
+        ],
         &rows,
     ));
 }
@@ -336,10 +357,20 @@ fn errors(p: &mut Page, s: &Value) {
             let _ = write!(h, "<dt>HTTP status</dt><dd>{}</dd>", statuses.join(", "));
         }
         for (cause, n) in d["causes"].as_object().into_iter().flatten() {
-            let _ = write!(h, "<dt>cause ×{}</dt><dd>{}</dd>", num(n.as_f64()), esc(cause));
+            let _ = write!(
+                h,
+                "<dt>cause ×{}</dt><dd>{}</dd>",
+                num(n.as_f64()),
+                esc(cause)
+            );
         }
         h.push_str("</dl>");
-        for e in d["examples"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        for e in d["examples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
             let _ = write!(h, "<pre class=\"example\">{}</pre>", esc(e));
         }
         p.push(&h);
@@ -370,13 +401,29 @@ fn agents(p: &mut Page, s: &Value) {
                 num(get_f(a, "start_late_ms")),
                 num(get_f(a, "clock_uncertainty_ms")),
                 esc(a["stop_reason"].as_str().unwrap_or("–")),
-                if problem.is_empty() { "ok".into() } else { format!("<span class=\"fail\">{problem}</span>") },
+                if problem.is_empty() {
+                    "ok".into()
+                } else {
+                    format!("<span class=\"fail\">{problem}</span>")
+                },
             ]
         })
         .collect();
     p.push("<section id=\"agents\"><h2>Agents</h2>");
     p.push(&table(
-        &["id", "address", "users", "share %", "ok", "failed", "max CPU %", "start late ms", "clock ± ms", "stopped", "problems"],
+        &[
+            "id",
+            "address",
+            "users",
+            "share %",
+            "ok",
+            "failed",
+            "max CPU %",
+            "start late ms",
+            "clock ± ms",
+            "stopped",
+            "problems",
+        ],
         &rows,
     ));
     p.push("</section>");
@@ -392,7 +439,12 @@ fn monitor(p: &mut Page, s: &Value) {
         if v.is_null() {
             "–".to_owned()
         } else {
-            format!("{} / {} / {}", num(get_f(v, "avg")), num(get_f(v, "p95")), num(get_f(v, "max")))
+            format!(
+                "{} / {} / {}",
+                num(get_f(v, "avg")),
+                num(get_f(v, "p95")),
+                num(get_f(v, "max"))
+            )
         }
     };
     let mut rows = Vec::new();
@@ -422,7 +474,17 @@ fn monitor(p: &mut Page, s: &Value) {
     }
     if !rows.is_empty() {
         p.push("<p class=\"meta\">avg / p95 / max over the run</p>");
-        p.push(&table(&["exporter", "device", "utilisation %", "memory %", "power W", "energy J"], &rows));
+        p.push(&table(
+            &[
+                "exporter",
+                "device",
+                "utilisation %",
+                "memory %",
+                "power W",
+                "energy J",
+            ],
+            &rows,
+        ));
     }
     let server: Vec<Vec<String>> = m["server_metrics"]
         .as_object()
@@ -439,7 +501,10 @@ fn monitor(p: &mut Page, s: &Value) {
         })
         .collect();
     if !server.is_empty() {
-        p.push(&table(&["server metric", "avg", "max", "last", "scrapes"], &server));
+        p.push(&table(
+            &["server metric", "avg", "max", "last", "scrapes"],
+            &server,
+        ));
     }
     if let Some(t) = get_f(m, "output_tokens_per_joule") {
         p.push(&format!("<p>Output tokens per joule: {}</p>", num(Some(t))));

@@ -57,22 +57,65 @@ pub fn page(dir: &Path, report: &Value, steps: &[(u64, Value)]) -> String {
     let (key, label) = load_axis(&rows);
     let sorted = by_load(&rows, key);
     p.push("<section id=\"knee\"><h2>Throughput vs latency</h2><p class=\"meta\">One point per step, joined in order of load: where latency turns up while throughput stops growing is the knee.</p><div class=\"charts\">");
-    vs(&mut p, &sorted, ("request_throughput", "request throughput (req/s)"), "ttft", "TTFT");
-    vs(&mut p, &sorted, ("output_throughput", "output throughput (tok/s)"), "itl", "ITL");
-    vs(&mut p, &sorted, ("request_throughput", "request throughput (req/s)"), "e2e", "E2E");
+    vs(
+        &mut p,
+        &sorted,
+        ("request_throughput", "request throughput (req/s)"),
+        "ttft",
+        "TTFT",
+    );
+    vs(
+        &mut p,
+        &sorted,
+        ("output_throughput", "output throughput (tok/s)"),
+        "itl",
+        "ITL",
+    );
+    vs(
+        &mut p,
+        &sorted,
+        ("request_throughput", "request throughput (req/s)"),
+        "e2e",
+        "E2E",
+    );
     p.push("</div></section>");
-    p.push(&format!("<section id=\"by-load\"><h2>By {}</h2><div class=\"charts\">", esc(label)));
+    p.push(&format!(
+        "<section id=\"by-load\"><h2>By {}</h2><div class=\"charts\">",
+        esc(label)
+    ));
     for (m, t) in [("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E")] {
         vs(&mut p, &sorted, (key, label), m, t);
     }
-    let mut thr = vec![pts("request throughput", &sorted, key, "request_throughput")];
+    let mut thr = vec![pts(
+        "request throughput",
+        &sorted,
+        key,
+        "request_throughput",
+    )];
     if sorted.iter().any(|r| get_f(r, "goodput").is_some()) {
         thr.push(pts("goodput", &sorted, key, "goodput"));
     }
-    p.chart(&format!("Throughput and goodput by {label}"), spec(label, "linear", "req/s", "req/s", thr));
+    p.chart(
+        &format!("Throughput and goodput by {label}"),
+        spec(label, "linear", "req/s", "req/s", thr),
+    );
     p.chart(
         &format!("Success rate by {label}"),
-        spec(label, "linear", "%", "%", vec![series("success %", sorted.iter().filter_map(|r| Some((get_f(r, key)?, get_f(r, "success_rate").map(|x| x * 100.0)))).collect())]),
+        spec(
+            label,
+            "linear",
+            "%",
+            "%",
+            vec![series(
+                "success %",
+                sorted
+                    .iter()
+                    .filter_map(|r| {
+                        Some((get_f(r, key)?, get_f(r, "success_rate").map(|x| x * 100.0)))
+                    })
+                    .collect(),
+            )],
+        ),
     );
     p.push("</div></section>");
     curves(&mut p, &rows, steps);
@@ -82,7 +125,12 @@ pub fn page(dir: &Path, report: &Value, steps: &[(u64, Value)]) -> String {
 
 /// Points of `y` against `x` over the sorted steps.
 fn pts(name: &str, rows: &[&Value], x: &str, y: &str) -> Value {
-    series(name, rows.iter().filter_map(|r| Some((get_f(r, x)?, get_f(r, y)))).collect())
+    series(
+        name,
+        rows.iter()
+            .filter_map(|r| Some((get_f(r, x)?, get_f(r, y))))
+            .collect(),
+    )
 }
 
 fn vs(p: &mut Page, rows: &[&Value], x: (&str, &str), metric: &str, label: &str) {
@@ -94,7 +142,16 @@ fn vs(p: &mut Page, rows: &[&Value], x: (&str, &str), metric: &str, label: &str)
     }
     let mut s99 = pts("p99", rows, x.0, &k99);
     s99["dashed"] = json!(true);
-    p.chart(&title, spec(x.1, "linear", "ms", "ms", vec![pts("p50", rows, x.0, &k50), s99]));
+    p.chart(
+        &title,
+        spec(
+            x.1,
+            "linear",
+            "ms",
+            "ms",
+            vec![pts("p50", rows, x.0, &k50), s99],
+        ),
+    );
 }
 
 fn search(p: &mut Page, report: &Value) {
@@ -114,7 +171,11 @@ fn search(p: &mut Page, report: &Value) {
 /// A link to a step's report, relative to the sweep's folder when below it.
 fn link(dir: &Path, step_dir: &str) -> String {
     let d = Path::new(step_dir);
-    let rel = d.strip_prefix(dir).ok().map(Path::to_path_buf).or_else(|| d.file_name().map(Into::into));
+    let rel = d
+        .strip_prefix(dir)
+        .ok()
+        .map(Path::to_path_buf)
+        .or_else(|| d.file_name().map(Into::into));
     rel.map_or_else(String::new, |r| {
         let href = r.join(REPORT_HTML).to_string_lossy().replace('\\', "/");
         format!("<a href=\"{}\">report</a>", esc(&href))
@@ -129,7 +190,10 @@ fn step_table(p: &mut Page, dir: &Path, rows: &[Value]) {
             vec![
                 num(get_f(r, "step")),
                 esc(get_str(r, "label")),
-                format!("<span class=\"status-{0}\">{0}</span>", esc(get_str(r, "status"))),
+                format!(
+                    "<span class=\"status-{0}\">{0}</span>",
+                    esc(get_str(r, "status"))
+                ),
                 num(get_f(r, "requests_ok")),
                 num(get_f(r, "success_rate").map(|x| x * 100.0)),
                 num(get_f(r, "request_throughput")),
@@ -141,14 +205,35 @@ fn step_table(p: &mut Page, dir: &Path, rows: &[Value]) {
                 num(get_f(r, "itl_p99_ms")),
                 num(get_f(r, "e2e_p50_ms")),
                 num(get_f(r, "e2e_p99_ms")),
-                if held { "<span class=\"pass\">ok</span>".into() } else { "<span class=\"fail\">FAIL</span>".into() },
+                if held {
+                    "<span class=\"pass\">ok</span>".into()
+                } else {
+                    "<span class=\"fail\">FAIL</span>".into()
+                },
                 link(dir, get_str(r, "dir")),
             ]
         })
         .collect();
     p.push("<section id=\"steps\"><h2>Steps</h2>");
     p.push(&table(
-        &["step", "label", "status", "ok", "success %", "req/s", "out tok/s", "goodput", "ttft p50", "ttft p99", "itl p50", "itl p99", "e2e p50", "e2e p99", "limits", "report"],
+        &[
+            "step",
+            "label",
+            "status",
+            "ok",
+            "success %",
+            "req/s",
+            "out tok/s",
+            "goodput",
+            "ttft p50",
+            "ttft p99",
+            "itl p50",
+            "itl p99",
+            "e2e p50",
+            "e2e p99",
+            "limits",
+            "report",
+        ],
         &body,
     ));
     p.push("</section>");
@@ -164,7 +249,9 @@ fn curves(p: &mut Page, rows: &[Value], steps: &[(u64, Value)]) {
             .find(|r| r["step"].as_u64() == Some(n))
             .map_or_else(|| format!("step {n}"), |r| get_str(r, "label").to_owned())
     };
-    p.push("<section id=\"step-curves\"><h2>Latency distributions by step</h2><div class=\"charts\">");
+    p.push(
+        "<section id=\"step-curves\"><h2>Latency distributions by step</h2><div class=\"charts\">",
+    );
     for (m, t) in [("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E")] {
         let s: Vec<Value> = steps
             .iter()
@@ -175,7 +262,10 @@ fn curves(p: &mut Page, rows: &[Value], steps: &[(u64, Value)]) {
             p.no_chart(&format!("{t} (ms)"), "– not observable in any step");
             continue;
         }
-        p.chart(&format!("{t} (ms) by step"), spec("percentile", "nines", "ms", "ms", s));
+        p.chart(
+            &format!("{t} (ms) by step"),
+            spec("percentile", "nines", "ms", "ms", s),
+        );
     }
     p.push("</div></section>");
 }

@@ -3,9 +3,9 @@
 
 use serde_json::{Value, json};
 
+use super::get_f;
 use super::page::{Page, series, spec};
 use super::step::unobservable;
-use super::get_f;
 
 /// Rows, the interval length and the warmup band of a timeline.
 struct Rows<'a> {
@@ -56,7 +56,9 @@ impl<'a> Rows<'a> {
             .filter_map(|r| get_f(r, "t_s"))
             .collect();
         match (warm.first(), warm.last()) {
-            (Some(a), Some(b)) => json!([{ "from": a, "to": b + self.interval_s, "label": "warmup (not in the totals)" }]),
+            (Some(a), Some(b)) => {
+                json!([{ "from": a, "to": b + self.interval_s, "label": "warmup (not in the totals)" }])
+            }
             _ => json!([]),
         }
     }
@@ -81,26 +83,72 @@ pub fn charts(p: &mut Page, s: &Value) {
         return;
     }
     let what = if t.rows.len() > 1 {
-        format!("One point per {} s interval, at its start.", super::page::num(Some(t.interval_s)))
+        format!(
+            "One point per {} s interval, at its start.",
+            super::page::num(Some(t.interval_s))
+        )
     } else {
         "The run fit in one interval: one point, at its start.".to_owned()
     };
-    p.push(&format!("<p class=\"meta\">{what}</p><div class=\"charts\">"));
+    p.push(&format!(
+        "<p class=\"meta\">{what}</p><div class=\"charts\">"
+    ));
     let mut req = vec![t.series("ok / s", t.rate("requests_ok"))];
-    if t.rows.iter().any(|r| get_f(r, "requests_failed").unwrap_or(0.0) > 0.0) {
+    if t.rows
+        .iter()
+        .any(|r| get_f(r, "requests_failed").unwrap_or(0.0) > 0.0)
+    {
         req.push(t.series("failed / s", t.rate("requests_failed")));
     }
     chart(p, &t, "Requests per second", "req/s", "req/s", req);
-    chart(p, &t, "Output tokens per second", "tok/s", "tok/s", vec![t.series("output tok/s", t.rate("output_tokens"))]);
-    chart(p, &t, "Requests in flight", "requests", "", vec![t.series("in flight", |r| get_f(r, "in_flight"))]);
+    chart(
+        p,
+        &t,
+        "Output tokens per second",
+        "tok/s",
+        "tok/s",
+        vec![t.series("output tok/s", t.rate("output_tokens"))],
+    );
+    chart(
+        p,
+        &t,
+        "Requests in flight",
+        "requests",
+        "",
+        vec![t.series("in flight", |r| get_f(r, "in_flight"))],
+    );
     latency(p, &t, s, "ttft", "TTFT");
     latency(p, &t, s, "itl", "ITL");
     latency(p, &t, s, "e2e", "E2E");
-    if t.rows.iter().any(|r| get_f(r, "requests_failed").unwrap_or(0.0) > 0.0) {
-        chart(p, &t, "Errors per interval", "failed requests", "", vec![t.series("failed", |r| get_f(r, "requests_failed"))]);
+    if t.rows
+        .iter()
+        .any(|r| get_f(r, "requests_failed").unwrap_or(0.0) > 0.0)
+    {
+        chart(
+            p,
+            &t,
+            "Errors per interval",
+            "failed requests",
+            "",
+            vec![t.series("failed", |r| get_f(r, "requests_failed"))],
+        );
     }
-    chart(p, &t, "Load generator", "%", "%", vec![t.series("max agent CPU %", |r| get_f(r, "max_agent_cpu_percent"))]);
-    chart(p, &t, "Scheduler lag (max)", "ms", "ms", vec![t.series("max scheduler lag", |r| get_f(r, "max_scheduler_lag_ms"))]);
+    chart(
+        p,
+        &t,
+        "Load generator",
+        "%",
+        "%",
+        vec![t.series("max agent CPU %", |r| get_f(r, "max_agent_cpu_percent"))],
+    );
+    chart(
+        p,
+        &t,
+        "Scheduler lag (max)",
+        "ms",
+        "ms",
+        vec![t.series("max scheduler lag", |r| get_f(r, "max_scheduler_lag_ms"))],
+    );
     monitored(p, &t);
     p.push("</div>");
 }
@@ -130,17 +178,37 @@ fn monitored(p: &mut Page, t: &Rows) {
         ("gpu_power_w", "GPU power", "W"),
     ] {
         if t.any(|r| get_f(r, key)) {
-            chart(p, t, &format!("{title} ({unit})"), unit, unit, vec![t.series(title, |r| get_f(r, key))]);
+            chart(
+                p,
+                t,
+                &format!("{title} ({unit})"),
+                unit,
+                unit,
+                vec![t.series(title, |r| get_f(r, key))],
+            );
         }
     }
     let mut names: Vec<String> = t
         .rows
         .iter()
-        .flat_map(|r| r["server"].as_object().into_iter().flatten().map(|(k, _)| k.clone()))
+        .flat_map(|r| {
+            r["server"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k.clone())
+        })
         .collect();
     names.sort();
     names.dedup();
     for name in names {
-        chart(p, t, &format!("Server: {name}"), "value", "", vec![t.series(&name, |r| get_f(&r["server"], &name))]);
+        chart(
+            p,
+            t,
+            &format!("Server: {name}"),
+            "value",
+            "",
+            vec![t.series(&name, |r| get_f(&r["server"], &name))],
+        );
     }
 }
