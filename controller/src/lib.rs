@@ -4,10 +4,12 @@
 
 pub mod cli;
 pub mod compare;
+pub mod console;
 pub mod dataset;
 pub mod edges;
 pub mod embedded;
 pub mod events;
+pub mod folder;
 pub mod html;
 pub mod link;
 pub mod merge;
