@@ -36,23 +36,13 @@ fn sim_plan(name: &str, out: &Path, load: &str, extra: &str) -> String {
 }
 
 async fn run(text: &str, cancel: CancellationToken) -> RunOutcome {
-    let o = tokio::time::timeout(
+    tokio::time::timeout(
         TEST_LIMIT,
         execute(plan_from(text), RunOptions::default(), cancel),
     )
     .await
     .expect("bounded")
-    .expect("run");
-    shim_step(&o);
-    o
-}
-
-// SHIM until the run emits events: remove after merging main.
-fn shim_step(o: &RunOutcome) {
-    if !o.dir.join("report.html").exists() {
-        let v = serde_json::to_value(&o.summary).expect("json");
-        barrage_controller::html::write_step(&o.dir, &v, Some("name = 'x'")).expect("write");
-    }
+    .expect("run")
 }
 
 fn read(path: &Path) -> String {
@@ -411,18 +401,6 @@ async fn sweep(text: &str) -> barrage_controller::sweep::SweepOutcome {
     let PlanOutcome::Sweep(s) = out else {
         panic!("a sweep")
     };
-    // SHIM until the run emits events: remove after merging main.
-    if !s.dir.join("report.html").exists() {
-        let mut steps = Vec::new();
-        for row in &s.report.steps {
-            let v: serde_json::Value =
-                serde_json::from_str(&read(&row.dir.join("summary.json"))).expect("json");
-            barrage_controller::html::write_step(&row.dir, &v, None).expect("write");
-            steps.push((row.step as u64, v));
-        }
-        let r = serde_json::to_value(&s.report).expect("json");
-        barrage_controller::html::write_sweep(&s.dir, &r, &steps).expect("write");
-    }
     s
 }
 
@@ -605,7 +583,6 @@ async fn a_degraded_run_names_the_lost_agent_in_its_report() {
         .expect("join")
         .expect("run");
     assert_eq!(o.verdict, Verdict::Degraded);
-    shim_step(&o);
     let (html, _) = check_report(&o.dir, "degraded").await;
     assert!(html.contains("status-degraded"));
     assert!(

@@ -373,15 +373,14 @@ pub(crate) fn fmt(v: Option<f64>) -> String {
 pub(crate) fn fmt_change(c: &Cell) -> String {
     match c.change {
         None => "–".into(),
+        // The same value: no change to judge.
+        Some((0.0, _, _)) => "0".into(),
         Some((d, pct, v)) => {
+            let sign = if d > 0.0 { "+" } else { "-" };
             let pct = pct.map_or_else(String::new, |p| format!(" {p:+.1}%"));
-            format!(
-                "{}{d:.3}{pct} {}",
-                if d >= 0.0 { "+" } else { "" },
-                v.mark()
-            )
-            .trim_end()
-            .to_owned()
+            format!("{sign}{}{pct} {}", fmt(Some(d.abs())), v.mark())
+                .trim_end()
+                .to_owned()
         }
     }
 }
