@@ -268,8 +268,13 @@ fn distributions(p: &mut Page, s: &Value) {
     p.push("<section id=\"distributions\"><h2>Latency distributions</h2><p class=\"meta\">Percentile curves from the merged histograms: the x axis spreads the tail (p90, p99, p99.9, p99.99 equally spaced); \"max\" is the exact maximum.</p><div class=\"charts\">");
     let ttft = curve(s, "ttft");
     let itl = curve(s, "itl");
+    let unstreamed = unobservable(s, "itl");
     for (metric, title) in CURVES {
-        let title = format!("{title} (ms)");
+        let title = if metric == "ttft" && unstreamed {
+            "TTFT (= e2e: not streamed) (ms)".to_owned()
+        } else {
+            format!("{title} (ms)")
+        };
         if unobservable(s, metric) {
             p.no_chart(&title, "– not observable: responses were not streamed");
             continue;

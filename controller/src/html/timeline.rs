@@ -154,7 +154,11 @@ pub fn charts(p: &mut Page, s: &Value) {
 }
 
 fn latency(p: &mut Page, t: &Rows, s: &Value, metric: &str, label: &str) {
-    let title = format!("{label} p50 / p99 (ms)");
+    let title = if metric == "ttft" && unobservable(s, "itl") {
+        "TTFT (= e2e: not streamed) p50 / p99 (ms)".to_owned()
+    } else {
+        format!("{label} p50 / p99 (ms)")
+    };
     if unobservable(s, metric) {
         p.no_chart(&title, "– not observable: responses were not streamed");
         return;
