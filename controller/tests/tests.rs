@@ -3,6 +3,7 @@
 
 mod support;
 
+mod accuracy;
 mod apis;
 mod cli;
 mod cluster_edges;
