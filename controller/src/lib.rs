@@ -2,12 +2,14 @@
 //! in-process ones by default), merges their measurements exactly and writes
 //! the report.
 
+pub mod accuracy;
 pub mod cli;
 pub mod dataset;
 pub mod edges;
 pub mod embedded;
 pub mod events;
 pub mod link;
+pub mod live;
 pub mod merge;
 pub mod monitor;
 pub mod outputs;
@@ -15,6 +17,7 @@ pub mod prometheus;
 pub mod report;
 pub mod run;
 pub mod slices;
+pub mod summary_text;
 pub mod sweep;
 pub mod trace;
 pub mod verdict;
