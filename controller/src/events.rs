@@ -21,6 +21,8 @@ use crate::run::Verdict;
 use crate::sweep::SweepReport;
 
 /// What a run produces, in the order it happens.
+// Each event is built once and shared behind an Arc: its size is not copied.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum RunEvent {
     /// A plan begins: one run, or a sweep whose steps follow.
@@ -33,7 +35,7 @@ pub enum RunEvent {
     Requests(RequestsEvent),
     /// A step ended; its summary holds every figure, the timeline with the
     /// monitor samples on it, and the notes.
-    StepFinished(StepEnd),
+    StepFinished(Box<StepEnd>),
     /// The plan ended (after its last step).
     PlanFinished(PlanEnd),
 }
@@ -271,7 +273,10 @@ mod tests {
                 RunEvent::PlanFinished(_) => "end",
                 _ => "other",
             };
-            self.0.lock().map_err(|_| OutputError::Other("poisoned".into()))?.push(kind);
+            self.0
+                .lock()
+                .map_err(|_| OutputError::Other("poisoned".into()))?
+                .push(kind);
             if self.1 {
                 return Err(OutputError::Other("disk full".into()));
             }

@@ -4,10 +4,12 @@
 
 pub mod accuracy;
 pub mod cli;
+pub mod console;
 pub mod dataset;
 pub mod edges;
 pub mod embedded;
 pub mod events;
+pub mod folder;
 pub mod link;
 pub mod live;
 pub mod merge;
