@@ -65,10 +65,8 @@ pub struct LiveView {
 pub struct Frame {
     /// "step 3/8 · users=16" in a sweep, else the plan's name.
     pub title: String,
-    /// Progress towards the stop condition, in thousandths of `len`'s unit
-    /// (so the bar moves smoothly).
-    pub pos: u64,
-    pub len: u64,
+    /// Share of the stop condition reached (0..=1; None: no stop known).
+    pub done: Option<f64>,
     /// "12.0/30 s" or "450/1000 requests".
     pub progress: String,
     /// The figures below the bar.
@@ -106,11 +104,10 @@ impl LiveView {
     /// The screen now; None between steps.
     pub fn frame(&self) -> Option<Frame> {
         let step = self.step.as_ref()?;
-        let (pos, len, progress) = progress(step, self.last.as_ref());
+        let (done, progress) = progress(step, self.last.as_ref());
         Some(Frame {
             title: self.title(step),
-            pos,
-            len,
+            done,
             progress,
             lines: self.lines(),
         })
@@ -150,37 +147,45 @@ impl LiveView {
         if l.warmup {
             counts.push_str(" · warmup (not counted)");
         }
-        let mut figures = format!(
-            "  last interval: {:.1} req/s · {:.0} out tok/s · ttft p50 {} / p99 {} ms · itl p50 {} ms",
-            l.req_s,
-            l.tok_s,
+        let mut latency = format!(
+            "  ttft p50 {} / p99 {} ms · itl p50 {} ms",
             f(l.ttft_p50_ms, 1),
             f(l.ttft_p99_ms, 1),
             f(l.itl_p50_ms, 2)
         );
         if let Some(g) = l.gpu_util_pct {
-            figures.push_str(&format!(" · gpu {g:.0} %"));
+            latency.push_str(&format!(" · gpu {g:.0} %"));
         }
-        vec![counts, figures]
+        let rates = format!(
+            "  last interval: {:.1} req/s · {:.0} out tok/s",
+            l.req_s, l.tok_s
+        );
+        vec![counts, rates, latency]
     }
 }
 
 impl Frame {
-    /// The frame as text, the bar `width` cells wide: what the terminal shows.
-    pub fn text(&self, width: usize) -> Vec<String> {
-        let filled = if self.len > 0 {
-            (self.pos.min(self.len) as u128 * width as u128 / self.len as u128) as usize
+    /// The frame as the terminal shows it, the bar `width` cells wide.
+    pub fn text(&self, width: usize) -> String {
+        let filled = self.done.map_or(0, |d| {
+            ((d.clamp(0.0, 1.0) * width as f64) as usize).min(width)
+        });
+        let head = if filled < width && self.done.is_some() {
+            ">"
         } else {
-            0
+            ""
         };
-        let mut out = vec![format!(
-            "{} [{}{}] {}",
+        let mut out = format!(
+            "{} [{}{head}{}] {}",
             self.title,
             "=".repeat(filled),
-            " ".repeat(width - filled),
+            " ".repeat(width - filled - head.len()),
             self.progress
-        )];
-        out.extend(self.lines.iter().cloned());
+        );
+        for l in &self.lines {
+            out.push('\n');
+            out.push_str(l);
+        }
         out
     }
 }
@@ -220,30 +225,32 @@ fn last_of(iv: &IntervalEvent, interval_s: f64) -> Last {
     }
 }
 
-/// Position, length and label of the bar: elapsed vs the duration, or
-/// requests done vs requested, whichever is nearer its end (it ends the run).
-fn progress(s: &StepStart, last: Option<&Last>) -> (u64, u64, String) {
+/// Share done and label of the bar: elapsed vs the duration, or requests
+/// done vs requested, whichever is nearer its end (it ends the run).
+fn progress(s: &StepStart, last: Option<&Last>) -> (Option<f64>, String) {
     let elapsed = last.map_or(0.0, |l| l.t_end_s);
     let done = last.map_or(0, |l| l.ok + l.failed + l.incomplete);
     let by_time = s.duration_s.filter(|d| *d > 0.0).map(|d| {
         let at = elapsed.min(d);
-        (at / d, at, d, format!("{at:.1}/{d:.0} s"))
+        (at / d, format!("{at:.1}/{d:.0} s"))
     });
     let by_count = s.requests.filter(|n| *n > 0).map(|n| {
         let at = done.min(n);
-        let (at, n) = (at as f64, n as f64);
-        (at / n, at, n, format!("{at:.0}/{n:.0} requests"))
+        (at as f64 / n as f64, format!("{at}/{n} requests"))
     });
-    let chosen = match (by_time, by_count) {
-        (Some(t), Some(c)) => Some(if c.0 > t.0 { c } else { t }),
-        (t, c) => t.or(c),
-    };
-    match chosen {
-        Some((_, at, of, label)) => ((at * 1000.0) as u64, (of * 1000.0) as u64, label),
+    match (by_time, by_count) {
+        (Some(t), Some(c)) => {
+            let (share, label) = if c.0 > t.0 { c } else { t };
+            (Some(share), label)
+        }
+        (Some((share, label)), None) | (None, Some((share, label))) => (Some(share), label),
         // No stop condition known: the elapsed time alone.
-        None => (0, 0, format!("{elapsed:.1} s")),
+        (None, None) => (None, format!("{elapsed:.1} s")),
     }
 }
+
+/// Cells of the progress bar on the terminal.
+const BAR_WIDTH: usize = 30;
 
 /// Draws the live view on stderr (a terminal).
 pub struct LiveConsole {
@@ -270,22 +277,15 @@ impl LiveConsole {
             return;
         };
         let bar = self.bar.get_or_insert_with(|| {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            // The template is a constant; a bad one would fall back to the default.
-            if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {msg}") {
-                bar.set_style(style.progress_chars("=> "));
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            // The whole frame is the message: one update draws it at once
+            // (setting position and message apart could show a mix).
+            if let Ok(style) = ProgressStyle::with_template("{msg}") {
+                bar.set_style(style);
             }
             bar
         });
-        bar.set_length(frame.len);
-        bar.set_position(frame.pos);
-        bar.set_prefix(frame.title);
-        let mut msg = frame.progress;
-        for l in &frame.lines {
-            msg.push('\n');
-            msg.push_str(l);
-        }
-        bar.set_message(msg);
+        bar.set_message(frame.text(BAR_WIDTH));
     }
 
     /// Removes the bar from the terminal (the summary prints next).
@@ -370,7 +370,8 @@ mod tests {
         for ev in events {
             v.apply(ev);
         }
-        v.frame().map(|f| f.text(20))
+        v.frame()
+            .map(|f| f.text(20).lines().map(str::to_owned).collect())
     }
 
     #[test]
@@ -389,11 +390,14 @@ mod tests {
             interval(row, 60, 2),
         ])
         .expect("a frame while the step runs");
-        assert_eq!(lines[0], "smoke [======              ] 3.0/10 s");
-        assert_eq!(lines[1], "  in-flight 16 · ok 60 · failed 2");
         assert_eq!(
-            lines[2],
-            "  last interval: 25.0 req/s · 1250 out tok/s · ttft p50 12.3 / p99 40.0 ms · itl p50 2.50 ms · gpu 87 %"
+            lines,
+            [
+                "smoke [======>             ] 3.0/10 s",
+                "  in-flight 16 · ok 60 · failed 2",
+                "  last interval: 25.0 req/s · 1250 out tok/s",
+                "  ttft p50 12.3 / p99 40.0 ms · itl p50 2.50 ms · gpu 87 %",
+            ]
         );
     }
 
@@ -406,12 +410,12 @@ mod tests {
         ])
         .expect("frame");
         assert!(
-            lines[0].ends_with("[==================  ] 900/1000 requests"),
+            lines[0].ends_with("[==================> ] 900/1000 requests"),
             "{}",
             lines[0]
         );
         // No GPU figure when the row carries none.
-        assert!(!lines[2].contains("gpu"), "{}", lines[2]);
+        assert!(!lines[3].contains("gpu"), "{}", lines[3]);
     }
 
     #[test]
@@ -455,13 +459,13 @@ mod tests {
             Vec::new(),
             Vec::new(),
         );
-        let end = RunEvent::StepFinished(StepEnd {
+        let end = RunEvent::StepFinished(Box::new(StepEnd {
             step: 0,
             summary,
             verdict: crate::run::Verdict::Completed,
             dir: PathBuf::from("out"),
             plan_toml: String::new(),
-        });
+        }));
         assert_eq!(v.apply(&end), Change::StepEnded);
         assert!(v.frame().is_none(), "nothing drawn between steps");
         let done = RunEvent::PlanFinished(PlanEnd {

@@ -89,13 +89,13 @@ mod tests {
         let mut out = SummaryText::new();
         let s = summary();
         let expected = crate::report::render(&s);
-        out.event(&RunEvent::StepFinished(StepEnd {
+        out.event(&RunEvent::StepFinished(Box::new(StepEnd {
             step: 1,
             summary: s,
             verdict: Verdict::Completed,
             dir: step_dir.clone(),
             plan_toml: String::new(),
-        }))
+        })))
         .expect("step");
         let sweep = crate::sweep::SweepReport {
             name: "sw".into(),

@@ -12,6 +12,7 @@ mod e2e;
 mod edges;
 mod failures;
 mod limits;
+mod live;
 mod load_models;
 mod monitor;
 mod odd_servers;
