@@ -2,6 +2,7 @@
 //! has no generator-bound interval and its token counts come from the
 //! server; a run cut at its stop says how many requests were cut.
 
+use barrage_controller::accuracy::{CPU_BOUND_SHARE, LAG_BOUND_MS};
 use barrage_controller::run::RunOptions;
 
 use crate::support::{LOAD, run_text, scratch};
@@ -60,9 +61,14 @@ async fn a_calm_run_has_no_generator_bound_interval_and_server_counted_tokens() 
         "every interval after the warmup is judged: {:?}",
         a.generator
     );
-    assert_eq!(a.generator.bound_count, 0, "{:?}", a.generator);
-    assert!(a.generator.bound_intervals.is_empty());
-    assert!(a.generator.cpu_percent_max.is_some() && a.generator.scheduler_lag_ms_max.is_some());
+    let g = &a.generator;
+    assert!(g.cpu_percent_max.is_some() && g.scheduler_lag_ms_max.is_some());
+    // Two users never busy the generator's cores (CPU is per core of the
+    // machine, not of one core).
+    assert!(
+        g.cpu_share_max.is_some_and(|c| c < CPU_BOUND_SHARE),
+        "{g:?}"
+    );
     // The simulator reports usage: every count is the server's.
     assert_eq!(a.token_counts.output.requests, s.requests_ok);
     assert_eq!(a.token_counts.output.server, 1.0);
@@ -75,10 +81,27 @@ async fn a_calm_run_has_no_generator_bound_interval_and_server_counted_tokens() 
     );
     assert_eq!(a.histograms.sigfig, 3);
     assert!(a.histograms.relative_error < 0.001);
-    assert_eq!(a.verdict, "trustworthy", "{:?}", a.concerns);
     let json = written_json(&out);
-    assert_eq!(json["accuracy"]["verdict"], "trustworthy");
-    assert_eq!(json["accuracy"]["generator"]["bound_count"], 0);
+    assert_eq!(json["accuracy"]["verdict"], a.verdict.as_str());
+    assert_eq!(json["accuracy"]["generator"]["bound_count"], g.bound_count);
+    // Its runtime wakes on time unless something else overloads this
+    // machine; then the intervals flagged are exactly the late ones, and
+    // the budget is right to flag them.
+    let late: Vec<u64> = s
+        .timeline
+        .iter()
+        .filter(|r| !r.warmup && r.max_scheduler_lag_ms > LAG_BOUND_MS)
+        .map(|r| r.index)
+        .collect();
+    assert_eq!(g.bound_intervals, late, "{g:?}");
+    if !late.is_empty() {
+        eprintln!(
+            "note: this machine was overloaded (the load runtime woke late in {late:?}); the calm run's other checks still hold"
+        );
+        return;
+    }
+    assert_eq!(g.bound_count, 0, "{g:?}");
+    assert_eq!(a.verdict, "trustworthy", "{:?}", a.concerns);
     let text = barrage_controller::report::render(&s);
     assert!(
         text.contains("Accuracy budget: trustworthy")
@@ -101,13 +124,15 @@ async fn requests_cut_at_stop_are_in_the_budget_and_its_verdict() {
     assert_eq!(cut.requests_started, 3);
     assert_eq!(cut.incomplete_share, 1.0);
     assert_eq!(cut.arrivals_unsent, 0);
+    let a = &s.accuracy;
     assert!(
-        s.accuracy
-            .verdict
-            .starts_with("read with care: 100 % of started requests (3) were cut at stop"),
-        "{}",
-        s.accuracy.verdict
+        a.concerns
+            .iter()
+            .any(|c| c.starts_with("100 % of started requests (3) were cut at stop")),
+        "{:?}",
+        a.concerns
     );
+    assert!(a.verdict.starts_with("read with care: "), "{}", a.verdict);
     let json = written_json(&out);
     assert_eq!(json["accuracy"]["cut_at_stop"]["requests_incomplete"], 3);
 }
