@@ -345,6 +345,9 @@ fn index_list(v: &[u64]) -> String {
 }
 
 fn source_line(s: &SourceShares) -> String {
+    if s.requests == 0 {
+        return "no completed request".to_owned();
+    }
     format!(
         "server {} / tokenizer {} / estimated {}",
         percent(s.server),
