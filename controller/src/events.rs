@@ -33,6 +33,9 @@ pub enum RunEvent {
     Interval(IntervalEvent),
     /// Per-request records from one agent, in batches as they arrive.
     Requests(RequestsEvent),
+    /// The GPU exporters' latest reading, after each settled interval (live
+    /// views; the per-interval averages are on the final timeline).
+    Monitor(MonitorEvent),
     /// A step ended; its summary holds every figure, the timeline with the
     /// monitor samples on it, and the notes.
     StepFinished(Box<StepEnd>),
@@ -101,6 +104,14 @@ pub struct RequestsEvent {
     pub step: u32,
     pub agent: usize,
     pub records: Vec<pb::RequestRecord>,
+}
+
+#[derive(Debug)]
+pub struct MonitorEvent {
+    pub step: u32,
+    /// Seconds from the step's start of the interval it follows.
+    pub t_s: f64,
+    pub sample: crate::monitor::IntervalMonitor,
 }
 
 #[derive(Debug)]

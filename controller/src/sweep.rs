@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{Events, Outputs, PlanEnd, PlanStart, RunEvent};
 use crate::report::Summary;
-use crate::run::{RunError, RunOptions, RunOutcome, StepOut, Verdict, execute, run_step};
+use crate::run::{RunError, RunOptions, RunOutcome, StepOut, Verdict, execute_with, run_step};
 
 /// One step in the comparison table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -92,15 +92,26 @@ pub async fn execute_plan(
     opts: RunOptions,
     cancel: CancellationToken,
 ) -> Result<PlanOutcome, RunError> {
+    let outputs = crate::outputs::defaults(&opts);
+    execute_plan_with(plan, opts, cancel, outputs).await
+}
+
+/// `execute_plan` with the given outputs.
+pub async fn execute_plan_with(
+    plan: PlanFile,
+    opts: RunOptions,
+    cancel: CancellationToken,
+    consumers: Vec<Box<dyn crate::events::Consumer>>,
+) -> Result<PlanOutcome, RunError> {
     let Some(sweep) = plan.sweep.clone() else {
         return Ok(PlanOutcome::Single(Box::new(
-            execute(plan, opts, cancel).await?,
+            execute_with(plan, opts, cancel, consumers).await?,
         )));
     };
     let started = chrono::Local::now();
     let stamp = started.format("%Y%m%d-%H%M%S");
     let dir = plan.output.dir.join(format!("{}-sweep-{stamp}", plan.name));
-    let outputs = Outputs::start(crate::outputs::defaults(&opts));
+    let outputs = Outputs::start(consumers);
     let events = outputs.events();
     events.emit(RunEvent::PlanStarted(PlanStart {
         name: plan.name.clone(),

@@ -10,6 +10,7 @@ mod cluster_edges;
 mod datasets;
 mod e2e;
 mod edges;
+mod events;
 mod failures;
 mod limits;
 mod live;

@@ -119,7 +119,19 @@ pub async fn execute(
     opts: RunOptions,
     cancel: CancellationToken,
 ) -> Result<RunOutcome, RunError> {
-    let outputs = Outputs::start(crate::outputs::defaults(&opts));
+    let outputs = crate::outputs::defaults(&opts);
+    execute_with(plan, opts, cancel, outputs).await
+}
+
+/// `execute` with the given outputs (the defaults plus a service's live
+/// view, a test's recorder...).
+pub async fn execute_with(
+    plan: PlanFile,
+    opts: RunOptions,
+    cancel: CancellationToken,
+    consumers: Vec<Box<dyn crate::events::Consumer>>,
+) -> Result<RunOutcome, RunError> {
+    let outputs = Outputs::start(consumers);
     let events = outputs.events();
     let step = StepOut::new(&events, 0);
     let dir = step.dir(&plan);
@@ -355,6 +367,7 @@ async fn drive(
             stop: &stop,
             events: out.events,
             step: out.step,
+            monitors: &monitors,
         },
     )
     .await;

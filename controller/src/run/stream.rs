@@ -1,7 +1,7 @@
 //! Stream and merge: every agent's events until all links end, emitted
 //! to the run's outputs as they settle.
 
-use crate::events::{Events, IntervalEvent, RequestsEvent, RunEvent};
+use crate::events::{Events, IntervalEvent, MonitorEvent, RequestsEvent, RunEvent};
 use crate::link::LinkEvent;
 use crate::merge::Merger;
 use barrage_common::plan::PlanFile;
@@ -30,6 +30,7 @@ pub(super) struct Watch<'a> {
     /// Where settled intervals and request records go.
     pub(super) events: &'a Events,
     pub(super) step: u32,
+    pub(super) monitors: &'a crate::monitor::Monitors,
 }
 
 /// Stream and merge: every agent's events until all links end; stops every
@@ -88,7 +89,11 @@ pub(super) async fn stream_and_merge(
                         w.stop.cancel();
                     }
                 }
-                emit_settled(merger, w.events, w.step);
+                if let Some(t_s) = emit_settled(merger, w.events, w.step)
+                    && let Some(sample) = w.monitors.live()
+                {
+                    w.events.emit(RunEvent::Monitor(MonitorEvent { step: w.step, t_s, sample }));
+                }
             }
             _ = w.cancel.cancelled(), if !interrupted => {
                 interrupted = true;
@@ -118,9 +123,12 @@ pub(super) fn final_reason(addr: &str, fin: &pb::Final) -> pb::StopReason {
     reason
 }
 
-/// Sends the intervals that settled since the last call to the outputs.
-pub(super) fn emit_settled(merger: &mut Merger, events: &Events, step: u32) {
+/// Sends the intervals that settled since the last call to the outputs;
+/// returns the start (s) of the last one sent.
+pub(super) fn emit_settled(merger: &mut Merger, events: &Events, step: u32) -> Option<f64> {
+    let mut last = None;
     for settled in merger.take_settled() {
+        last = Some(settled.row.t_s);
         events.emit(RunEvent::Interval(IntervalEvent {
             step,
             row: settled.row,
@@ -129,4 +137,5 @@ pub(super) fn emit_settled(merger: &mut Merger, events: &Events, step: u32) {
             totals: merger.counters.clone(),
         }));
     }
+    last
 }
