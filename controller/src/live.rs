@@ -58,6 +58,8 @@ pub struct LiveView {
     steps: Option<Steps>,
     step: Option<StepStart>,
     last: Option<Last>,
+    /// The GPU exporters' latest utilisation reading of this step.
+    gpu_util_pct: Option<f64>,
 }
 
 /// One screen of the live view.
@@ -83,6 +85,7 @@ impl LiveView {
             RunEvent::StepStarted(s) => {
                 self.step = Some(s.clone());
                 self.last = None;
+                self.gpu_util_pct = None;
                 Change::Redraw
             }
             RunEvent::Interval(iv) => {
@@ -90,6 +93,15 @@ impl LiveView {
                     return Change::Nothing;
                 };
                 self.last = Some(last_of(iv, step.interval_s));
+                Change::Redraw
+            }
+            RunEvent::Monitor(m) => {
+                // The exporters' latest reading (live rows carry none); kept
+                // until the next, so every frame shows it.
+                if m.sample.gpu_util_pct.is_none() {
+                    return Change::Nothing;
+                }
+                self.gpu_util_pct = m.sample.gpu_util_pct;
                 Change::Redraw
             }
             RunEvent::Requests(_) => Change::Nothing,
@@ -153,7 +165,7 @@ impl LiveView {
             f(l.ttft_p99_ms, 1),
             f(l.itl_p50_ms, 2)
         );
-        if let Some(g) = l.gpu_util_pct {
+        if let Some(g) = l.gpu_util_pct.or(self.gpu_util_pct) {
             latency.push_str(&format!(" · gpu {g:.0} %"));
         }
         let rates = format!(
@@ -416,6 +428,30 @@ mod tests {
         );
         // No GPU figure when the row carries none.
         assert!(!lines[3].contains("gpu"), "{}", lines[3]);
+    }
+
+    #[test]
+    fn the_gpu_reading_of_the_monitors_shows_until_the_next() {
+        let monitor = RunEvent::Monitor(crate::events::MonitorEvent {
+            step: 0,
+            t_s: 1.0,
+            sample: crate::monitor::IntervalMonitor {
+                gpu_util_pct: Some(55.4),
+                ..Default::default()
+            },
+        });
+        let base = [
+            step(0, 4, Some(60.0), None),
+            interval(IntervalRow::sample(0), 10, 0),
+        ];
+        let without = screen(&base).expect("frame");
+        assert!(!without[3].contains("gpu"), "{}", without[3]);
+        let mut events: Vec<RunEvent> = base.into_iter().collect();
+        events.push(monitor);
+        events.push(interval(IntervalRow::sample(1), 20, 0));
+        let with = screen(&events).expect("frame");
+        assert!(with[3].ends_with(" · gpu 55 %"), "{}", with[3]);
+        assert!(with[0].contains("2.0/60 s"), "{}", with[0]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::support::{LOAD, controller, output, scratch};
 
@@ -218,4 +219,151 @@ async fn a_sweep_shows_its_step_and_writes_each_summary_txt() {
         let text = std::fs::read_to_string(s.join("summary.txt")).expect("step summary.txt");
         assert!(text.contains("Accuracy budget"), "{text}");
     }
+}
+
+/// Records the live view's frames of a real run (the pure renderer fed by
+/// the run's own events).
+struct Frames(
+    barrage_controller::live::LiveView,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+);
+
+impl barrage_controller::events::Consumer for Frames {
+    fn name(&self) -> &'static str {
+        "frames"
+    }
+    fn event(
+        &mut self,
+        ev: &barrage_controller::events::RunEvent,
+    ) -> Result<(), barrage_controller::events::OutputError> {
+        self.0.apply(ev);
+        if let (Some(f), Ok(mut v)) = (self.0.frame(), self.1.lock()) {
+            v.push(f.text(30));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_view_shows_the_gpu_exporters_reading() {
+    let _serial = LOAD.lock().await;
+    let (addr, _stop) = crate::monitor::exporter(1).await;
+    let dir = scratch("live-gpu");
+    let text = std::fs::read_to_string(plan(
+        &dir,
+        &format!("[monitor]\ngpu_exporters = [\"{addr}\"]\nscrape_interval = \"100ms\"\n"),
+    ))
+    .expect("plan");
+    let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let opts = barrage_controller::run::RunOptions {
+        monitor_token: Some(barrage_common::auth::Token::new(crate::monitor::TOKEN)),
+        ..Default::default()
+    };
+    let mut outputs = barrage_controller::outputs::defaults(&opts);
+    outputs.push(Box::new(Frames(Default::default(), frames.clone())));
+    let outcome = tokio::time::timeout(
+        crate::support::TEST_LIMIT,
+        barrage_controller::run::execute_with(
+            crate::support::plan_from(&text),
+            opts,
+            tokio_util::sync::CancellationToken::new(),
+            outputs,
+        ),
+    )
+    .await
+    .expect("bounded")
+    .expect("run");
+    assert!(outcome.summary.requests_ok > 0);
+    let frames = frames.lock().expect("lock").clone();
+    assert!(
+        frames.iter().any(|f| f.contains(" · gpu 70 %")),
+        "the fake exporter's 70 %: {frames:#?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.starts_with("live [") && f.contains("/2 s")),
+        "{frames:#?}"
+    );
+}
+
+/// Ctrl-C typed on the terminal (the pseudo-terminal turns it into SIGINT):
+/// the view is cleared, the summary of what was measured prints, and
+/// nothing is left hidden (the cursor) or half-drawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_a_terminal_clears_the_view_and_prints_the_summary() {
+    use std::io::{Read, Write};
+    if !have_script() {
+        eprintln!("skipped: `script` (util-linux) is not installed, no pseudo-terminal to test on");
+        return;
+    }
+    let _serial = LOAD.lock().await;
+    let dir = scratch("live-ctrl-c");
+    let plan = plan(&dir, "");
+    let text = std::fs::read_to_string(&plan)
+        .expect("plan")
+        .replace("duration = \"1500ms\"", "duration = \"60s\"");
+    std::fs::write(&plan, text).expect("plan");
+    let cmd = format!(
+        "'{}' run '{}'",
+        env!("CARGO_BIN_EXE_controller"),
+        plan.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn script");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&all).contains("in-flight ") {
+                let _ = tx.send(());
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let going = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .expect("join");
+    let mut stdin = child.stdin.take().expect("stdin");
+    if going.is_err() {
+        let _ = child.kill();
+        panic!("the live view never drew");
+    }
+    stdin.write_all(b"\x03").expect("type Ctrl-C");
+    stdin.flush().expect("flush");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the controller did not stop within 30 s of Ctrl-C");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(stdin);
+    let tty = reader.join().expect("reader");
+    assert_eq!(status.code(), Some(130), "interrupted: {tty:?}");
+    let last_frame = tty.rfind("in-flight ").expect("a frame");
+    let summary = tty.find("Summary: live").expect("the summary");
+    assert!(last_frame < summary, "{tty:?}");
+    assert!(
+        tty[last_frame..summary].contains("\x1b[2K"),
+        "cleared before the summary: {:?}",
+        &tty[last_frame..summary]
+    );
+    assert!(tty[summary..].contains("interrupted"), "{tty:?}");
+    // The cursor is never hidden, so nothing has to restore it.
+    assert!(!tty.contains("\x1b[?25l"), "{tty:?}");
 }
