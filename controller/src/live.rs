@@ -76,6 +76,7 @@ pub struct Frame {
 }
 
 impl LiveView {
+    /// Feeds one event; says what the terminal has to do about it.
     pub fn apply(&mut self, ev: &RunEvent) -> Change {
         match ev {
             RunEvent::PlanStarted(p) => {
