@@ -2,6 +2,7 @@
 //! in-process ones by default), merges their measurements exactly and writes
 //! the report.
 
+pub mod accuracy;
 pub mod cli;
 pub mod compare;
 pub mod console;
@@ -12,6 +13,7 @@ pub mod events;
 pub mod folder;
 pub mod html;
 pub mod link;
+pub mod live;
 pub mod merge;
 pub mod monitor;
 pub mod outputs;
@@ -19,6 +21,7 @@ pub mod prometheus;
 pub mod report;
 pub mod run;
 pub mod slices;
+pub mod summary_text;
 pub mod sweep;
 pub mod trace;
 pub mod verdict;

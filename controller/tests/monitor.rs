@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{LOAD, TEST_LIMIT, plan_from, run_text, scratch};
 
-const TOKEN: &str = "monitor-token";
+pub(crate) const TOKEN: &str = "monitor-token";
 
 /// A fake exporter: every GPU at 70 % utilisation, 380 W.
-async fn exporter(gpus: u32) -> (String, oneshot::Sender<()>) {
+pub(crate) async fn exporter(gpus: u32) -> (String, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let ex = Exporter::start(
