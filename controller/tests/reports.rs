@@ -342,7 +342,10 @@ async fn a_single_run_report_holds_every_section_and_its_charts_render() {
     // The accuracy budget, key by key, whatever its fields.
     let acc = serde_json::to_value(&o.summary.accuracy).expect("json");
     for key in acc.as_object().expect("an object").keys() {
-        assert!(html.contains(&format!("<dt>{}</dt>", key.replace('_', " "))), "accuracy {key}");
+        assert!(
+            html.contains(&format!("<dt>{}</dt>", key.replace('_', " "))),
+            "accuracy {key}"
+        );
     }
     // Percentile curves go as far into the tail as the samples resolve
     // (1 - 1/count), then the exact max; in summary.json too.

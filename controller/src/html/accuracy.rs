@@ -40,7 +40,11 @@ fn value(v: &Value, depth: usize) -> String {
     match v {
         Value::Object(m) => {
             let mut out = String::from("<dl class=\"kv\">");
-            for (k, x) in m {
+            // The conclusion first (JSON keys come sorted), then the evidence.
+            let first = |k: &String| !matches!(k.as_str(), "verdict" | "concerns");
+            let mut keys: Vec<(&String, &Value)> = m.iter().collect();
+            keys.sort_by_key(|(k, _)| first(k));
+            for (k, x) in keys {
                 let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", label(k), value(x, depth + 1));
             }
             out.push_str("</dl>");
