@@ -105,7 +105,7 @@ impl LiveView {
                 self.gpu_util_pct = m.sample.gpu_util_pct;
                 Change::Redraw
             }
-            RunEvent::Requests(_) => Change::Nothing,
+            RunEvent::Requests(_) | RunEvent::Message(_) => Change::Nothing,
             RunEvent::StepFinished(_) => {
                 self.step = None;
                 Change::StepEnded
@@ -315,6 +315,13 @@ impl Consumer for LiveConsole {
     }
 
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
+        if let RunEvent::Message(m) = ev {
+            // Printed above the view, which is then drawn again below it.
+            match &self.bar {
+                Some(bar) => bar.suspend(|| eprintln!("{m}")),
+                None => eprintln!("{m}"),
+            }
+        }
         match self.view.apply(ev) {
             Change::Redraw => self.draw(),
             Change::StepEnded | Change::PlanEnded => self.clear(),

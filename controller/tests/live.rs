@@ -202,6 +202,8 @@ async fn a_sweep_shows_its_step_and_writes_each_summary_txt() {
     assert_eq!(code, Some(0), "{tty}");
     assert!(tty.contains("step 1/2 · users=1 ["), "{tty:?}");
     assert!(tty.contains("step 2/2 · users=2 ["), "{tty:?}");
+    // Messages of the run are printed above the view, not erased by it.
+    assert!(tty.contains("sweep step 2/2: "), "{tty:?}");
     let sweep = only_dir(&dir.join("out"));
     let table = std::fs::read_to_string(sweep.join("summary.txt")).expect("sweep summary.txt");
     assert!(
@@ -364,6 +366,10 @@ async fn ctrl_c_on_a_terminal_clears_the_view_and_prints_the_summary() {
         &tty[last_frame..summary]
     );
     assert!(tty[summary..].contains("interrupted"), "{tty:?}");
+    assert!(
+        tty[..summary].contains("interrupted: stopping all agents"),
+        "the stop message survives the view: {tty:?}"
+    );
     // The cursor is never hidden, so nothing has to restore it.
     assert!(!tty.contains("\x1b[?25l"), "{tty:?}");
 }
