@@ -2,14 +2,18 @@
 //! in-process ones by default), merges their measurements exactly and writes
 //! the report.
 
+pub mod accuracy;
 pub mod cli;
+pub mod compare;
 pub mod console;
 pub mod dataset;
 pub mod edges;
 pub mod embedded;
 pub mod events;
 pub mod folder;
+pub mod html;
 pub mod link;
+pub mod live;
 pub mod merge;
 pub mod monitor;
 pub mod outputs;
@@ -17,6 +21,7 @@ pub mod prometheus;
 pub mod report;
 pub mod run;
 pub mod slices;
+pub mod summary_text;
 pub mod sweep;
 pub mod trace;
 pub mod verdict;
