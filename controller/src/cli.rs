@@ -30,11 +30,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a test plan (TOML) and/or the flags below. BARRAGE_SECTION__KEY
     /// environment variables override plan keys; flags override both.
     Run(RunArgs),
+    /// Rebuild every file of a results folder from its results.sqlite.
+    Report {
+        /// The results folder (of a run, or of a sweep).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -273,7 +280,10 @@ impl RunArgs {
 
 /// Runs the CLI; returns the process exit status.
 pub async fn main(cli: Cli) -> i32 {
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Report { dir } => return crate::store::report_command(&dir),
+    };
     let plan = match args.plan() {
         Ok(p) => p,
         Err(e) => {
@@ -367,7 +377,9 @@ mod tests {
                 .chain(std::iter::once("run"))
                 .chain(a.iter().copied()),
         );
-        let Command::Run(r) = cli.command;
+        let Command::Run(r) = cli.command else {
+            panic!("not a run command");
+        };
         r
     }
 

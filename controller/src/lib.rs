@@ -15,6 +15,7 @@ pub mod prometheus;
 pub mod report;
 pub mod run;
 pub mod slices;
+pub mod store;
 pub mod sweep;
 pub mod trace;
 pub mod verdict;

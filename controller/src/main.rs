@@ -4,9 +4,9 @@ use clap::Parser;
 
 fn main() {
     let cli = barrage_controller::cli::Cli::parse();
-    let barrage_controller::cli::Command::Run(args) = &cli.command;
+    let debug = matches!(&cli.command, barrage_controller::cli::Command::Run(a) if a.debug);
     // --debug: every request and response of the embedded agents.
-    let default = if args.debug {
+    let default = if debug {
         "warn,barrage_agent::client=debug"
     } else {
         "warn"

@@ -8,6 +8,7 @@ use crate::run::RunOptions;
 /// its own thread).
 pub fn defaults(opts: &RunOptions) -> Vec<Box<dyn Consumer>> {
     let _ = opts;
-    let outputs: Vec<Box<dyn Consumer>> = Vec::new();
+    let mut outputs: Vec<Box<dyn Consumer>> = Vec::new();
+    outputs.extend(crate::store::consumers());
     outputs
 }

@@ -15,4 +15,5 @@ mod load_models;
 mod monitor;
 mod odd_servers;
 mod secrets;
+mod store;
 mod sweeps;
