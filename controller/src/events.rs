@@ -21,6 +21,8 @@ use crate::run::Verdict;
 use crate::sweep::SweepReport;
 
 /// What a run produces, in the order it happens.
+// Each event is built once and shared behind an Arc: its size is not copied.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum RunEvent {
     /// A plan begins: one run, or a sweep whose steps follow.
@@ -31,9 +33,12 @@ pub enum RunEvent {
     Interval(IntervalEvent),
     /// Per-request records from one agent, in batches as they arrive.
     Requests(RequestsEvent),
+    /// The GPU exporters' latest reading, after each settled interval (live
+    /// views; the per-interval averages are on the final timeline).
+    Monitor(MonitorEvent),
     /// A step ended; its summary holds every figure, the timeline with the
     /// monitor samples on it, and the notes.
-    StepFinished(StepEnd),
+    StepFinished(Box<StepEnd>),
     /// The plan ended (after its last step).
     PlanFinished(PlanEnd),
 }
@@ -99,6 +104,14 @@ pub struct RequestsEvent {
     pub step: u32,
     pub agent: usize,
     pub records: Vec<pb::RequestRecord>,
+}
+
+#[derive(Debug)]
+pub struct MonitorEvent {
+    pub step: u32,
+    /// Seconds from the step's start of the interval it follows.
+    pub t_s: f64,
+    pub sample: crate::monitor::IntervalMonitor,
 }
 
 #[derive(Debug)]
@@ -271,7 +284,10 @@ mod tests {
                 RunEvent::PlanFinished(_) => "end",
                 _ => "other",
             };
-            self.0.lock().map_err(|_| OutputError::Other("poisoned".into()))?.push(kind);
+            self.0
+                .lock()
+                .map_err(|_| OutputError::Other("poisoned".into()))?
+                .push(kind);
             if self.1 {
                 return Err(OutputError::Other("disk full".into()));
             }

@@ -3,10 +3,12 @@
 //! the report.
 
 pub mod cli;
+pub mod console;
 pub mod dataset;
 pub mod edges;
 pub mod embedded;
 pub mod events;
+pub mod folder;
 pub mod link;
 pub mod merge;
 pub mod monitor;

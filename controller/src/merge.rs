@@ -90,6 +90,16 @@ pub struct Merger {
     pub timeline: Vec<IntervalRow>,
     /// Open loop: the latest intended arrival any agent sent (µs after start).
     pub last_arrival_us: Option<u64>,
+    /// Rows settled since the last `take_settled`, with their histograms.
+    settled: Vec<SettledInterval>,
+}
+
+/// A timeline row as it settles, with the interval's merged histograms and
+/// counters (what the run's outputs receive).
+pub struct SettledInterval {
+    pub row: IntervalRow,
+    pub metrics: MetricSet,
+    pub counters: Counters,
 }
 
 fn ms(v: Option<u64>) -> Option<f64> {
@@ -128,6 +138,7 @@ impl Merger {
             pending: BTreeMap::new(),
             timeline: Vec::new(),
             last_arrival_us: None,
+            settled: Vec::new(),
         })
     }
 
@@ -283,7 +294,7 @@ impl Merger {
 
     fn push_row(&mut self, index: u64, p: Pending) {
         let q = |m: Metric, q: f64| ms(p.metrics.get(m).quantile(q));
-        self.timeline.push(IntervalRow {
+        let row = IntervalRow {
             index,
             warmup: index < self.warmup_intervals,
             t_s: index as f64 * self.interval_s,
@@ -301,7 +312,18 @@ impl Merger {
             max_scheduler_lag_ms: p.max_lag_us as f64 / 1000.0,
             in_flight: p.in_flight,
             monitor: crate::monitor::IntervalMonitor::default(),
+        };
+        self.timeline.push(row.clone());
+        self.settled.push(SettledInterval {
+            row,
+            metrics: p.metrics,
+            counters: p.counters,
         });
+    }
+
+    /// The rows settled since the last call, in the order they settled.
+    pub fn take_settled(&mut self) -> Vec<SettledInterval> {
+        std::mem::take(&mut self.settled)
     }
 
     /// Settles everything still pending (end of the step).

@@ -143,6 +143,37 @@ impl Monitors {
         }
     }
 
+    /// The latest GPU reading of every exporter (averaged over all GPUs),
+    /// for live views; the timeline's per-interval averages come at the end.
+    pub fn live(&self) -> Option<IntervalMonitor> {
+        let mut acc = (0.0, 0.0, 0.0, 0u32);
+        for w in &self.exporters {
+            let samples = lock(&w.samples);
+            let Some(last) = samples.last() else {
+                continue;
+            };
+            for g in &last.gpus {
+                acc.0 += f64::from(g.utilization_gpu_pct.unwrap_or(0));
+                if let (Some(u), Some(t)) = (g.memory_used_bytes, g.memory_total_bytes)
+                    && t > 0
+                {
+                    acc.1 += 100.0 * u as f64 / t as f64;
+                }
+                acc.2 += f64::from(g.power_mw.unwrap_or(0)) / 1000.0;
+                acc.3 += 1;
+            }
+        }
+        (acc.3 > 0).then(|| {
+            let n = f64::from(acc.3);
+            IntervalMonitor {
+                gpu_util_pct: Some(acc.0 / n),
+                gpu_mem_pct: Some(acc.1 / n),
+                gpu_power_w: Some(acc.2 / n),
+                server: BTreeMap::new(),
+            }
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.exporters.is_empty() && self.scraper.is_none() && self.notes.is_empty()
     }

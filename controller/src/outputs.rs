@@ -4,11 +4,18 @@
 use crate::events::Consumer;
 use crate::run::RunOptions;
 
+/// Name of the results-folder output: the one whose failure fails the run
+/// (the files users keep).
+pub const RESULTS_FOLDER: &str = "results folder";
+
 /// The consumers of `controller run`, in no particular order (each runs on
 /// its own thread).
 pub fn defaults(opts: &RunOptions) -> Vec<Box<dyn Consumer>> {
-    let _ = opts;
-    let mut outputs: Vec<Box<dyn Consumer>> = Vec::new();
+    let mut outputs: Vec<Box<dyn Consumer>> =
+        vec![Box::new(crate::folder::ResultsFolder::default())];
+    if opts.progress {
+        outputs.push(Box::new(crate::console::PlainProgress));
+    }
     outputs.extend(crate::store::consumers());
     outputs
 }

@@ -12,8 +12,9 @@ use barrage_common::sweep::{SearchOver, StepSpec, SweepSection};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{Events, Outputs, PlanEnd, PlanStart, RunEvent};
 use crate::report::Summary;
-use crate::run::{RunError, RunOptions, RunOutcome, Verdict, execute};
+use crate::run::{RunError, RunOptions, RunOutcome, StepOut, Verdict, execute_with, run_step};
 
 /// One step in the comparison table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -91,21 +92,55 @@ pub async fn execute_plan(
     opts: RunOptions,
     cancel: CancellationToken,
 ) -> Result<PlanOutcome, RunError> {
+    let outputs = crate::outputs::defaults(&opts);
+    execute_plan_with(plan, opts, cancel, outputs).await
+}
+
+/// `execute_plan` with the given outputs.
+pub async fn execute_plan_with(
+    plan: PlanFile,
+    opts: RunOptions,
+    cancel: CancellationToken,
+    consumers: Vec<Box<dyn crate::events::Consumer>>,
+) -> Result<PlanOutcome, RunError> {
     let Some(sweep) = plan.sweep.clone() else {
         return Ok(PlanOutcome::Single(Box::new(
-            execute(plan, opts, cancel).await?,
+            execute_with(plan, opts, cancel, consumers).await?,
         )));
     };
-    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    let started = chrono::Local::now();
+    let stamp = started.format("%Y%m%d-%H%M%S");
     let dir = plan.output.dir.join(format!("{}-sweep-{stamp}", plan.name));
-    let outcome = match sweep.search {
-        Some(over) => search(&plan, &sweep, over, &dir, &opts, &cancel).await?,
-        None => matrix(&plan, &sweep, &dir, &opts, &cancel).await?,
+    let outputs = Outputs::start(consumers);
+    let events = outputs.events();
+    events.emit(RunEvent::PlanStarted(PlanStart {
+        name: plan.name.clone(),
+        dir: dir.clone(),
+        plan_toml: crate::run::plan_text(&plan)?,
+        started_at: started.to_rfc3339(),
+        sweep: true,
+    }));
+    let steps = Steps {
+        dir: &dir,
+        opts: &opts,
+        cancel: &cancel,
+        events: &events,
     };
-    write(&outcome.dir, &outcome.report).map_err(|e| RunError::Output {
-        dir: outcome.dir.clone(),
-        reason: e.to_string(),
-    })?;
+    let result = match sweep.search {
+        Some(over) => search(&plan, &sweep, over, &steps).await,
+        None => matrix(&plan, &sweep, &steps).await,
+    };
+    if let Ok(o) = &result {
+        events.emit(RunEvent::PlanFinished(PlanEnd {
+            verdict: o.verdict,
+            dir: o.dir.clone(),
+            sweep: Some(o.report.clone()),
+        }));
+    }
+    drop(events);
+    let closed = outputs.close();
+    let outcome = result?;
+    crate::run::outputs_written(&closed, &dir)?;
     Ok(PlanOutcome::Sweep(outcome))
 }
 
@@ -200,13 +235,28 @@ fn worst(verdicts: &[Verdict], interrupted: bool) -> Verdict {
     }
 }
 
+/// What every step of a sweep shares: the sweep's folder, the options, the
+/// stop signal and the outputs.
+struct Steps<'a> {
+    dir: &'a Path,
+    opts: &'a RunOptions,
+    cancel: &'a CancellationToken,
+    events: &'a Events,
+}
+
+impl Steps<'_> {
+    async fn run(&self, plan: PlanFile, step: usize) -> Result<RunOutcome, RunError> {
+        let out = StepOut::new(self.events, step as u32);
+        run_step(plan, self.opts, self.cancel.clone(), out).await
+    }
+}
+
 async fn matrix(
     plan: &PlanFile,
     sweep: &SweepSection,
-    dir: &Path,
-    opts: &RunOptions,
-    cancel: &CancellationToken,
+    steps: &Steps<'_>,
 ) -> Result<SweepOutcome, RunError> {
+    let (dir, cancel) = (steps.dir, steps.cancel);
     let specs = sweep.steps();
     // Every step's plan is checked before the first one sends anything.
     let plans = specs
@@ -224,7 +274,7 @@ async fn matrix(
             cooldown(sweep.cooldown, cancel).await;
         }
         eprintln!("sweep step {}/{}: {}", i + 1, specs.len(), spec.label);
-        let o = execute(p, opts.clone(), cancel.clone()).await?;
+        let o = steps.run(p, i + 1).await?;
         verdicts.push(o.verdict);
         rows.push(row(i + 1, spec, &o));
     }
@@ -245,10 +295,9 @@ async fn search(
     plan: &PlanFile,
     sweep: &SweepSection,
     over: SearchOver,
-    dir: &Path,
-    opts: &RunOptions,
-    cancel: &CancellationToken,
+    steps: &Steps<'_>,
 ) -> Result<SweepOutcome, RunError> {
+    let (dir, cancel) = (steps.dir, steps.cancel);
     let integer = over == SearchOver::Users;
     let norm = |v: f64| if integer { v.round().max(1.0) } else { v };
     let (mut pass, mut fail): (Option<f64>, Option<f64>) = (None, None);
@@ -278,12 +327,7 @@ async fn search(
             io: sweep.io.first().copied(),
         };
         eprintln!("slo search step {step}: {}", spec.label);
-        let o = execute(
-            step_plan(&base, &spec, step, dir)?,
-            opts.clone(),
-            cancel.clone(),
-        )
-        .await?;
+        let o = steps.run(step_plan(&base, &spec, step, dir)?, step).await?;
         if o.verdict == Verdict::Interrupted {
             rows.push(row(step, &spec, &o));
             break;
@@ -395,7 +439,7 @@ pub fn render(r: &SweepReport) -> String {
     out
 }
 
-fn write(dir: &Path, r: &SweepReport) -> std::io::Result<()> {
+pub fn write(dir: &Path, r: &SweepReport) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_string_pretty(r).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("sweep.json"), json)?;

@@ -146,6 +146,55 @@ async fn gpu_and_server_metrics_land_on_the_run_timeline() {
     );
 }
 
+/// Records the live GPU readings a run emits.
+struct LiveGpu(std::sync::Arc<std::sync::Mutex<Vec<f64>>>);
+
+impl barrage_controller::events::Consumer for LiveGpu {
+    fn name(&self) -> &'static str {
+        "live gpu"
+    }
+    fn event(
+        &mut self,
+        ev: &barrage_controller::events::RunEvent,
+    ) -> Result<(), barrage_controller::events::OutputError> {
+        if let barrage_controller::events::RunEvent::Monitor(m) = ev
+            && let Ok(mut v) = self.0.lock()
+        {
+            v.extend(m.sample.gpu_util_pct);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_gpu_readings_stream_to_the_outputs_while_the_run_goes_on() {
+    let _serial = LOAD.lock().await;
+    let (addr, _stop) = exporter(2).await;
+    let prom = prometheus("vllm:num_requests_running 1\n").await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut outputs = barrage_controller::outputs::defaults(&opts());
+    outputs.push(Box::new(LiveGpu(seen.clone())));
+    let outcome = tokio::time::timeout(
+        TEST_LIMIT,
+        barrage_controller::run::execute_with(
+            plan_from(&plan(&addr, &prom)),
+            opts(),
+            CancellationToken::new(),
+            outputs,
+        ),
+    )
+    .await
+    .expect("bounded")
+    .expect("run");
+    assert_eq!(outcome.verdict, Verdict::Completed);
+    let seen = seen.lock().expect("lock").clone();
+    assert!(seen.len() >= 2, "a reading per settled interval: {seen:?}");
+    assert!(
+        seen.iter().all(|u| *u == 70.0),
+        "the fake's value: {seen:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exporter_lost_mid_run_leaves_a_gap_and_a_note_not_a_failure() {
     let _serial = LOAD.lock().await;

@@ -126,8 +126,11 @@ async fn store_csv_hlog_and_summary_agree_with_the_simulator() {
 
     let c = db(&dir);
     assert_eq!(
-        count(&c, "SELECT value FROM meta WHERE key = 'schema_version'").to_string(),
-        "1"
+        count(
+            &c,
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'"
+        ),
+        1
     );
     let verdict: String = c
         .query_row("SELECT verdict FROM plan", [], |r| r.get(0))
@@ -174,59 +177,6 @@ async fn store_csv_hlog_and_summary_agree_with_the_simulator() {
     }
     assert_eq!(merged.get(Metric::OutputTokens).sum, sim.output_tokens);
 
-    // Per-request records: the store, the CSV and the simulator agree.
-    let ok = count(
-        &c,
-        "SELECT COUNT(*) FROM requests WHERE outcome = 'ok' AND warmup = 0",
-    ) as u64;
-    assert_eq!(ok, sim.completed, "one ok record per completed request");
-    assert_eq!(
-        count(
-            &c,
-            "SELECT SUM(output_tokens) FROM requests WHERE outcome = 'ok'"
-        ) as u64,
-        sim.output_tokens
-    );
-    assert_eq!(
-        count(
-            &c,
-            "SELECT SUM(input_tokens) FROM requests WHERE outcome = 'ok'"
-        ) as u64,
-        sim.input_tokens
-    );
-    assert_eq!(
-        count(
-            &c,
-            "SELECT COUNT(*) FROM requests WHERE ttft_us IS NULL OR e2e_us < ttft_us"
-        ),
-        0
-    );
-    let csv = csv_rows(&dir.join("requests.csv"));
-    assert_eq!(csv.len() as i64, count(&c, "SELECT COUNT(*) FROM requests"));
-    let csv_tokens: u64 = csv
-        .values()
-        .map(|r| r["output_tokens"].parse::<u64>().expect("n"))
-        .sum();
-    assert_eq!(csv_tokens, sim.output_tokens);
-    let mut st = c
-        .prepare("SELECT step, agent, seq, e2e_us FROM requests")
-        .expect("sql");
-    for row in st
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })
-        .expect("rows")
-    {
-        let (step, agent, seq, e2e) = row.expect("row");
-        let line = &csv[&(step as u64, agent as u64, seq as u64)];
-        assert_eq!(line["e2e_us"], e2e.to_string());
-    }
-
     // The interval log holds, per metric tag, exactly the summary's samples.
     let hlog = dir.join("histograms.hlog");
     let text = std::fs::read_to_string(&hlog).expect("hlog");
@@ -238,6 +188,59 @@ async fn store_csv_hlog_and_summary_agree_with_the_simulator() {
             s.metrics[m.name()].count,
             "{m}"
         );
+
+        // Per-request records: the store, the CSV and the simulator agree.
+        let ok = count(
+            &c,
+            "SELECT COUNT(*) FROM requests WHERE outcome = 'ok' AND warmup = 0",
+        ) as u64;
+        assert_eq!(ok, sim.completed, "one ok record per completed request");
+        assert_eq!(
+            count(
+                &c,
+                "SELECT SUM(output_tokens) FROM requests WHERE outcome = 'ok'"
+            ) as u64,
+            sim.output_tokens
+        );
+        assert_eq!(
+            count(
+                &c,
+                "SELECT SUM(input_tokens) FROM requests WHERE outcome = 'ok'"
+            ) as u64,
+            sim.input_tokens
+        );
+        assert_eq!(
+            count(
+                &c,
+                "SELECT COUNT(*) FROM requests WHERE ttft_us IS NULL OR e2e_us < ttft_us"
+            ),
+            0
+        );
+        let csv = csv_rows(&dir.join("requests.csv"));
+        assert_eq!(csv.len() as i64, count(&c, "SELECT COUNT(*) FROM requests"));
+        let csv_tokens: u64 = csv
+            .values()
+            .map(|r| r["output_tokens"].parse::<u64>().expect("n"))
+            .sum();
+        assert_eq!(csv_tokens, sim.output_tokens);
+        let mut st = c
+            .prepare("SELECT step, agent, seq, e2e_us FROM requests")
+            .expect("sql");
+        for row in st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .expect("rows")
+        {
+            let (step, agent, seq, e2e) = row.expect("row");
+            let line = &csv[&(step as u64, agent as u64, seq as u64)];
+            assert_eq!(line["e2e_us"], e2e.to_string());
+        }
     }
     assert!(counts[Metric::Ttft.name()] >= 240);
 }

@@ -9,6 +9,7 @@ mod cluster_edges;
 mod datasets;
 mod e2e;
 mod edges;
+mod events;
 mod failures;
 mod limits;
 mod load_models;

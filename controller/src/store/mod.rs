@@ -145,6 +145,9 @@ impl Consumer for Store {
             RunEvent::Requests(r) => db.requests(r),
             RunEvent::StepFinished(s) => db.step_finished(s),
             RunEvent::PlanFinished(p) => db.plan_finished(p),
+            // Live readings only: the per-interval averages come with the
+            // step's final timeline (StepFinished).
+            RunEvent::Monitor(_) => Ok(()),
         };
         r.map_err(out)
     }

@@ -227,14 +227,14 @@ impl Reader<'_> {
             return Ok(false);
         };
         let summary: Summary = serde_json::from_str(&summary)?;
-        events.emit(RunEvent::StepFinished(StepEnd {
+        events.emit(RunEvent::StepFinished(Box::new(StepEnd {
             step,
             summary,
             verdict: verdict_from_name(&verdict)
                 .ok_or_else(|| self.bad(format!("unknown verdict {verdict:?}")))?,
             dir,
             plan_toml,
-        }));
+        })));
         Ok(true)
     }
 
