@@ -434,6 +434,50 @@ async fn a_sweep_writes_one_store_with_every_step() {
             &format!("SELECT SUM(requests_ok) FROM intervals WHERE step = {step} AND warmup = 0"),
         );
         assert_eq!(Some(ok as u64), row.requests, "step {step}");
+        assert!(
+            !row.dir.join("results.sqlite").exists(),
+            "one store for the sweep"
+        );
+        let counts = hlog_counts(&row.dir.join("histograms.hlog"));
+        assert_eq!(counts[Metric::E2e.name()], ok as u64);
+    }
+    drop(c);
+    // `report` rebuilds the sweep's files and every step's.
+    let files = |d: &Path| -> Vec<PathBuf> {
+        let mut v = vec![d.join("sweep.json"), d.join("sweep.csv")];
+        for r in &o.report.steps {
+            v.extend(["summary.json", "timeline.csv", "histograms.hlog"].map(|n| r.dir.join(n)));
+        }
+        v
+    };
+    let before: Vec<Vec<u8>> = files(&o.dir)
+        .iter()
+        .map(|f| std::fs::read(f).expect("file"))
+        .collect();
+    for f in files(&o.dir) {
+        std::fs::remove_file(f).expect("rm");
+    }
+    let mut cmd = controller();
+    cmd.arg("report").arg(&o.dir);
+    let done = output(cmd).await;
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    for (f, b) in files(&o.dir).iter().zip(&before) {
+        assert!(
+            std::fs::read(f).expect("rebuilt") == *b,
+            "{} rebuilt identical",
+            f.display()
+        );
+    }
+    // Per-request rows, per step: the store and each step's CSV.
+    let c = db(&o.dir);
+    for (i, row) in o.report.steps.iter().enumerate() {
+        let step = i as i64 + 1;
+        let ok = row.requests_ok as i64;
         assert_eq!(
             count(
                 &c,
@@ -441,12 +485,6 @@ async fn a_sweep_writes_one_store_with_every_step() {
             ),
             ok
         );
-        assert!(
-            !row.dir.join("results.sqlite").exists(),
-            "one store for the sweep"
-        );
         assert_eq!(csv_rows(&row.dir.join("requests.csv")).len() as i64, ok);
-        let counts = hlog_counts(&row.dir.join("histograms.hlog"));
-        assert_eq!(counts[Metric::E2e.name()], ok as u64);
     }
 }
