@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{LOAD, TEST_LIMIT, plan_from, run_text, scratch};
 
-const TOKEN: &str = "monitor-token";
+pub(crate) const TOKEN: &str = "monitor-token";
 
 /// A fake exporter: every GPU at 70 % utilisation, 380 W.
-async fn exporter(gpus: u32) -> (String, oneshot::Sender<()>) {
+pub(crate) async fn exporter(gpus: u32) -> (String, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let ex = Exporter::start(
@@ -45,7 +45,7 @@ async fn exporter(gpus: u32) -> (String, oneshot::Sender<()>) {
 }
 
 /// A minimal Prometheus endpoint: every scrape answers the same text.
-async fn prometheus(body: &'static str) -> String {
+pub(crate) async fn prometheus(body: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
     tokio::spawn(async move {
@@ -64,7 +64,7 @@ async fn prometheus(body: &'static str) -> String {
     url
 }
 
-fn plan(exporter: &str, prom: &str) -> String {
+pub(crate) fn plan(exporter: &str, prom: &str) -> String {
     format!(
         r#"
         name = "monitor"
@@ -90,7 +90,7 @@ fn plan(exporter: &str, prom: &str) -> String {
     )
 }
 
-fn opts() -> RunOptions {
+pub(crate) fn opts() -> RunOptions {
     RunOptions {
         monitor_token: Some(Token::new(TOKEN)),
         ..RunOptions::default()

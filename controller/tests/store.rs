@@ -488,3 +488,43 @@ async fn a_sweep_writes_one_store_with_every_step() {
         assert_eq!(csv_rows(&row.dir.join("requests.csv")).len() as i64, ok);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_samples_land_in_the_store_and_the_summary_reads_back() {
+    use crate::monitor as m;
+    let _serial = LOAD.lock().await;
+    let (addr, _stop) = m::exporter(1).await;
+    let prom =
+        m::prometheus("# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 4\n")
+            .await;
+    let outcome = crate::support::run_text(&m::plan(&addr, &prom), m::opts()).await;
+    let c = db(&outcome.dir);
+    let monitored = outcome
+        .summary
+        .timeline
+        .iter()
+        .filter(|r| r.monitor.gpu_util_pct.is_some())
+        .count() as i64;
+    assert!(monitored >= 2);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT COUNT(*) FROM monitor WHERE gpu_util_pct = 70.0 AND gpu_power_w = 380.0"
+        ),
+        monitored
+    );
+    let server: String = c
+        .query_row(
+            "SELECT values_json FROM monitor ORDER BY idx DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("monitor row");
+    let server: serde_json::Value = serde_json::from_str(&server).expect("json");
+    assert_eq!(server["server"]["vllm:num_requests_running"], 4.0);
+    // A summary with a monitor report reads back and writes byte for byte.
+    let text = std::fs::read_to_string(outcome.dir.join("summary.json")).expect("summary.json");
+    let back: Summary = serde_json::from_str(&text).expect("deserializes");
+    assert!(back.monitor.is_some());
+    assert_eq!(serde_json::to_string_pretty(&back).expect("json"), text);
+}
