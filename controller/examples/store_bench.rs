@@ -142,6 +142,7 @@ fn interval(index: u64, empty: &MetricSet) -> IntervalEvent {
             e2e_p50_ms: None,
             e2e_p99_ms: None,
             max_agent_cpu_percent: 0.0,
+            max_agent_cpu_share: 0.0,
             max_scheduler_lag_ms: 0.0,
             in_flight: 0,
             monitor: Default::default(),

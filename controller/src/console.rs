@@ -12,8 +12,10 @@ impl Consumer for PlainProgress {
     }
 
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
-        if let RunEvent::Interval(iv) = ev {
-            eprintln!("{}", progress_line(&iv.row));
+        match ev {
+            RunEvent::Interval(iv) => eprintln!("{}", progress_line(&iv.row)),
+            RunEvent::Message(m) => eprintln!("{m}"),
+            _ => {}
         }
         Ok(())
     }

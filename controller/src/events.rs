@@ -33,6 +33,9 @@ pub enum RunEvent {
     Interval(IntervalEvent),
     /// Per-request records from one agent, in batches as they arrive.
     Requests(RequestsEvent),
+    /// A message for whoever watches the run (a stop, a sweep step
+    /// starting): consoles show it without breaking their view.
+    Message(String),
     /// The GPU exporters' latest reading, after each settled interval (live
     /// views; the per-interval averages are on the final timeline).
     Monitor(MonitorEvent),

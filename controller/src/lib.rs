@@ -2,6 +2,7 @@
 //! in-process ones by default), merges their measurements exactly and writes
 //! the report.
 
+pub mod accuracy;
 pub mod cli;
 pub mod console;
 pub mod dataset;
@@ -10,6 +11,7 @@ pub mod embedded;
 pub mod events;
 pub mod folder;
 pub mod link;
+pub mod live;
 pub mod merge;
 pub mod monitor;
 pub mod outputs;
@@ -18,6 +20,7 @@ pub mod report;
 pub mod run;
 pub mod slices;
 pub mod store;
+pub mod summary_text;
 pub mod sweep;
 pub mod trace;
 pub mod verdict;

@@ -28,6 +28,9 @@ pub struct IntervalRow {
     pub e2e_p50_ms: Option<f64>,
     pub e2e_p99_ms: Option<f64>,
     pub max_agent_cpu_percent: f64,
+    /// The busiest agent's CPU as a share of its machine's cores (1.0: every
+    /// core busy); `max_agent_cpu_percent` counts 100 per core.
+    pub max_agent_cpu_share: f64,
     pub max_scheduler_lag_ms: f64,
     pub in_flight: u64,
     /// GPU and server-metric averages of the interval (when monitored).
@@ -35,11 +38,40 @@ pub struct IntervalRow {
     pub monitor: crate::monitor::IntervalMonitor,
 }
 
+#[cfg(test)]
+impl IntervalRow {
+    /// A calm row for tests: 10 ok, 100 output tokens, one agent at 10 % of
+    /// its cores, 1 ms of scheduler lag.
+    pub(crate) fn sample(index: u64) -> Self {
+        Self {
+            index,
+            warmup: false,
+            t_s: index as f64,
+            agents_reporting: 1,
+            requests_ok: 10,
+            requests_failed: 0,
+            output_tokens: 100,
+            ttft_p50_ms: Some(10.0),
+            ttft_p99_ms: Some(20.0),
+            itl_p50_ms: Some(1.0),
+            itl_p99_ms: Some(2.0),
+            e2e_p50_ms: Some(50.0),
+            e2e_p99_ms: Some(90.0),
+            max_agent_cpu_percent: 20.0,
+            max_agent_cpu_share: 0.1,
+            max_scheduler_lag_ms: 1.0,
+            in_flight: 4,
+            monitor: crate::monitor::IntervalMonitor::default(),
+        }
+    }
+}
+
 struct Pending {
     metrics: MetricSet,
     counters: Counters,
     reporters: usize,
     max_cpu: f64,
+    max_cpu_share: f64,
     max_lag_us: u64,
     in_flight: u64,
 }
@@ -161,6 +193,7 @@ impl Merger {
             self.counters.add(&counters);
         }
         let health = iv.health.unwrap_or_default();
+        let cores = self.agents.get(agent).map_or(1.0, |a| a.cores.max(1.0));
         if let Some(a) = self.agents.get_mut(agent) {
             if iv.seq > 0 {
                 a.seqs.insert(iv.seq);
@@ -184,6 +217,7 @@ impl Merger {
                 counters: Counters::default(),
                 reporters: 0,
                 max_cpu: 0.0,
+                max_cpu_share: 0.0,
                 max_lag_us: 0,
                 in_flight: 0,
             }),
@@ -192,6 +226,7 @@ impl Merger {
         slot.counters.add(&counters);
         slot.reporters += 1;
         slot.max_cpu = slot.max_cpu.max(health.cpu_percent);
+        slot.max_cpu_share = slot.max_cpu_share.max(health.cpu_percent / 100.0 / cores);
         slot.max_lag_us = slot.max_lag_us.max(health.scheduler_lag_us);
         slot.in_flight = slot.in_flight.saturating_add(health.in_flight);
         self.flush_settled();
@@ -309,6 +344,7 @@ impl Merger {
             e2e_p50_ms: q(Metric::E2e, 0.5),
             e2e_p99_ms: q(Metric::E2e, 0.99),
             max_agent_cpu_percent: p.max_cpu,
+            max_agent_cpu_share: p.max_cpu_share,
             max_scheduler_lag_ms: p.max_lag_us as f64 / 1000.0,
             in_flight: p.in_flight,
             monitor: crate::monitor::IntervalMonitor::default(),
@@ -434,6 +470,27 @@ mod tests {
         };
         m.add_final(0, &fin).expect("final");
         assert_eq!(m.agents[0].missing(), 2);
+    }
+
+    #[test]
+    fn cpu_share_is_per_agent_cores() {
+        let mut m = Merger::new(Layouts::default(), 2, 1.0).expect("merger");
+        m.agents[0].cores = 4.0;
+        m.agents[1].cores = 2.0;
+        let with_cpu = |index: u64, cpu_percent: f64| pb::Interval {
+            health: Some(pb::GeneratorHealth {
+                cpu_percent,
+                ..pb::GeneratorHealth::default()
+            }),
+            ..interval(index, &[1000], 1)
+        };
+        // The 4-core agent uses more CPU, the 2-core one more of its cores.
+        m.add_interval(0, &with_cpu(0, 250.0)).expect("add");
+        m.add_interval(1, &with_cpu(0, 190.0)).expect("add");
+        let rows = m.finish();
+        assert_eq!(rows[0].max_agent_cpu_percent, 250.0);
+        assert!((rows[0].max_agent_cpu_share - 0.95).abs() < 1e-9);
+        assert!(crate::accuracy::generator_bound(&rows[0]));
     }
 
     #[test]

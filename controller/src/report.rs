@@ -188,6 +188,8 @@ pub struct Summary {
     /// Counts of the built-in simulator, when the run used it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub simulator: Option<barrage_llm_sim::SimStats>,
+    /// How far these numbers can be trusted (crate::accuracy).
+    pub accuracy: crate::accuracy::Accuracy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -257,6 +259,16 @@ impl Summary {
             .iter()
             .filter_map(|a| a.clock_uncertainty_ms)
             .reduce(f64::max);
+        let accuracy = crate::accuracy::assess(
+            &timeline,
+            crate::accuracy::Timing {
+                max_start_skew_ms: max_skew,
+                max_clock_uncertainty_ms: max_uncertainty,
+            },
+            c,
+            totals.get(Metric::Ttft).layout(),
+            totals.get(Metric::OutputTokens).layout(),
+        );
         Summary {
             name: facts.name,
             run_id: facts.run_id,
@@ -330,6 +342,7 @@ impl Summary {
                 .collect(),
             timeline,
             simulator: None,
+            accuracy,
         }
     }
 }
@@ -380,6 +393,7 @@ pub fn render(s: &Summary) -> String {
     }
     render_thresholds(&mut out, s);
     render_agent_problems(&mut out, s);
+    crate::accuracy::render(&mut out, &s.accuracy);
     for n in &s.notes {
         let _ = writeln!(out, "  note: {n}");
     }

@@ -273,7 +273,12 @@ async fn matrix(
         if i > 0 {
             cooldown(sweep.cooldown, cancel).await;
         }
-        eprintln!("sweep step {}/{}: {}", i + 1, specs.len(), spec.label);
+        steps.events.emit(RunEvent::Message(format!(
+            "sweep step {}/{}: {}",
+            i + 1,
+            specs.len(),
+            spec.label
+        )));
         let o = steps.run(p, i + 1).await?;
         verdicts.push(o.verdict);
         rows.push(row(i + 1, spec, &o));
@@ -326,7 +331,10 @@ async fn search(
             requests: sweep.requests.first().copied(),
             io: sweep.io.first().copied(),
         };
-        eprintln!("slo search step {step}: {}", spec.label);
+        steps.events.emit(RunEvent::Message(format!(
+            "slo search step {step}: {}",
+            spec.label
+        )));
         let o = steps.run(step_plan(&base, &spec, step, dir)?, step).await?;
         if o.verdict == Verdict::Interrupted {
             rows.push(row(step, &spec, &o));

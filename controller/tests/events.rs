@@ -45,6 +45,7 @@ impl Consumer for Recorder {
                 "interval".into()
             }
             RunEvent::Requests(_) => "requests".into(),
+            RunEvent::Message(_) => "message".into(),
             RunEvent::Monitor(m) => {
                 s.gpu.extend(m.sample.gpu_util_pct);
                 "monitor".into()
@@ -163,7 +164,7 @@ async fn a_sweep_is_one_stream_with_a_step_start_and_end_per_step() {
         .tags
         .iter()
         .map(String::as_str)
-        .filter(|t| !matches!(*t, "interval" | "requests" | "monitor"))
+        .filter(|t| !matches!(*t, "interval" | "requests" | "monitor" | "message"))
         .collect();
     assert_eq!(
         marks,

@@ -350,6 +350,7 @@ async fn report_rebuilds_the_results_folder_from_the_store() {
         "timeline.csv",
         "plan.toml",
         "histograms.hlog",
+        "summary.txt",
         "requests.csv",
     ];
     let before: Vec<Vec<u8>> = names.iter().map(|n| read(n)).collect();
@@ -366,7 +367,7 @@ async fn report_rebuilds_the_results_folder_from_the_store() {
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    for (n, b) in names.iter().zip(&before).take(4) {
+    for (n, b) in names.iter().zip(&before).take(5) {
         assert!(read(n) == *b, "{n} rebuilt identical");
     }
     assert_eq!(
@@ -444,9 +445,21 @@ async fn a_sweep_writes_one_store_with_every_step() {
     drop(c);
     // `report` rebuilds the sweep's files and every step's.
     let files = |d: &Path| -> Vec<PathBuf> {
-        let mut v = vec![d.join("sweep.json"), d.join("sweep.csv")];
+        let mut v = vec![
+            d.join("sweep.json"),
+            d.join("sweep.csv"),
+            d.join("summary.txt"),
+        ];
         for r in &o.report.steps {
-            v.extend(["summary.json", "timeline.csv", "histograms.hlog"].map(|n| r.dir.join(n)));
+            v.extend(
+                [
+                    "summary.json",
+                    "timeline.csv",
+                    "histograms.hlog",
+                    "summary.txt",
+                ]
+                .map(|n| r.dir.join(n)),
+            );
         }
         v
     };

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod accuracy;
 mod apis;
 mod cli;
 mod cluster_edges;
@@ -12,6 +13,7 @@ mod edges;
 mod events;
 mod failures;
 mod limits;
+mod live;
 mod load_models;
 mod monitor;
 mod odd_servers;

@@ -84,7 +84,7 @@ pub(super) async fn stream_and_merge(
                         .iter()
                         .find(|c| crate::verdict::clearly_lost(c, &merger.totals, &merger.counters, w.plan.load.requests));
                     if let Some(c) = lost {
-                        eprintln!("threshold {c} is clearly lost: stopping every agent");
+                        w.events.emit(RunEvent::Message(format!("threshold {c} is clearly lost: stopping every agent")));
                         aborted = Some(c.key.clone());
                         w.stop.cancel();
                     }
@@ -97,7 +97,7 @@ pub(super) async fn stream_and_merge(
             }
             _ = w.cancel.cancelled(), if !interrupted => {
                 interrupted = true;
-                eprintln!("interrupted: stopping all agents and writing what was measured");
+                w.events.emit(RunEvent::Message("interrupted: stopping all agents and writing what was measured".into()));
                 w.stop.cancel();
             }
         }

@@ -70,7 +70,7 @@ impl Consumer for RequestsCsv {
                 }
             }
             RunEvent::StepFinished(_) => self.close()?,
-            RunEvent::PlanStarted(_) | RunEvent::PlanFinished(_) | RunEvent::Monitor(_) => {}
+            _ => {}
         }
         Ok(())
     }

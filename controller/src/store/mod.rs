@@ -147,7 +147,7 @@ impl Consumer for Store {
             RunEvent::PlanFinished(p) => db.plan_finished(p),
             // Live readings only: the per-interval averages come with the
             // step's final timeline (StepFinished).
-            RunEvent::Monitor(_) => Ok(()),
+            RunEvent::Monitor(_) | RunEvent::Message(_) => Ok(()),
         };
         r.map_err(out)
     }
@@ -330,7 +330,7 @@ impl Db {
         let mut st = self
             .conn
             .prepare_cached(
-                "INSERT INTO intervals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                "INSERT INTO intervals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
             )
             .map_err(self.sql())?;
         st.execute(params![
@@ -349,6 +349,7 @@ impl Db {
             r.e2e_p50_ms,
             r.e2e_p99_ms,
             r.max_agent_cpu_percent,
+            r.max_agent_cpu_share,
             r.max_scheduler_lag_ms,
             int(r.in_flight),
             json(&r.monitor)?,

@@ -339,6 +339,7 @@ fn interval_row(r: &Row<'_>) -> rusqlite::Result<(StoredRow, Vec<u8>, String, St
         e2e_p50_ms: r.get("e2e_p50_ms")?,
         e2e_p99_ms: r.get("e2e_p99_ms")?,
         max_agent_cpu_percent: r.get("max_agent_cpu_percent")?,
+        max_agent_cpu_share: r.get("max_agent_cpu_share")?,
         max_scheduler_lag_ms: r.get("max_scheduler_lag_ms")?,
         in_flight: r.get::<_, i64>("in_flight")? as u64,
         monitor: Default::default(),

@@ -68,6 +68,7 @@ CREATE TABLE intervals (
     e2e_p50_ms REAL,
     e2e_p99_ms REAL,
     max_agent_cpu_percent REAL NOT NULL,
+    max_agent_cpu_share REAL NOT NULL,
     max_scheduler_lag_ms REAL NOT NULL,
     in_flight INTEGER NOT NULL,
     monitor TEXT NOT NULL,

@@ -34,6 +34,7 @@ fn row(index: u64, ok: u64) -> IntervalRow {
         e2e_p50_ms: None,
         e2e_p99_ms: None,
         max_agent_cpu_percent: 12.5,
+        max_agent_cpu_share: 0.125,
         max_scheduler_lag_ms: 0.25,
         in_flight: 2,
         monitor: Default::default(),
