@@ -30,7 +30,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Parsed once per process: the size difference costs nothing.
+// Parsed once per process: the size of the run's flags does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -42,6 +42,38 @@ pub enum Command {
         /// The results folder (of a run, or of a sweep).
         dir: PathBuf,
     },
+    /// Compare results folders (runs or sweeps) side by side: prints the
+    /// headline figures with the change against the first, and writes
+    /// compare.html with their curves overlaid.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Results folders: the first is the baseline.
+    #[arg(required = true, num_args = 2..)]
+    pub dirs: Vec<PathBuf>,
+    /// Where to write the page.
+    #[arg(long, default_value = crate::compare::COMPARE_HTML)]
+    pub html: PathBuf,
+}
+
+/// `controller compare`: 0, or 2 when a folder is not a results folder.
+fn compare(args: &CompareArgs) -> i32 {
+    match crate::compare::run(&args.dirs, &args.html) {
+        Ok(text) => {
+            println!("{text}");
+            println!("Wrote {}", args.html.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                crate::compare::CompareError::Write { .. } => EXIT_FAILED,
+                _ => EXIT_BAD_PLAN,
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args, Default)]
@@ -283,6 +315,7 @@ pub async fn main(cli: Cli) -> i32 {
     let args = match cli.command {
         Command::Run(args) => args,
         Command::Report { dir } => return crate::store::report_command(&dir),
+        Command::Compare(c) => return compare(&c),
     };
     let plan = match args.plan() {
         Ok(p) => p,
@@ -378,7 +411,7 @@ mod tests {
                 .chain(a.iter().copied()),
         );
         let Command::Run(r) = cli.command else {
-            panic!("not a run command");
+            panic!("not run")
         };
         r
     }

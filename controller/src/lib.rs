@@ -4,12 +4,14 @@
 
 pub mod accuracy;
 pub mod cli;
+pub mod compare;
 pub mod console;
 pub mod dataset;
 pub mod edges;
 pub mod embedded;
 pub mod events;
 pub mod folder;
+pub mod html;
 pub mod link;
 pub mod live;
 pub mod merge;

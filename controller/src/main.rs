@@ -4,8 +4,8 @@ use clap::Parser;
 
 fn main() {
     let cli = barrage_controller::cli::Cli::parse();
-    let debug = matches!(&cli.command, barrage_controller::cli::Command::Run(a) if a.debug);
     // --debug: every request and response of the embedded agents.
+    let debug = matches!(&cli.command, barrage_controller::cli::Command::Run(a) if a.debug);
     let default = if debug {
         "warn,barrage_agent::client=debug"
     } else {

@@ -15,6 +15,7 @@ pub const RESULTS_FOLDER: &str = "results folder";
 pub fn defaults(opts: &RunOptions) -> Vec<Box<dyn Consumer>> {
     let mut outputs: Vec<Box<dyn Consumer>> = vec![
         Box::new(crate::folder::ResultsFolder::default()),
+        Box::new(crate::html::HtmlReport::new()),
         Box::new(crate::summary_text::SummaryText::new()),
     ];
     if opts.progress {

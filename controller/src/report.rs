@@ -161,6 +161,10 @@ pub struct Summary {
     /// was assumed to be 1.
     pub token_source: TokenSource,
     pub metrics: BTreeMap<String, Distribution>,
+    /// Latency distributions as curves for plots: per metric, [percentile,
+    /// ms] points from the merged histograms (`CURVE_PERCENTILES`); a metric
+    /// with no samples has no curve.
+    pub percentile_curves: BTreeMap<String, Vec<[f64; 2]>>,
     /// Metrics this run could not observe (responses not streamed: the gaps
     /// between chunks); shown as "–", never as 0.
     pub not_observable: Vec<String>,
@@ -323,6 +327,7 @@ impl Summary {
                 .iter()
                 .map(|m| (m.name().to_owned(), Distribution::of(*m, totals.get(*m))))
                 .collect(),
+            percentile_curves: percentile_curves(totals),
             not_observable: Metric::ALL
                 .iter()
                 .filter(|m| !facts.streamed && !m.observable_unstreamed())
@@ -345,6 +350,52 @@ impl Summary {
             accuracy,
         }
     }
+}
+
+/// Metrics drawn as percentile curves.
+pub const CURVE_METRICS: [Metric; 6] = [
+    Metric::Ttft,
+    Metric::Ttfo,
+    Metric::ChunkGap,
+    Metric::Itl,
+    Metric::Tpot,
+    Metric::E2e,
+];
+
+/// Percentiles of a curve: every 5 up to p90, then 8 per decade of nines
+/// (log-spaced in 1/(1-q)) up to p99.99, then the exact max as p100.
+pub fn curve_percentiles() -> Vec<f64> {
+    let linear = (0..18).map(|i| f64::from(i) * 5.0);
+    let nines = (8..=32).map(|k| 100.0 * (1.0 - 10f64.powf(-f64::from(k) / 8.0)));
+    linear.chain(nines).chain(std::iter::once(100.0)).collect()
+}
+
+fn percentile_curves(totals: &MetricSet) -> BTreeMap<String, Vec<[f64; 2]>> {
+    let qs = curve_percentiles();
+    CURVE_METRICS
+        .iter()
+        .filter(|m| !totals.get(**m).is_empty())
+        .map(|m| {
+            let s = totals.get(*m);
+            // Past 1 - 1/count every percentile is the max: the tail beyond
+            // what the samples can resolve is left to the max point.
+            let resolved = 1.0 - 1.0 / s.count as f64;
+            let points = qs
+                .iter()
+                .filter(|p| **p >= 100.0 || **p / 100.0 <= resolved)
+                .filter_map(|p| {
+                    s.quantile(p / 100.0)
+                        .map(|us| [round4(*p), us as f64 / 1000.0])
+                })
+                .collect();
+            (m.name().to_owned(), points)
+        })
+        .collect()
+}
+
+/// Four decimals: p99.99 stays exact in JSON, float noise does not show.
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
 }
 
 fn unstreamed_note(streamed: bool) -> Option<String> {

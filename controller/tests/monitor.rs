@@ -144,6 +144,17 @@ async fn gpu_and_server_metrics_land_on_the_run_timeline() {
             .next()
             .is_some_and(|h| h.ends_with("gpu_util_pct,gpu_mem_pct,gpu_power_w"))
     );
+    // report.html charts them over time and tables the GPUs and the host.
+    let html = std::fs::read_to_string(outcome.dir.join("report.html")).expect("report.html");
+    for want in [
+        "GPU utilisation (%)</figcaption>",
+        "GPU power (W)</figcaption>",
+        "Server: vllm:num_requests_running</figcaption>",
+        "(CPU % / memory %)",
+        "Output tokens per joule",
+    ] {
+        assert!(html.contains(want), "{want} in report.html");
+    }
 }
 
 /// Records the live GPU readings a run emits.

@@ -351,6 +351,7 @@ async fn report_rebuilds_the_results_folder_from_the_store() {
         "plan.toml",
         "histograms.hlog",
         "summary.txt",
+        "report.html",
         "requests.csv",
     ];
     let before: Vec<Vec<u8>> = names.iter().map(|n| read(n)).collect();
@@ -367,7 +368,7 @@ async fn report_rebuilds_the_results_folder_from_the_store() {
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    for (n, b) in names.iter().zip(&before).take(5) {
+    for (n, b) in names.iter().zip(&before).take(6) {
         assert!(read(n) == *b, "{n} rebuilt identical");
     }
     assert_eq!(
@@ -449,6 +450,7 @@ async fn a_sweep_writes_one_store_with_every_step() {
             d.join("sweep.json"),
             d.join("sweep.csv"),
             d.join("summary.txt"),
+            d.join("report.html"),
         ];
         for r in &o.report.steps {
             v.extend(
@@ -457,6 +459,7 @@ async fn a_sweep_writes_one_store_with_every_step() {
                     "timeline.csv",
                     "histograms.hlog",
                     "summary.txt",
+                    "report.html",
                 ]
                 .map(|n| r.dir.join(n)),
             );

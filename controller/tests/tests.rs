@@ -17,6 +17,7 @@ mod live;
 mod load_models;
 mod monitor;
 mod odd_servers;
+mod reports;
 mod secrets;
 mod store;
 mod sweeps;
