@@ -119,11 +119,13 @@ fn csv_rows(path: &Path) -> BTreeMap<(u64, u64, u64), BTreeMap<String, String>> 
 async fn store_csv_hlog_and_summary_agree_with_the_simulator() {
     let _serial = LOAD.lock().await;
     let out = scratch("store-agree");
-    let (s, dir) = single(run(&plan(&out, "users = 8\nrequests = 240")).await);
+    // Prompt and response text for the first 5 requests of each agent.
+    let text = plan(&out, "users = 8\nrequests = 240")
+        .replace("[output]", "[output]\n        save_text = 5");
+    let (s, dir) = single(run(&text).await);
     let sim = s.simulator.clone().expect("simulator counts");
     assert_eq!(s.requests_ok, 240);
     assert_eq!(s.requests_ok, sim.completed);
-
     let c = db(&dir);
     assert_eq!(
         count(
@@ -145,17 +147,21 @@ async fn store_csv_hlog_and_summary_agree_with_the_simulator() {
         serde_json::from_str::<serde_json::Value>(&stored).expect("json"),
         serde_json::from_str::<serde_json::Value>(&file).expect("json")
     );
-    // The interval rows add up to the summary's counts, their histograms
-    // to its metrics.
+    intervals_add_up(&c, &s);
+    hlog_holds_the_summary(&dir, &s);
+    requests_agree(&c, &dir, &s);
+}
+
+/// The interval rows add up to the summary's counts, their histograms to
+/// its metrics (and to the simulator's counts).
+fn intervals_add_up(c: &Connection, s: &Summary) {
+    let sim = s.simulator.clone().expect("simulator counts");
     assert_eq!(
-        count(&c, "SELECT COUNT(*) FROM intervals") as usize,
+        count(c, "SELECT COUNT(*) FROM intervals") as usize,
         s.timeline.len()
     );
     assert_eq!(
-        count(
-            &c,
-            "SELECT SUM(requests_ok) FROM intervals WHERE warmup = 0"
-        ) as u64,
+        count(c, "SELECT SUM(requests_ok) FROM intervals WHERE warmup = 0") as u64,
         sim.completed
     );
     let layouts: String = c
@@ -176,8 +182,10 @@ async fn store_csv_hlog_and_summary_agree_with_the_simulator() {
         assert_eq!(merged.get(m).count, s.metrics[m.name()].count, "{m}");
     }
     assert_eq!(merged.get(Metric::OutputTokens).sum, sim.output_tokens);
+}
 
-    // The interval log holds, per metric tag, exactly the summary's samples.
+/// The interval log holds, per metric tag, exactly the summary's samples.
+fn hlog_holds_the_summary(dir: &Path, s: &Summary) {
     let hlog = dir.join("histograms.hlog");
     let text = std::fs::read_to_string(&hlog).expect("hlog");
     assert!(text.contains("microseconds (µs)"), "units in the header");
@@ -188,61 +196,110 @@ async fn store_csv_hlog_and_summary_agree_with_the_simulator() {
             s.metrics[m.name()].count,
             "{m}"
         );
-
-        // Per-request records: the store, the CSV and the simulator agree.
-        let ok = count(
-            &c,
-            "SELECT COUNT(*) FROM requests WHERE outcome = 'ok' AND warmup = 0",
-        ) as u64;
-        assert_eq!(ok, sim.completed, "one ok record per completed request");
-        assert_eq!(
-            count(
-                &c,
-                "SELECT SUM(output_tokens) FROM requests WHERE outcome = 'ok'"
-            ) as u64,
-            sim.output_tokens
-        );
-        assert_eq!(
-            count(
-                &c,
-                "SELECT SUM(input_tokens) FROM requests WHERE outcome = 'ok'"
-            ) as u64,
-            sim.input_tokens
-        );
-        assert_eq!(
-            count(
-                &c,
-                "SELECT COUNT(*) FROM requests WHERE ttft_us IS NULL OR e2e_us < ttft_us"
-            ),
-            0
-        );
-        let csv = csv_rows(&dir.join("requests.csv"));
-        assert_eq!(csv.len() as i64, count(&c, "SELECT COUNT(*) FROM requests"));
-        let csv_tokens: u64 = csv
-            .values()
-            .map(|r| r["output_tokens"].parse::<u64>().expect("n"))
-            .sum();
-        assert_eq!(csv_tokens, sim.output_tokens);
-        let mut st = c
-            .prepare("SELECT step, agent, seq, e2e_us FROM requests")
-            .expect("sql");
-        for row in st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .expect("rows")
-        {
-            let (step, agent, seq, e2e) = row.expect("row");
-            let line = &csv[&(step as u64, agent as u64, seq as u64)];
-            assert_eq!(line["e2e_us"], e2e.to_string());
-        }
     }
     assert!(counts[Metric::Ttft.name()] >= 240);
+}
+
+/// Per-request records: the store, the CSV, the summary and the simulator
+/// agree.
+fn requests_agree(c: &Connection, dir: &Path, s: &Summary) {
+    let sim = s.simulator.clone().expect("simulator counts");
+    let n = |sql: &str| count(c, sql) as u64;
+    assert_eq!(
+        n("SELECT COUNT(*) FROM requests WHERE outcome = 'ok' AND warmup = 0"),
+        sim.completed,
+        "one ok record per completed request"
+    );
+    assert_eq!(
+        n("SELECT SUM(output_tokens) FROM requests WHERE outcome = 'ok'"),
+        sim.output_tokens
+    );
+    assert_eq!(
+        n("SELECT SUM(input_tokens) FROM requests WHERE outcome = 'ok'"),
+        sim.input_tokens
+    );
+    assert_eq!(
+        n("SELECT COUNT(*) FROM requests WHERE ttft_us IS NULL OR e2e_us < ttft_us"),
+        0
+    );
+    // Every record once: each agent's seqs are 0..n without a gap.
+    assert_eq!(
+        n(
+            "SELECT COUNT(*) FROM (SELECT agent, COUNT(*) n, MAX(seq) m FROM requests GROUP BY agent) WHERE n != m + 1"
+        ),
+        0
+    );
+    assert_eq!(n("SELECT COUNT(DISTINCT agent) FROM requests"), 2);
+    // The gaps stored are the summary's chunk_gap samples; one max_stall per
+    // request with gaps, one tpot per request of two tokens or more.
+    let gaps = s.metrics["chunk_gap"].count;
+    assert_eq!(
+        n("SELECT SUM(length(chunk_gaps) / 4) FROM requests WHERE warmup = 0"),
+        gaps
+    );
+    assert_eq!(
+        n("SELECT SUM(chunks - 1) FROM requests WHERE warmup = 0"),
+        gaps
+    );
+    assert_eq!(
+        n("SELECT COUNT(*) FROM requests WHERE chunk_gap_max_us IS NOT NULL"),
+        s.metrics["max_stall"].count
+    );
+    assert_eq!(
+        n("SELECT COUNT(*) FROM requests WHERE tpot_us IS NOT NULL"),
+        s.metrics["tpot"].count
+    );
+    assert_eq!(
+        n("SELECT COUNT(*) FROM requests WHERE output_source = 'server'"),
+        s.token_source.output.server
+    );
+    // save_text = 5: text for the first 5 requests of each agent only.
+    assert_eq!(
+        n("SELECT COUNT(*) FROM requests WHERE prompt IS NOT NULL AND response IS NOT NULL"),
+        10
+    );
+    assert_eq!(
+        n("SELECT COUNT(*) FROM requests WHERE prompt IS NOT NULL AND seq >= 5"),
+        0
+    );
+
+    let csv = csv_rows(&dir.join("requests.csv"));
+    assert_eq!(csv.len() as u64, n("SELECT COUNT(*) FROM requests"));
+    let csv_tokens: u64 = csv
+        .values()
+        .map(|r| r["output_tokens"].parse::<u64>().expect("n"))
+        .sum();
+    assert_eq!(csv_tokens, sim.output_tokens);
+    assert_eq!(
+        csv.values().filter(|r| !r["response"].is_empty()).count(),
+        10
+    );
+    let mut st = c
+        .prepare("SELECT step, agent, seq, e2e_us, ttft_us, response FROM requests")
+        .expect("sql");
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                (
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ),
+                (
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ),
+            ))
+        })
+        .expect("rows");
+    for row in rows {
+        let (key, (e2e, ttft, response)) = row.expect("row");
+        let line = &csv[&key];
+        assert_eq!(line["e2e_us"], e2e.to_string());
+        assert_eq!(line["ttft_us"], ttft.to_string());
+        assert_eq!(line["response"], response.unwrap_or_default());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
