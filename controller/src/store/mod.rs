@@ -98,9 +98,12 @@ pub fn layouts_of(m: &MetricSet) -> Layouts {
     }
 }
 
-/// The `results.sqlite` consumer.
+/// The `results.sqlite` consumer. The file is created when the first step
+/// starts its load: a plan that fails before (a bad dataset path, an
+/// unreachable agent) leaves no folder behind.
 #[derive(Default)]
 pub struct Store {
+    plan: Option<PlanStart>,
     db: Option<Db>,
 }
 
@@ -122,7 +125,7 @@ impl Store {
 
     fn db(&mut self) -> Result<&mut Db, OutputError> {
         self.db.as_mut().ok_or_else(|| {
-            OutputError::Other("results.sqlite: an event came before PlanStarted".into())
+            OutputError::Other("results.sqlite: an event came before its step started".into())
         })
     }
 }
@@ -133,9 +136,24 @@ impl Consumer for Store {
     }
 
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
-        if let RunEvent::PlanStarted(p) = ev {
-            self.db = Some(Db::create(p).map_err(out)?);
-            return Ok(());
+        match ev {
+            RunEvent::PlanStarted(p) => {
+                self.plan = Some(p.clone());
+                return Ok(());
+            }
+            RunEvent::StepStarted(_) if self.db.is_none() => {
+                let plan = self.plan.as_ref().ok_or_else(|| {
+                    OutputError::Other("results.sqlite: a step started before its plan".into())
+                })?;
+                self.db = Some(Db::create(plan).map_err(out)?);
+            }
+            // Nothing to store yet: no step started.
+            RunEvent::PlanFinished(_) | RunEvent::Message(_) | RunEvent::Monitor(_)
+                if self.db.is_none() =>
+            {
+                return Ok(());
+            }
+            _ => {}
         }
         let db = self.db()?;
         let r = match ev {

@@ -180,3 +180,19 @@ fn a_newer_or_missing_store_is_refused_by_name() {
     let e = replay::open(&dir).expect_err("newer");
     assert!(matches!(e, StoreError::NewerSchema { found: 2, .. }), "{e}");
 }
+
+#[test]
+fn a_plan_that_fails_before_its_first_step_leaves_no_folder() {
+    let dir =
+        std::env::temp_dir().join(format!("barrage-store-none-{:08x}", rand::random::<u32>()));
+    let mut evs = events(&dir);
+    evs.truncate(1);
+    evs.push(RunEvent::Message("sweep step 1/2".into()));
+    let reports = feed(evs);
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.error.is_none() && r.files.is_empty())
+    );
+    assert!(!dir.exists(), "nothing created");
+}
