@@ -150,7 +150,7 @@ impl ThresholdsSection {
 }
 
 /// The outcome of one check on one run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub key: String,
     pub limit: f64,

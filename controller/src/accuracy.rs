@@ -8,7 +8,7 @@
 //! were estimated, and requests cut by the stop. The verdict names the worst.
 
 use barrage_common::metrics::{Counters, Layout, SourceCounts};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::merge::IntervalRow;
 
@@ -29,7 +29,7 @@ pub const CUT_BOUND_SHARE: f64 = 0.01;
 pub const PRECISION_BOUND: f64 = 0.01;
 
 /// How far the run's numbers can be trusted.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Accuracy {
     /// "trustworthy", or "read with care: " and the worst concern.
     pub verdict: String,
@@ -45,7 +45,7 @@ pub struct Accuracy {
 /// The load generators' own load, per interval after the warmup (the
 /// timeline holds every interval's values: `max_agent_cpu_percent`,
 /// `max_agent_cpu_share`, `max_scheduler_lag_ms`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GeneratorLoad {
     /// Intervals assessed (the timeline's rows after the warmup).
     pub intervals: u64,
@@ -70,7 +70,7 @@ pub struct GeneratorLoad {
 }
 
 /// How well the agents' timing lines up.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Timing {
     /// Latest agent start after the agreed moment (ms); `max_start_skew_ms`.
     pub max_start_skew_ms: Option<f64>,
@@ -79,7 +79,7 @@ pub struct Timing {
 }
 
 /// The histograms' resolution (HdrHistogram, `[metrics] sigfig`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Precision {
     /// Significant digits every histogram keeps.
     pub sigfig: u8,
@@ -97,7 +97,7 @@ pub struct Precision {
 }
 
 /// Where the token counts came from.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenCounts {
     pub input: SourceShares,
     pub output: SourceShares,
@@ -108,7 +108,7 @@ pub struct TokenCounts {
 }
 
 /// Completed requests by the source of one token count, as shares.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SourceShares {
     /// Completed requests counted.
     pub requests: u64,
@@ -121,7 +121,7 @@ pub struct SourceShares {
 }
 
 /// A comparison of the client's and the server's count of one request.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Mismatch {
     /// False: no run measures it today.
     pub measured: bool,
@@ -129,7 +129,7 @@ pub struct Mismatch {
 }
 
 /// Requests the stop cut short.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CutAtStop {
     pub requests_started: u64,
     /// Started but cut before they ended (e2e censored, neither ok nor failed).

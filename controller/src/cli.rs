@@ -37,6 +37,11 @@ pub enum Command {
     /// Run a test plan (TOML) and/or the flags below. BARRAGE_SECTION__KEY
     /// environment variables override plan keys; flags override both.
     Run(RunArgs),
+    /// Rebuild every file of a results folder from its results.sqlite.
+    Report {
+        /// The results folder (of a run, or of a sweep).
+        dir: PathBuf,
+    },
     /// Compare results folders (runs or sweeps) side by side: prints the
     /// headline figures with the change against the first, and writes
     /// compare.html with their curves overlaid.
@@ -309,6 +314,7 @@ impl RunArgs {
 pub async fn main(cli: Cli) -> i32 {
     let args = match cli.command {
         Command::Run(args) => args,
+        Command::Report { dir } => return crate::store::report_command(&dir),
         Command::Compare(c) => return compare(&c),
     };
     let plan = match args.plan() {

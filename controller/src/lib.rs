@@ -21,6 +21,7 @@ pub mod prometheus;
 pub mod report;
 pub mod run;
 pub mod slices;
+pub mod store;
 pub mod summary_text;
 pub mod sweep;
 pub mod trace;

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use barrage_common::metrics::{Counters, Layouts, Metric, MetricError, MetricSet};
 use barrage_proto::agent::v1 as pb;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One row of the time series.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IntervalRow {
     pub index: u64,
     /// Inside the warmup: shown here, left out of the totals.

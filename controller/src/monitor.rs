@@ -15,7 +15,7 @@ use barrage_gpu_exporter::ExporterClient;
 use barrage_gpu_exporter::summary::{ExporterSummary, Window, summarize};
 use barrage_proto::exporter::v1::Sample;
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,7 @@ pub struct Monitors {
     notes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExporterReport {
     pub addr: String,
     pub clock_uncertainty_ms: f64,
@@ -68,7 +68,7 @@ pub struct ExporterReport {
     pub summary: ExporterSummary,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SeriesStat {
     pub avg: f64,
     pub max: f64,
@@ -80,7 +80,7 @@ pub struct SeriesStat {
     pub aggregation: Aggregation,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct MonitorReport {
     pub exporters: Vec<ExporterReport>,
     /// Joules all GPUs used during the run (energy counter, else power integral).
@@ -93,7 +93,7 @@ pub struct MonitorReport {
 }
 
 /// Per-interval averages for the timeline.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IntervalMonitor {
     pub gpu_util_pct: Option<f64>,
     pub gpu_mem_pct: Option<f64>,

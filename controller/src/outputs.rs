@@ -27,5 +27,6 @@ pub fn defaults(opts: &RunOptions) -> Vec<Box<dyn Consumer>> {
             outputs.push(Box::new(crate::console::PlainProgress));
         }
     }
+    outputs.extend(crate::store::consumers());
     outputs
 }

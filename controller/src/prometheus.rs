@@ -53,7 +53,7 @@ pub struct Exposition {
 }
 
 /// How the series of one metric became one number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregation {
     Sum,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use barrage_common::error_detail::ErrorDetails;
 use barrage_common::metrics::{ErrorClass, Metric, MetricSet, Series, SourceCounts};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::merge::IntervalRow;
 
@@ -44,15 +44,15 @@ pub const TABLE_METRICS: [Metric; 13] = [
     Metric::ServerEval,
 ];
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Distribution {
     /// "ms" for latencies, "tokens" for counts.
-    pub unit: &'static str,
+    pub unit: String,
     pub count: u64,
     pub mean: Option<f64>,
     pub min: Option<f64>,
     pub max: Option<f64>,
-    pub percentiles: BTreeMap<&'static str, f64>,
+    pub percentiles: BTreeMap<String, f64>,
 }
 
 impl Distribution {
@@ -60,20 +60,20 @@ impl Distribution {
         let scale = if m.is_latency() { 1000.0 } else { 1.0 };
         let v = |x: u64| x as f64 / scale;
         Self {
-            unit: if m.is_latency() { "ms" } else { "tokens" },
+            unit: if m.is_latency() { "ms" } else { "tokens" }.to_owned(),
             count: s.count,
             mean: s.mean().map(|x| x / scale),
             min: s.exact_min().map(v),
             max: (s.count > 0).then(|| v(s.max)),
             percentiles: PERCENTILES
                 .iter()
-                .filter_map(|(name, q)| s.quantile(*q).map(|x| (*name, v(x))))
+                .filter_map(|(name, q)| s.quantile(*q).map(|x| ((*name).to_owned(), v(x))))
                 .collect(),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AgentReport {
     pub id: String,
     pub addr: String,
@@ -106,7 +106,7 @@ pub struct AgentReport {
     pub connection_retries: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub name: String,
     pub run_id: String,
@@ -132,7 +132,7 @@ pub struct Summary {
     pub success_rate: f64,
     /// Failed / (succeeded + failed).
     pub failure_rate: f64,
-    pub errors: BTreeMap<&'static str, u64>,
+    pub errors: BTreeMap<String, u64>,
     /// Why requests failed, per error class: HTTP statuses and underlying
     /// causes (OS error, DNS failure...) with counts, and a few distinct
     /// example messages (status, `Location`, the body's first bytes, the
@@ -160,14 +160,14 @@ pub struct Summary {
     /// input count and of their output count, and chunks whose token count
     /// was assumed to be 1.
     pub token_source: TokenSource,
-    pub metrics: BTreeMap<&'static str, Distribution>,
+    pub metrics: BTreeMap<String, Distribution>,
     /// Latency distributions as curves for plots: per metric, [percentile,
     /// ms] points from the merged histograms (`CURVE_PERCENTILES`); a metric
     /// with no samples has no curve.
-    pub percentile_curves: BTreeMap<&'static str, Vec<[f64; 2]>>,
+    pub percentile_curves: BTreeMap<String, Vec<[f64; 2]>>,
     /// Metrics this run could not observe (responses not streamed: the gaps
     /// between chunks); shown as "–", never as 0.
-    pub not_observable: Vec<&'static str>,
+    pub not_observable: Vec<String>,
     pub agents: Vec<AgentReport>,
     pub max_start_skew_ms: Option<f64>,
     /// Worst clock-offset uncertainty (half the best probe round trip).
@@ -196,7 +196,7 @@ pub struct Summary {
     pub accuracy: crate::accuracy::Accuracy,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OpenLoopReport {
     /// Planned arrivals per second (None for "inf").
     pub offered_rate: Option<f64>,
@@ -209,7 +209,7 @@ pub struct OpenLoopReport {
     pub schedule_lag_max_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenSource {
     /// `input_tokens` per source: the server's usage, the prompt counted
     /// with the plan's tokenizer, or a word estimate.
@@ -300,7 +300,7 @@ impl Summary {
             errors: ErrorClass::ALL
                 .iter()
                 .filter(|e| c.error(**e) > 0)
-                .map(|e| (e.name(), c.error(*e)))
+                .map(|e| (e.name().to_owned(), c.error(*e)))
                 .collect(),
             error_details: c.error_details.clone(),
             connection_retries: c.connection_retries,
@@ -325,13 +325,13 @@ impl Summary {
             },
             metrics: Metric::ALL
                 .iter()
-                .map(|m| (m.name(), Distribution::of(*m, totals.get(*m))))
+                .map(|m| (m.name().to_owned(), Distribution::of(*m, totals.get(*m))))
                 .collect(),
             percentile_curves: percentile_curves(totals),
             not_observable: Metric::ALL
                 .iter()
                 .filter(|m| !facts.streamed && !m.observable_unstreamed())
-                .map(|m| m.name())
+                .map(|m| m.name().to_owned())
                 .collect(),
             agents,
             max_start_skew_ms: max_skew,
@@ -370,7 +370,7 @@ pub fn curve_percentiles() -> Vec<f64> {
     linear.chain(nines).chain(std::iter::once(100.0)).collect()
 }
 
-fn percentile_curves(totals: &MetricSet) -> BTreeMap<&'static str, Vec<[f64; 2]>> {
+fn percentile_curves(totals: &MetricSet) -> BTreeMap<String, Vec<[f64; 2]>> {
     let qs = curve_percentiles();
     CURVE_METRICS
         .iter()
@@ -388,7 +388,7 @@ fn percentile_curves(totals: &MetricSet) -> BTreeMap<&'static str, Vec<[f64; 2]>
                         .map(|us| [round4(*p), us as f64 / 1000.0])
                 })
                 .collect();
-            (m.name(), points)
+            (m.name().to_owned(), points)
         })
         .collect()
 }
@@ -545,7 +545,7 @@ fn render_percentiles(out: &mut String, s: &Summary) {
             continue;
         }
         let _ = write!(out, "  {:<14}", row_label(s, m));
-        if s.not_observable.contains(&m.name()) {
+        if s.not_observable.iter().any(|n| n == m.name()) {
             for _ in PERCENTILES {
                 let _ = write!(out, "{UNOBSERVABLE:>10}");
             }
@@ -632,7 +632,7 @@ fn render_agent_problems(out: &mut String, s: &Summary) {
 
 /// `shown`, or "–" when this run could not observe `m`.
 fn observed(s: &Summary, m: Metric, shown: String) -> String {
-    if s.not_observable.contains(&m.name()) {
+    if s.not_observable.iter().any(|n| n == m.name()) {
         UNOBSERVABLE.to_owned()
     } else {
         shown

@@ -45,7 +45,7 @@ pub(crate) async fn exporter(gpus: u32) -> (String, oneshot::Sender<()>) {
 }
 
 /// A minimal Prometheus endpoint: every scrape answers the same text.
-async fn prometheus(body: &'static str) -> String {
+pub(crate) async fn prometheus(body: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
     tokio::spawn(async move {
@@ -64,7 +64,7 @@ async fn prometheus(body: &'static str) -> String {
     url
 }
 
-fn plan(exporter: &str, prom: &str) -> String {
+pub(crate) fn plan(exporter: &str, prom: &str) -> String {
     format!(
         r#"
         name = "monitor"
@@ -90,7 +90,7 @@ fn plan(exporter: &str, prom: &str) -> String {
     )
 }
 
-fn opts() -> RunOptions {
+pub(crate) fn opts() -> RunOptions {
     RunOptions {
         monitor_token: Some(Token::new(TOKEN)),
         ..RunOptions::default()

@@ -19,4 +19,5 @@ mod monitor;
 mod odd_servers;
 mod reports;
 mod secrets;
+mod store;
 mod sweeps;
