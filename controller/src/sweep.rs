@@ -9,7 +9,7 @@ use std::time::Duration;
 use barrage_common::load::{LoadMode, RateValue};
 use barrage_common::plan::PlanFile;
 use barrage_common::sweep::{SearchOver, StepSpec, SweepSection};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Events, Outputs, PlanEnd, PlanStart, RunEvent};
@@ -17,7 +17,7 @@ use crate::report::Summary;
 use crate::run::{RunError, RunOptions, RunOutcome, StepOut, Verdict, execute_with, run_step};
 
 /// One step in the comparison table.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SweepRow {
     pub step: usize,
     pub label: String,
@@ -45,7 +45,7 @@ pub struct SweepRow {
     pub dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SearchResult {
     pub over: SearchOver,
     /// The highest value that kept every limit (None: even the first failed).
@@ -55,7 +55,7 @@ pub struct SearchResult {
     pub goodput_at_best: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SweepReport {
     pub name: String,
     pub status: String,

@@ -13,7 +13,6 @@ pub mod hlog;
 pub mod replay;
 pub mod rows;
 pub mod schema;
-mod sweep_de;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -156,7 +156,7 @@ impl Reader<'_> {
             .ok_or_else(|| self.bad(format!("unknown verdict {verdict:?}")))?;
         let sweep = plan
             .sweep_report
-            .map(|j| super::sweep_de::from_json(&j))
+            .map(|j| serde_json::from_str::<crate::sweep::SweepReport>(&j))
             .transpose()?;
         events.emit(RunEvent::PlanFinished(PlanEnd {
             verdict,
