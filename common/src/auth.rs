@@ -26,6 +26,11 @@ impl Token {
         }
     }
 
+    /// Whether `presented` is this token (constant time over its contents).
+    pub fn matches(&self, presented: &str) -> bool {
+        constant_time_eq(self.0.as_bytes(), presented.as_bytes())
+    }
+
     fn bearer(&self) -> String {
         format!("Bearer {}", self.0)
     }

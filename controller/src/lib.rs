@@ -20,6 +20,7 @@ pub mod outputs;
 pub mod prometheus;
 pub mod report;
 pub mod run;
+pub mod service;
 pub mod slices;
 pub mod store;
 pub mod summary_text;
