@@ -1,7 +1,8 @@
 //! Benchmark: what watching a running test costs `controller serve`.
 //!
 //! A `controller serve` process runs a 1000-stream test (2 `agent serve`
-//! processes × 500 users against an `llm-sim` process, all on loopback)
+//! processes × 500 users against an `llm-sim` process with TTFT 100 ms,
+//! ITL 100 ms and 64 tokens, all on loopback; 60 s, users ramp over 5 s)
 //! while 0 or N watchers look at it. A watcher does what the dashboard's
 //! live page does: one SSE connection to `/api/runs/{id}/events` and a poll
 //! of `/api/runs` every 2 s. With `--browsers N`, N headless chromium
@@ -12,7 +13,7 @@
 //! ```text
 //! cargo build --release -p barrage-controller -p barrage-agent -p barrage-llm-sim
 //! cargo run --release -p barrage-controller --example service_bench -- \
-//!     [--reps 3] [--watchers 5] [--browsers 0] [--duration 30] [--agents 2] [--users 500]
+//!     [--reps 3] [--watchers 5] [--browsers 0] [--duration 60] [--agents 2] [--users 500]
 //! ```
 
 #[path = "bench_support/mod.rs"]
@@ -55,7 +56,7 @@ fn opts() -> Result<Opts> {
         reps: 3,
         watchers: 5,
         browsers: 0,
-        duration_s: 30,
+        duration_s: 60,
         agents: 2,
         users: 500,
     };
