@@ -153,6 +153,29 @@ async fn runs_submitted_at_once_queue_and_run_one_at_a_time_per_pool() {
     api.wait_end(&d, LIMIT).await;
     let (_, list) = api.json("/api/runs?status=completed").await;
     assert_eq!(list["runs"].as_array().map(Vec::len), Some(4));
+
+    // Finished runs compare by id: the figures as JSON, and the page.
+    let ids = format!("{},{}", id_of(&first), id_of(&second));
+    let (status, cmp) = api.json(&format!("/api/compare?ids={ids}")).await;
+    assert_eq!(status, 200, "{cmp}");
+    assert_eq!(cmp["runs"][1]["letter"], "B");
+    let rows = cmp["groups"][0]["rows"].as_array().expect("rows");
+    assert!(
+        rows.iter()
+            .any(|r| r["cells"][0]["value"].as_f64().is_some_and(|v| v > 0.0)),
+        "{cmp}"
+    );
+    let page = api
+        .req(Method::GET, &format!("/compare?ids={ids}"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("<title>barrage: compare</title>") && html.contains("BarrageCharts"),
+        "the compare page with its charts"
+    );
     svc.stop().await;
     sim.shutdown().await;
 }
@@ -503,6 +526,23 @@ async fn a_token_guards_reads_writes_pages_and_metrics() {
         .await
         .expect("get");
     assert_eq!(bearer.status(), 200);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_start_ends_in_error_with_the_reason() {
+    let svc = TestService::start(&scratch("svc-error"), None).await;
+    let api = &svc.api;
+    // Nothing listens on port 1 of loopback: the agent cannot be reached.
+    let plan = "name = \"no-agent\"\n[simulator]\n[cluster]\nagents = [\"127.0.0.1:1\"]\nagent_wait = \"1s\"\n[load]\nusers = 1\nduration = \"2s\"\n";
+    let id = id_of(&api.submit(plan).await);
+    let done = api.wait_end(&id, LIMIT).await;
+    assert_eq!(done["status"], "error", "{done}");
+    let why = done["error"].as_str().unwrap_or("");
+    assert!(
+        why.contains("127.0.0.1:1"),
+        "the reason names the agent: {why}"
+    );
     svc.stop().await;
 }
 
