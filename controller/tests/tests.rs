@@ -19,6 +19,7 @@ mod monitor;
 mod odd_servers;
 mod reports;
 mod secrets;
+mod service_api;
 mod service_metrics;
 mod store;
 mod sweeps;
