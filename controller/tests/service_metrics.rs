@@ -1,5 +1,6 @@
 //! The service's Prometheus `/metrics` (controller/src/service/metrics.rs):
-//! synthetic events through the run consumer, a real run through it, the
+//! synthetic events through the run consumer, a real run through it, a run
+//! submitted to `controller serve` on loopback and scraped over HTTP, the
 //! page read back with the project's own exposition parser, and the Grafana
 //! dashboard checked against what the page holds.
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use barrage_common::metrics::{Counters, ErrorClass, Layouts, Metric, MetricSet};
+use barrage_common::simulator::SimConfig;
 use barrage_controller::events::{Consumer, IntervalEvent, PlanEnd, PlanStart, RunEvent};
 use barrage_controller::merge::IntervalRow;
 use barrage_controller::monitor::IntervalMonitor;
@@ -18,7 +20,8 @@ use barrage_controller::service::metrics::{KEEP_FINISHED, ServiceMetrics};
 use barrage_controller::sweep::{PlanOutcome, execute_plan_with};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{LOAD, TEST_LIMIT, plan_from, scratch};
+use crate::support::service::{Api, TestService, sim_plan};
+use crate::support::{LOAD, TEST_LIMIT, plan_from, scratch, sim_with};
 
 // ---------------------------------------------------------------------------
 // Reading the page back
@@ -780,4 +783,154 @@ fn the_grafana_dashboard_reads_only_metrics_that_render_produces() {
         !text.contains("\"uid\":\"prometheus\""),
         "a hard-coded datasource"
     );
+}
+
+// ---------------------------------------------------------------------------
+// End to end: `controller serve` on loopback, a plan against llm-sim
+
+/// Scrapes `/metrics` with the service's token; the page is valid.
+async fn scrape(api: &Api) -> Exposition {
+    let resp = api
+        .req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(resp.status(), 200);
+    let ctype = resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    let exp = parse(&resp.text().await.expect("body"));
+    check_valid(&exp);
+    exp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_run_is_scraped_live_and_ends_with_its_summary_counts() {
+    let _serial = LOAD.lock().await;
+    let sim = sim_with(SimConfig::default()).await;
+    let token = "metrics-test-token";
+    let svc = TestService::start(&scratch("svc-metrics"), Some(token)).await;
+    let api = &svc.api;
+
+    // Bearer auth: no token, no metrics.
+    let anon = Api::new(api.base.clone(), None);
+    let refused = anon
+        .req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(refused.status(), 401);
+
+    // A warmup too: left out of the counters, as in the summary.
+    let plan = sim_plan("scraped", sim.addr(), 4, "4s")
+        .replace("drain = \"1s\"", "drain = \"1s\"\nwarmup = \"1s\"");
+    let id = api.submit(&plan).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let run = [("run", id.as_str())];
+    let ok_of = |exp: &Exposition| {
+        value(
+            exp,
+            "barrage_requests_total",
+            &[("run", id.as_str()), ("outcome", "ok")],
+        )
+    };
+
+    // While it runs: active, counted in `running`, counts that only grow.
+    let start = std::time::Instant::now();
+    let mut live = Vec::new();
+    loop {
+        let exp = scrape(api).await;
+        let active = value(&exp, "barrage_run_active", &run);
+        if active == Some(1.0) {
+            assert_eq!(
+                value(&exp, "barrage_runs", &[("status", "running")]),
+                Some(1.0)
+            );
+            live.push(ok_of(&exp).unwrap_or(0.0));
+        }
+        if api.run(&id).await["status"] != "running" && !live.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < TEST_LIMIT, "run {id} never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = api.wait_end(&id, TEST_LIMIT).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        live.windows(2).all(|w| w[0] <= w[1]),
+        "only grows: {live:?}"
+    );
+    let (status, summary) = api
+        .json(&format!("/api/runs/{id}/files/summary.json"))
+        .await;
+    assert_eq!(status, 200);
+    let field = |k: &str| {
+        summary[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {summary}"))
+    };
+    assert!(
+        live.iter()
+            .any(|v| *v > 0.0 && *v < field("requests_ok") as f64),
+        "figures seen mid-run: {live:?}"
+    );
+
+    // After: the series equal the run's summary.
+    let exp = scrape(api).await;
+    assert_eq!(value(&exp, "barrage_run_active", &run), Some(0.0));
+    assert_eq!(value(&exp, "barrage_in_flight_requests", &run), Some(0.0));
+    assert_eq!(
+        value(&exp, "barrage_runs", &[("status", "completed")]),
+        Some(1.0)
+    );
+    let outcome = |o: &str| {
+        value(
+            &exp,
+            "barrage_requests_total",
+            &[("run", id.as_str()), ("outcome", o)],
+        )
+    };
+    assert!(field("requests_ok") > 0);
+    assert_eq!(outcome("ok"), Some(field("requests_ok") as f64));
+    assert_eq!(outcome("failed"), Some(field("requests_failed") as f64));
+    assert_eq!(
+        outcome("incomplete"),
+        Some(field("requests_incomplete") as f64)
+    );
+    for (family, metric) in [
+        (
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "ttft",
+        ),
+        (
+            "gen_ai_client_operation_time_per_output_chunk_seconds",
+            "chunk_gap",
+        ),
+        ("barrage_itl_seconds", "itl"),
+        ("gen_ai_client_operation_duration_seconds", "e2e"),
+    ] {
+        let measured = summary["metrics"][metric]["count"].as_u64();
+        assert_eq!(
+            value(&exp, &format!("{family}_count"), &run),
+            measured.map(|n| n as f64),
+            "{family}: one sample per {metric} measured"
+        );
+    }
+    let e2e = value(&exp, "gen_ai_client_operation_duration_seconds_count", &run);
+    assert_eq!(e2e, Some(field("requests_ok") as f64));
+    let tokens = |t: &str| {
+        value(
+            &exp,
+            "gen_ai_client_token_usage_sum",
+            &[("run", id.as_str()), ("gen_ai_token_type", t)],
+        )
+    };
+    assert_eq!(tokens("output"), Some(field("output_tokens") as f64));
+    assert_eq!(tokens("input"), Some(field("input_tokens") as f64));
+    svc.stop().await;
+    sim.shutdown().await;
 }
