@@ -94,12 +94,22 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((utime + stime) / 100.0)
 }
 
-/// The bench's children, ended (by their own pid) when dropped.
+/// The bench's children, ended (by their own pid) when dropped: SIGTERM
+/// first, so chromium takes its helper processes down with it.
 struct Kids(Vec<Child>);
 
 impl Drop for Kids {
     fn drop(&mut self) {
         for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        let t0 = Instant::now();
+        for c in &mut self.0 {
+            while t0.elapsed() < Duration::from_secs(3) && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
