@@ -118,6 +118,7 @@ fn source_of(s: CountSource) -> pb::CountSource {
         CountSource::Server => pb::CountSource::Server,
         CountSource::Tokenizer => pb::CountSource::Tokenizer,
         CountSource::Estimated => pb::CountSource::Estimated,
+        CountSource::TokenizerChatTemplate => pb::CountSource::TokenizerChatTemplate,
     }
 }
 

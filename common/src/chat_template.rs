@@ -306,7 +306,8 @@ mod tests {
         let e = ChatTemplate::new("{% for %}".into(), "".into(), "".into(), "m/x.jinja".into())
             .expect_err("broken");
         assert!(
-            e.to_string().starts_with("m/x.jinja: not a valid Jinja template"),
+            e.to_string()
+                .starts_with("m/x.jinja: not a valid Jinja template"),
             "{e}"
         );
     }

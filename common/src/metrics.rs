@@ -507,14 +507,22 @@ pub enum CountSource {
     Tokenizer,
     /// A heuristic: prompt words, or one token per output chunk.
     Estimated,
+    /// The plan's tokenizer on the messages rendered with the model's chat
+    /// template, counted by the controller (input only).
+    TokenizerChatTemplate,
 }
 
 /// Completed requests per source of one count (input or output).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceCounts {
     pub server: u64,
+    /// Every count made with the plan's tokenizer, chat template or not.
     pub tokenizer: u64,
     pub estimated: u64,
+    /// Of `tokenizer`: counted on the messages rendered with the model's chat
+    /// template (the rest: on the raw text). Absent in older summaries.
+    #[serde(default)]
+    pub tokenizer_chat_template: u64,
 }
 
 impl SourceCounts {
@@ -523,6 +531,10 @@ impl SourceCounts {
             CountSource::Server => self.server += 1,
             CountSource::Tokenizer => self.tokenizer += 1,
             CountSource::Estimated => self.estimated += 1,
+            CountSource::TokenizerChatTemplate => {
+                self.tokenizer += 1;
+                self.tokenizer_chat_template += 1;
+            }
         }
     }
 
@@ -530,6 +542,9 @@ impl SourceCounts {
         self.server = self.server.saturating_add(o.server);
         self.tokenizer = self.tokenizer.saturating_add(o.tokenizer);
         self.estimated = self.estimated.saturating_add(o.estimated);
+        self.tokenizer_chat_template = self
+            .tokenizer_chat_template
+            .saturating_add(o.tokenizer_chat_template);
     }
 }
 
@@ -654,6 +669,7 @@ impl Counters {
             input_from_server: self.input_from.server,
             input_from_tokenizer: self.input_from.tokenizer,
             input_estimated: self.input_from.estimated,
+            input_from_chat_template: self.input_from.tokenizer_chat_template,
             output_from_server: self.output_from.server,
             output_from_tokenizer: self.output_from.tokenizer,
             output_estimated: self.output_from.estimated,
@@ -686,11 +702,13 @@ impl Counters {
                 server: p.input_from_server,
                 tokenizer: p.input_from_tokenizer,
                 estimated: p.input_estimated,
+                tokenizer_chat_template: p.input_from_chat_template,
             },
             output_from: SourceCounts {
                 server: p.output_from_server,
                 tokenizer: p.output_from_tokenizer,
                 estimated: p.output_estimated,
+                tokenizer_chat_template: 0,
             },
             records_sent: p.records_sent,
             records_dropped: p.records_dropped,
