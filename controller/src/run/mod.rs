@@ -268,7 +268,7 @@ pub(crate) async fn run_step(
     out: StepOut<'_>,
 ) -> Result<RunOutcome, RunError> {
     let loaded = load(&plan, opts)?;
-    let target = resolve_target(&plan).await?;
+    let target = resolve_target(&plan, opts.plan_dir.as_deref()).await?;
     let target_pb = target_proto(&plan, &target.url)?;
     let (addrs, token, embedded) = resolve_agents(
         &plan,
