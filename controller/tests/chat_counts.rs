@@ -273,3 +273,123 @@ async fn random_lengths_are_exact_with_the_template_the_plan_names() {
     let info = chat.counted.expect("counted");
     assert_eq!(info.chat_template, Some(model.join("llama3.jinja")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_template_stops_the_run_before_traffic_naming_the_file() {
+    let dir = scratch("chat-broken");
+    model_dir(&dir);
+    std::fs::write(
+        dir.join("broken.jinja"),
+        "{% for m in messages %}{{ m.content }}",
+    )
+    .expect("write");
+    let body = r#"
+        [target]
+        url = "SIM_URL"
+        [dataset]
+        tokenizer = "model/tokenizer.json"
+        chat_template = "broken.jinja"
+        [load]
+        users = 1
+        requests = 4
+        [output]
+        dir = "OUT"
+        "#;
+    let (code, stderr, seen) = crate::support::run_binary_with(&dir, body, &[]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("dataset.chat_template") && stderr.contains("broken.jinja"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not a valid Jinja template"), "{stderr}");
+    assert_eq!(seen, 0, "nothing was sent");
+}
+
+#[test]
+fn bad_configs_and_refusing_templates_name_the_file_and_the_problem() {
+    let out = scratch("chat-bad");
+    let model = model_dir(&out);
+    let chat = Some(ApiKind::OpenaiChat);
+    // A tokenizer_config.json that is not JSON.
+    std::fs::write(model.join("tokenizer_config.json"), "{\"chat_template\": ").expect("write");
+    let d = section(&out, DatasetKind::Random, |d| d.input_tokens = 200);
+    let e = load_for(&d, None, chat).expect_err("bad json").to_string();
+    assert!(
+        e.starts_with("dataset.tokenizer ") && e.contains("tokenizer_config.json: not valid JSON"),
+        "{e}"
+    );
+    // A named file that is missing.
+    let missing = section(&out, DatasetKind::Random, |d| {
+        d.chat_template = Some(out.join("nope.jinja"));
+    });
+    let e = load_for(&missing, None, chat)
+        .expect_err("missing")
+        .to_string();
+    assert!(
+        e.starts_with("dataset.chat_template ") && e.contains("nope.jinja"),
+        "{e}"
+    );
+    // A template that refuses a system message, as Gemma's does.
+    std::fs::write(model.join("tokenizer_config.json"), "{}").expect("write");
+    std::fs::write(
+        model.join("no-system.jinja"),
+        "{% for m in messages %}{% if m.role == 'system' %}\
+         {{ raise_exception('System role not supported') }}{% endif %}{{ m.content }}{% endfor %}",
+    )
+    .expect("write");
+    let refusing = section(&out, DatasetKind::Messages, |d| {
+        d.path = Some(data("messages.jsonl").into());
+        d.chat_template = Some(model.join("no-system.jinja"));
+    });
+    let e = load_for(&refusing, None, chat)
+        .expect_err("raised")
+        .to_string();
+    assert!(
+        e.starts_with("dataset.chat_template ") && e.contains("no-system.jinja"),
+        "{e}"
+    );
+    assert!(e.contains("System role not supported"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_template_chat_counts_fall_back_to_raw_text_and_the_summary_says_so() {
+    let _serial = LOAD.lock().await;
+    let out = scratch("chat-fallback");
+    let model = model_dir(&out);
+    // A config without chat_template (and no chat_template.jinja).
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        r#"{"bos_token": "<|begin_of_text|>"}"#,
+    )
+    .expect("write");
+    let text = plan(
+        &out,
+        "openai-chat",
+        false,
+        "input_tokens = 30\nprompts = 12",
+        None,
+    );
+    let outcome = run_text(&text, RunOptions::default()).await;
+    let s = &outcome.summary;
+    let sim = s.simulator.clone().expect("simulator stats");
+    assert_eq!(s.requests_ok, 12);
+    // The simulator, finding no template either, counts raw text too.
+    assert_eq!(s.input_tokens, 12 * 30);
+    assert_eq!(s.input_tokens, sim.input_tokens);
+    let t = &s.token_source;
+    assert_eq!(
+        (t.input.tokenizer, t.input.tokenizer_chat_template),
+        (12, 0)
+    );
+    assert_eq!(t.chat_template, None);
+    let how = t.input_counting.clone().expect("input_counting");
+    assert!(
+        how.contains("raw text") && how.contains("has no \"chat_template\""),
+        "{how}"
+    );
+    assert!(s.notes.contains(&how), "{:?}", s.notes);
+    let json = std::fs::read_to_string(outcome.dir.join("summary.json")).expect("summary.json");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(json["token_source"]["input"]["tokenizer_chat_template"], 0);
+    assert_eq!(json["token_source"]["input_counting"], how.as_str());
+}
