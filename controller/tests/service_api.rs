@@ -632,3 +632,51 @@ fn event_stream_text_parses_into_events() {
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].0, "run");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_streams_each_step_and_ends_with_its_headline() {
+    let _serial = LOAD.lock().await;
+    let sim = sim_with(SimConfig::default()).await;
+    let svc = TestService::start(&scratch("svc-sweep"), None).await;
+    let api = &svc.api;
+    let plan = format!(
+        "{}[sweep]\nusers = [1, 2]\nrequests = [4, 8]\n",
+        sim_plan("swept", sim.addr(), 1, "30s")
+    );
+    let id = id_of(&api.submit(&plan).await);
+    let events = api.events(&id, LIMIT).await;
+    let steps: Vec<u64> = events
+        .iter()
+        .filter(|(k, _)| k == "step")
+        .map(|(_, d)| d["step"].as_u64().expect("step"))
+        .collect();
+    assert_eq!(steps, vec![1, 2], "one step event per sweep step");
+    let finished = events.iter().filter(|(k, _)| k == "step_finished").count();
+    assert_eq!(finished, 2);
+    for step in [1, 2] {
+        assert!(
+            events
+                .iter()
+                .any(|(k, d)| k == "interval" && d["step"] == step),
+            "intervals of step {step}"
+        );
+    }
+    let (kind, end) = events.last().expect("events");
+    assert_eq!(kind, "end");
+    assert_eq!(end["status"], "completed", "{end}");
+    assert_eq!(end["sweep"], true);
+    assert_eq!(end["headline"]["steps"], 2);
+    assert_eq!(
+        end["headline"]["requests_ok"].as_u64(),
+        Some(12),
+        "4 + 8 requests"
+    );
+    let (_, files) = api.json(&format!("/api/runs/{id}/files")).await;
+    let files = files["files"].to_string();
+    assert!(
+        files.contains("sweep.json") && files.contains("report.html"),
+        "{files}"
+    );
+    svc.stop().await;
+    sim.shutdown().await;
+}
