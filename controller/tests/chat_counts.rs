@@ -179,9 +179,18 @@ async fn agree(
                 assert_eq!(*n, client[*i], "{what}: prompt {i}, client vs row");
                 assert_eq!(src, source, "{what}");
             }
+            let check = &s.accuracy.token_counts.client_server_mismatch;
             if usage {
                 assert_eq!(from.server, 12, "{what}");
+                // Counted both ways, request by request, and equal.
+                assert_eq!(
+                    (check.requests_compared, check.requests_mismatched),
+                    (12, 0),
+                    "{what}"
+                );
+                assert_eq!(check.client_input_tokens, check.server_input_tokens);
             } else {
+                assert!(!check.measured, "{what}");
                 assert_eq!(from.tokenizer, 12, "{what}");
                 let templated = if chat { 12 } else { 0 };
                 assert_eq!(from.tokenizer_chat_template, templated, "{what}");
@@ -392,4 +401,29 @@ async fn without_a_template_chat_counts_fall_back_to_raw_text_and_the_summary_sa
     let json: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(json["token_source"]["input"]["tokenizer_chat_template"], 0);
     assert_eq!(json["token_source"]["input_counting"], how.as_str());
+
+    // A server that does apply a template, reporting usage: every request's
+    // count differs from the client's raw one, and the summary counts it.
+    let text = plan(
+        &out,
+        "openai-chat",
+        true,
+        "input_tokens = 30\nprompts = 12",
+        Some("llama3.jinja"),
+    );
+    let outcome = run_text(&text, RunOptions::default()).await;
+    let s = &outcome.summary;
+    let m = &s.accuracy.token_counts.client_server_mismatch;
+    assert_eq!((m.requests_compared, m.requests_mismatched), (12, 12));
+    assert_eq!(m.client_input_tokens, 12 * 30);
+    assert_eq!(
+        m.server_input_tokens, s.input_tokens,
+        "the figures are the server's"
+    );
+    assert!(m.server_input_tokens > m.client_input_tokens);
+    assert!(
+        m.note.contains("differed from the server's on 12 of 12"),
+        "{}",
+        m.note
+    );
 }
