@@ -143,7 +143,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(NAME, source)
-            .map_err(|e| fail(&origin, format!("not a valid Jinja template: {e:#}")))?;
+            .map_err(|e| fail(&origin, format!("not a valid Jinja template: {e}")))?;
         Ok(Self {
             env,
             bos_token,
@@ -239,7 +239,7 @@ impl ChatTemplate {
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         })
-        .map_err(|e| fail(&self.origin, format!("rendering failed: {e:#}")))
+        .map_err(|e| fail(&self.origin, format!("rendering failed: {e}")))
     }
 }
 
