@@ -33,7 +33,8 @@ pub struct ChatMessage<'a> {
 
 /// A compiled chat template and where it came from.
 pub struct ChatTemplate {
-    env: Environment<'static>,
+    /// Boxed: an environment is large, and templates travel in enums.
+    env: Box<Environment<'static>>,
     bos_token: String,
     eos_token: String,
     origin: PathBuf,
@@ -145,7 +146,7 @@ impl ChatTemplate {
         env.add_template_owned(NAME, source)
             .map_err(|e| fail(&origin, format!("not a valid Jinja template: {e}")))?;
         Ok(Self {
-            env,
+            env: Box::new(env),
             bos_token,
             eos_token,
             origin,
