@@ -397,6 +397,8 @@ async fn without_a_template_chat_counts_fall_back_to_raw_text_and_the_summary_sa
         "{how}"
     );
     assert!(s.notes.contains(&how), "{:?}", s.notes);
+    let html = std::fs::read_to_string(outcome.dir.join("report.html")).expect("report.html");
+    assert!(html.contains("Input tokens counted"), "the report says how");
     let json = std::fs::read_to_string(outcome.dir.join("summary.json")).expect("summary.json");
     let json: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(json["token_source"]["input"]["tokenizer_chat_template"], 0);
@@ -425,5 +427,51 @@ async fn without_a_template_chat_counts_fall_back_to_raw_text_and_the_summary_sa
         m.note.contains("differed from the server's on 12 of 12"),
         "{}",
         m.note
+    );
+}
+
+#[test]
+fn a_traces_input_lengths_are_exact_as_a_chat_server_counts_them() {
+    let out = scratch("chat-trace");
+    let model = model_dir(&out);
+    let lens = [120u32, 150, 200];
+    let rows: String = lens
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!("{{\"timestamp\": {i}, \"input_length\": {n}, \"output_length\": 2}}\n")
+        })
+        .collect();
+    let path = out.join("trace.jsonl");
+    std::fs::write(&path, rows).expect("trace");
+    let load = barrage_common::load::LoadSection {
+        trace: Some(path),
+        ..barrage_common::load::LoadSection::default()
+    };
+    let d = section(&out, DatasetKind::Random, |_| {});
+    let t = barrage_controller::trace::load_for(&load, &d, None, Some(ApiKind::OpenaiChat))
+        .expect("trace")
+        .expect("some");
+    // Rendered with the ChatML template beside the tokenizer and re-encoded
+    // here: exactly each row's length.
+    let tmpl = barrage_common::chat_template::ChatTemplate::beside(&model.join("tokenizer.json"));
+    let Ok(barrage_common::chat_template::Found::Template(tmpl)) = tmpl else {
+        panic!("the template is beside the tokenizer");
+    };
+    let tok = Tokenizer::from_file(model.join("tokenizer.json")).expect("tokenizer");
+    for (p, n) in t.prompts.iter().zip(lens) {
+        let msg = barrage_common::chat_template::ChatMessage {
+            role: "user",
+            content: &p.messages[0].content,
+        };
+        let rendered = tmpl.render(&[msg]).expect("renders");
+        let ids = tok.encode(rendered.as_str(), false).expect("encode");
+        assert_eq!(ids.get_ids().len(), n as usize);
+        assert_eq!((p.input_tokens, p.input_chat_template), (n, true));
+    }
+    let counted = t.counted.expect("counted");
+    assert_eq!(
+        counted.chat_template,
+        Some(model.join("tokenizer_config.json"))
     );
 }
