@@ -475,3 +475,29 @@ fn a_traces_input_lengths_are_exact_as_a_chat_server_counts_them() {
         Some(model.join("tokenizer_config.json"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_chat_counts_equal_the_servers_prompt_eval_count() {
+    let _serial = LOAD.lock().await;
+    let out = scratch("chat-ollama");
+    model_dir(&out);
+    let toml = format!("kind = \"messages\"\npath = \"{}\"", data("messages.jsonl"));
+    let d = section(&out, DatasetKind::Messages, |d| {
+        d.path = Some(data("messages.jsonl").into());
+    });
+    let client = load_for(&d, None, Some(ApiKind::OllamaChat)).expect("dataset");
+    let outcome = run_text(
+        &plan(&out, "ollama-chat", true, &toml, None),
+        RunOptions::default(),
+    )
+    .await;
+    let s = &outcome.summary;
+    assert_eq!(s.requests_ok, 12);
+    // Ollama always reports prompt_eval_count: every request is compared.
+    for (i, n, src) in rows(&outcome.dir) {
+        assert_eq!(src, "server");
+        assert_eq!(n, u64::from(client.prompts[i].input_tokens), "prompt {i}");
+    }
+    let m = &s.accuracy.token_counts.client_server_mismatch;
+    assert_eq!((m.requests_compared, m.requests_mismatched), (12, 0));
+}
