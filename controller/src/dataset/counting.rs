@@ -25,7 +25,8 @@ pub enum Way {
     /// Each message's text, summed: a chat API without a known template
     /// (the reason says why), or no API known.
     Raw(String),
-    /// The messages' text joined by newlines, as a completions API gets it.
+    /// The messages' text joined by newlines, as a completions API (and a
+    /// body template's `%p`) gets it.
     Joined,
 }
 
