@@ -501,3 +501,51 @@ async fn ollama_chat_counts_equal_the_servers_prompt_eval_count() {
     let m = &s.accuracy.token_counts.client_server_mismatch;
     assert_eq!((m.requests_compared, m.requests_mismatched), (12, 0));
 }
+
+#[test]
+fn random_lengths_in_a_range_with_a_shared_prefix_are_exact_rendered() {
+    let out = scratch("chat-range");
+    let model = model_dir(&out);
+    let d = section(&out, DatasetKind::Random, |d| {
+        d.input_tokens = 60;
+        d.range_ratio = 0.3;
+        d.prefix_tokens = 10;
+        d.prompts = 20;
+        d.chat_template = Some(model.join("llama3.jinja"));
+    });
+    let ps = load_for(&d, None, Some(ApiKind::OpenaiChat))
+        .expect("prompts")
+        .prompts;
+    let tmpl = barrage_common::chat_template::ChatTemplate::from_file(
+        &model.join("llama3.jinja"),
+        Some(&model.join("tokenizer_config.json")),
+    )
+    .expect("template");
+    let tok = Tokenizer::from_file(model.join("tokenizer.json")).expect("tokenizer");
+    let (low, high) = barrage_common::dataset::length_bounds(60, 0.3);
+    let first = tok
+        .encode(ps[0].messages[0].content.as_str(), false)
+        .expect("encode");
+    let prefix = &first.get_ids()[..10];
+    for p in &ps {
+        let content = &p.messages[0].content;
+        let msg = barrage_common::chat_template::ChatMessage {
+            role: "user",
+            content,
+        };
+        let rendered = tmpl.render(&[msg]).expect("renders");
+        assert!(
+            rendered.starts_with("<|begin_of_text|><|start_header_id|>user"),
+            "{rendered}"
+        );
+        let n = tok
+            .encode(rendered.as_str(), false)
+            .expect("encode")
+            .get_ids()
+            .len();
+        assert_eq!(n as u32, p.input_tokens, "{content:?}");
+        assert!((low..=high).contains(&p.input_tokens));
+        let ids = tok.encode(content.as_str(), false).expect("encode");
+        assert_eq!(&ids.get_ids()[..10], prefix, "the shared prefix");
+    }
+}
