@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{LOAD, TEST_LIMIT, plan_from, scratch};
 
 #[path = "../examples/bench_support/fleet_agent.rs"]
-mod fleet;
+mod fakes;
 
-use fleet::data::{Pool, Traffic};
-use fleet::{Fault, Fleet};
+use fakes::data::{Pool, Traffic};
+use fakes::{Fault, Fleet};
 
 /// When each settled row reached the outputs.
 struct Rows(Arc<Mutex<Vec<(u64, Instant)>>>);
@@ -84,7 +84,7 @@ async fn a_fleet_that_loses_an_agent_and_waits_for_a_slow_one_merges_exactly() {
     fleet.shutdown();
     let s = &outcome.summary;
     assert_eq!(outcome.verdict, Verdict::Degraded, "{:?}", s.notes);
-    let problems = fleet::exactness(&fleet, s);
+    let problems = fakes::exactness(&fleet, s);
     assert!(problems.is_empty(), "{problems:#?}");
     let lost: Vec<&str> = s
         .agents

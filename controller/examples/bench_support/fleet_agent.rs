@@ -430,7 +430,7 @@ impl FakeAgent {
                 }
                 _ = tokio::time::sleep_until(boundary.into()) => {
                     let (v, iv) = self.interval(index);
-                    out.send(Queued::now(OutItem::Interval(v, iv))).map_err(|_| "outbox closed")?;
+                    out.send(Queued::now(OutItem::Interval(v, Box::new(iv)))).map_err(|_| "outbox closed")?;
                     index += 1;
                 }
             }
@@ -488,7 +488,7 @@ impl FakeAgent {
         match item {
             OutItem::Interval(v, iv) => {
                 let index = iv.index;
-                self.send(tx, agent_msg::Msg::Interval(iv)).await?;
+                self.send(tx, agent_msg::Msg::Interval(*iv)).await?;
                 let now = Instant::now();
                 self.sent
                     .tally
@@ -512,7 +512,7 @@ impl FakeAgent {
 
 enum OutItem {
     /// The pool entry and the interval made of it.
-    Interval(usize, pb::Interval),
+    Interval(usize, Box<pb::Interval>),
     /// The final totals, with the last seq sent.
     Final(u64),
 }
