@@ -13,6 +13,7 @@ mod e2e;
 mod edges;
 mod events;
 mod failures;
+mod fleet;
 mod limits;
 mod live;
 mod load_models;
