@@ -296,7 +296,14 @@
   function newPage() {
     tabs();
     var ff = $("fields-form");
-    var preview = function () { $("fields-plan").textContent = fieldsPlan(ff); };
+    var preview = function () {
+      // Only the fields the chosen target and load mode use are editable.
+      ff.elements.url.disabled = ff.elements.target.value !== "url";
+      ff.elements.url.required = !ff.elements.url.disabled;
+      ff.elements.users.disabled = ff.elements.mode.value === "rate";
+      ff.elements.rate.disabled = ff.elements.mode.value !== "rate";
+      $("fields-plan").textContent = fieldsPlan(ff);
+    };
     ff.addEventListener("input", preview);
     ff.addEventListener("change", preview);
     preview();
