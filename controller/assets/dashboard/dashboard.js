@@ -249,6 +249,7 @@
       location.assign(runUrl(run.id));
     }).catch(function (e) {
       showError(err, e);
+      err.scrollIntoView({ block: "nearest" });
       button.disabled = false;
     });
   }

@@ -102,7 +102,7 @@ fn layout(name: &str, title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · barrage</title>\
+         <title>{title} · barrage</title><link rel=\"icon\" href=\"data:,\">\
          <link rel=\"stylesheet\" href=\"/assets/dashboard.css\"></head>\n\
          <body data-page=\"{name}\">\
          <header class=\"bar\"><a class=\"brand\" href=\"/\">barrage</a>\
