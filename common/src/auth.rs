@@ -26,6 +26,11 @@ impl Token {
         }
     }
 
+    /// The secret itself, to send it (never to log it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `presented` is this token (constant time over its contents).
     pub fn matches(&self, presented: &str) -> bool {
         constant_time_eq(self.0.as_bytes(), presented.as_bytes())

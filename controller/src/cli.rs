@@ -46,6 +46,87 @@ pub enum Command {
     /// headline figures with the change against the first, and writes
     /// compare.html with their curves overlaid.
     Compare(CompareArgs),
+    /// Serve the REST API, the run queue and the web dashboard
+    /// (docs/service.md).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Without --token-env only loopback is allowed.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// The service's data folder: the run queue (service.sqlite) and every
+    /// run's results.
+    #[arg(long, default_value = "barrage-data")]
+    pub data: PathBuf,
+    /// Environment variable holding the API token (Bearer, or the login
+    /// form). Never the token itself.
+    #[arg(long)]
+    pub token_env: Option<String>,
+    /// Runs at once in a pool, as NAME=N (repeatable; any pool: 1).
+    #[arg(long = "pool", value_name = "NAME=N")]
+    pub pools: Vec<String>,
+    /// Largest plan or batch upload, in bytes.
+    #[arg(long, default_value_t = crate::service::MAX_UPLOAD)]
+    pub max_upload: usize,
+}
+
+impl ServeArgs {
+    /// The service's configuration; the error names the flag.
+    pub fn config(&self) -> Result<crate::service::ServeConfig, String> {
+        let token = match &self.token_env {
+            Some(var) => Some(
+                barrage_common::auth::Token::from_env(var)
+                    .map_err(|e| format!("--token-env: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut pools = std::collections::BTreeMap::new();
+        for p in &self.pools {
+            let parsed = p
+                .split_once('=')
+                .and_then(|(name, n)| Some((name.trim(), n.trim().parse::<usize>().ok()?)))
+                .filter(|(name, n)| !name.is_empty() && *n > 0);
+            let Some((name, n)) = parsed else {
+                return Err(format!("--pool {p:?}: expected NAME=N with N >= 1"));
+            };
+            pools.insert(name.to_owned(), n);
+        }
+        Ok(crate::service::ServeConfig {
+            listen: self.listen,
+            data: self.data.clone(),
+            token,
+            pools,
+            max_upload: self.max_upload,
+        })
+    }
+}
+
+/// `controller serve`: 0 after a clean stop (Ctrl-C, SIGTERM), 2 for bad
+/// flags, 1 when it cannot start.
+async fn serve(args: &ServeArgs) -> i32 {
+    let cfg = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_BAD_PLAN;
+        }
+    };
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        if stop_signal().await {
+            s.cancel();
+        }
+    });
+    match crate::service::serve(cfg, stop).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILED
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +397,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Run(args) => args,
         Command::Report { dir } => return crate::store::report_command(&dir),
         Command::Compare(c) => return compare(&c),
+        Command::Serve(s) => return serve(&s).await,
     };
     let plan = match args.plan() {
         Ok(p) => p,

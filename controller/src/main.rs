@@ -6,8 +6,12 @@ fn main() {
     let cli = barrage_controller::cli::Cli::parse();
     // --debug: every request and response of the embedded agents.
     let debug = matches!(&cli.command, barrage_controller::cli::Command::Run(a) if a.debug);
+    let serving = matches!(&cli.command, barrage_controller::cli::Command::Serve(_));
     let default = if debug {
         "warn,barrage_agent::client=debug"
+    } else if serving {
+        // A service logs what it does (runs queued, started, ended).
+        "warn,barrage_controller=info"
     } else {
         "warn"
     };

@@ -19,5 +19,6 @@ mod monitor;
 mod odd_servers;
 mod reports;
 mod secrets;
+mod service_api;
 mod store;
 mod sweeps;

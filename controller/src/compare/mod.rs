@@ -19,7 +19,7 @@
 //! marked `?` (noise unknown). This judges variation over time within each
 //! run, not run-to-run variation of the service: repeat runs for that.
 
-mod page;
+pub mod page;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

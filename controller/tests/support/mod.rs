@@ -121,3 +121,4 @@ pub fn word_level_tokenizer<S: Into<String>>(words: impl IntoIterator<Item = S>)
     t.with_pre_tokenizer(Some(WhitespaceSplit));
     t
 }
+pub mod service;

@@ -1,0 +1,329 @@
+//! Live updates of runs: a consumer per run turns its events into
+//! Server-Sent Events, broadcast to whoever watches, with the latest
+//! progress kept for `GET /api/runs/{id}`. A watcher that connects late (or
+//! reloads) first gets the run's history from its results.sqlite, then the
+//! live events it did not get from the history (docs/service.md).
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::response::sse::Event;
+use futures::Stream;
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::events::{Consumer, OutputError, RunEvent};
+use crate::store::verdict_name;
+
+/// Live events a slow watcher may lag behind before it misses some.
+const CHANNEL: usize = 1024;
+
+/// One Server-Sent Event, and what it covers (to skip what the history
+/// already sent).
+#[derive(Debug, Clone)]
+pub struct LiveItem {
+    pub kind: &'static str,
+    pub data: String,
+    pub key: ItemKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemKey {
+    /// Always sent (messages, monitor readings, state changes).
+    Any,
+    Step(u32),
+    Interval(u32, u64),
+    StepFinished(u32),
+    End,
+}
+
+impl LiveItem {
+    pub fn new(kind: &'static str, data: &serde_json::Value, key: ItemKey) -> Self {
+        Self {
+            kind,
+            data: data.to_string(),
+            key,
+        }
+    }
+
+    fn sse(&self) -> Event {
+        Event::default().event(self.kind).data(&self.data)
+    }
+}
+
+/// A run's progress while it runs (`RunInfo.progress`).
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct Progress {
+    pub step: u32,
+    pub step_name: String,
+    /// Seconds from the step's start to the end of the latest interval.
+    pub t_s: f64,
+    pub duration_s: Option<f64>,
+    pub requests: Option<u64>,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub in_flight: u64,
+    pub req_per_s: f64,
+    pub output_tok_per_s: f64,
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p99_ms: Option<f64>,
+    pub itl_p50_ms: Option<f64>,
+}
+
+struct Live {
+    tx: broadcast::Sender<Arc<LiveItem>>,
+    progress: Option<Progress>,
+    interval_s: f64,
+}
+
+/// Every run that has not ended: its broadcast and progress.
+#[derive(Default)]
+pub struct LiveHub {
+    runs: Mutex<HashMap<String, Live>>,
+}
+
+impl LiveHub {
+    fn runs(&self) -> MutexGuard<'_, HashMap<String, Live>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A queued run: watchers may subscribe before it starts.
+    pub fn register(&self, id: &str) {
+        self.runs().entry(id.to_owned()).or_insert_with(|| Live {
+            tx: broadcast::channel(CHANNEL).0,
+            progress: None,
+            interval_s: 1.0,
+        });
+    }
+
+    /// None once the run ended (or for an unknown run).
+    pub fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<Arc<LiveItem>>> {
+        self.runs().get(id).map(|l| l.tx.subscribe())
+    }
+
+    pub fn progress(&self, id: &str) -> Option<Progress> {
+        self.runs().get(id).and_then(|l| l.progress.clone())
+    }
+
+    /// Sends `item` to the run's watchers (none listening is fine).
+    pub fn publish(&self, id: &str, item: LiveItem) {
+        if let Some(l) = self.runs().get(id) {
+            let _ = l.tx.send(Arc::new(item));
+        }
+    }
+
+    /// The run ended: watchers get `end` with its final state; the run
+    /// leaves the hub.
+    pub fn end(&self, id: &str, info: &serde_json::Value) {
+        if let Some(l) = self.runs().remove(id) {
+            let _ =
+                l.tx.send(Arc::new(LiveItem::new("end", info, ItemKey::End)));
+        }
+    }
+
+    fn observe(&self, id: &str, ev: &RunEvent) {
+        let mut runs = self.runs();
+        let Some(live) = runs.get_mut(id) else {
+            return;
+        };
+        match ev {
+            RunEvent::StepStarted(s) => {
+                live.interval_s = s.interval_s;
+                live.progress = Some(Progress {
+                    step: s.step,
+                    step_name: s.name.clone(),
+                    duration_s: s.duration_s,
+                    requests: s.requests,
+                    ..Progress::default()
+                });
+            }
+            RunEvent::Interval(iv) => {
+                if let Some(p) = live.progress.as_mut() {
+                    let secs = live.interval_s.max(1e-9);
+                    let r = &iv.row;
+                    p.t_s = r.t_s + live.interval_s;
+                    p.requests_ok = iv.totals.requests_ok;
+                    p.requests_failed = iv.totals.requests_failed;
+                    p.in_flight = r.in_flight;
+                    p.req_per_s = r.requests_ok as f64 / secs;
+                    p.output_tok_per_s = r.output_tokens as f64 / secs;
+                    p.ttft_p50_ms = r.ttft_p50_ms;
+                    p.ttft_p99_ms = r.ttft_p99_ms;
+                    p.itl_p50_ms = r.itl_p50_ms;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The consumer that feeds run `id`'s watchers; `on_dir` learns the
+    /// run's results folder when the plan starts.
+    pub fn consumer(
+        self: &Arc<Self>,
+        id: &str,
+        on_dir: Box<dyn FnMut(&Path) + Send>,
+    ) -> Box<dyn Consumer> {
+        Box::new(LiveConsumer {
+            hub: Arc::clone(self),
+            id: id.to_owned(),
+            on_dir,
+        })
+    }
+}
+
+struct LiveConsumer {
+    hub: Arc<LiveHub>,
+    id: String,
+    on_dir: Box<dyn FnMut(&Path) + Send>,
+}
+
+impl Consumer for LiveConsumer {
+    fn name(&self) -> &'static str {
+        "live view (service)"
+    }
+
+    fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
+        if let RunEvent::PlanStarted(p) = ev {
+            (self.on_dir)(&p.dir);
+        }
+        self.hub.observe(&self.id, ev);
+        if let Some(item) = item_of(ev) {
+            self.hub.publish(&self.id, item);
+        }
+        Ok(())
+    }
+}
+
+/// The Server-Sent Event of a run event (None: not for watchers).
+pub fn item_of(ev: &RunEvent) -> Option<LiveItem> {
+    let item = match ev {
+        RunEvent::StepStarted(s) => LiveItem::new(
+            "step",
+            &json!({"step": s.step, "name": s.name, "interval_s": s.interval_s,
+                    "duration_s": s.duration_s, "requests": s.requests,
+                    "users": s.users, "rate": s.rate}),
+            ItemKey::Step(s.step),
+        ),
+        RunEvent::Interval(iv) => LiveItem::new(
+            "interval",
+            &json!({"step": iv.step, "row": iv.row,
+                    "totals": {"requests_ok": iv.totals.requests_ok,
+                               "requests_failed": iv.totals.requests_failed,
+                               "input_tokens": iv.totals.input_tokens,
+                               "output_tokens": iv.totals.output_tokens}}),
+            ItemKey::Interval(iv.step, iv.row.index),
+        ),
+        RunEvent::Monitor(m) => LiveItem::new(
+            "monitor",
+            &json!({"step": m.step, "t_s": m.t_s, "sample": m.sample}),
+            ItemKey::Any,
+        ),
+        RunEvent::Message(text) => LiveItem::new("message", &json!({"text": text}), ItemKey::Any),
+        RunEvent::StepFinished(end) => LiveItem::new(
+            "step_finished",
+            &json!({"step": end.step, "verdict": verdict_name(end.verdict),
+                    "headline": super::api::headline_of(&end.summary)}),
+            ItemKey::StepFinished(end.step),
+        ),
+        RunEvent::PlanStarted(_) | RunEvent::Requests(_) | RunEvent::PlanFinished(_) => {
+            return None;
+        }
+    };
+    Some(item)
+}
+
+/// The run's history so far, from the store of its results folder (empty
+/// before the store exists).
+pub fn history(dir: &Path) -> Vec<LiveItem> {
+    let items = Arc::new(Mutex::new(Vec::new()));
+    let collector = Collector {
+        items: Arc::clone(&items),
+    };
+    match crate::store::replay::replay_timeline(dir, vec![Box::new(collector)]) {
+        Ok(_) | Err(crate::store::StoreError::Missing { .. }) => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot read a run's history"),
+    }
+    let mut items = items.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::take(&mut *items)
+}
+
+struct Collector {
+    items: Arc<Mutex<Vec<LiveItem>>>,
+}
+
+impl Consumer for Collector {
+    fn name(&self) -> &'static str {
+        "history"
+    }
+
+    fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
+        if let Some(item) = item_of(ev) {
+            self.items
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(item);
+        }
+        Ok(())
+    }
+}
+
+/// What a watcher is sent: `first` (the run's state), the history, then
+/// the live events the history did not cover, until the run ends. `live`
+/// must have been subscribed before the history was read, so nothing falls
+/// between the two.
+pub fn watch(
+    first: LiveItem,
+    history: Vec<LiveItem>,
+    live: Option<broadcast::Receiver<Arc<LiveItem>>>,
+    end_now: Option<LiveItem>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+    let seen: HashSet<ItemKey> = history
+        .iter()
+        .map(|i| i.key)
+        .filter(|k| *k != ItemKey::Any)
+        .collect();
+    let head: Vec<Result<Event, Infallible>> = std::iter::once(first)
+        .chain(history)
+        .chain(end_now)
+        .map(|i| Ok(i.sse()))
+        .collect();
+    let tail = live.map(|rx| {
+        BroadcastStream::new(rx)
+            .scan(false, |ended, item| {
+                // Stop after the `end` event.
+                if *ended {
+                    return futures::future::ready(None);
+                }
+                let out = match item {
+                    Ok(i) => {
+                        *ended = i.key == ItemKey::End;
+                        Some(i)
+                    }
+                    Err(BroadcastStreamRecvError::Lagged(n)) => Some(Arc::new(LiveItem::new(
+                        "message",
+                        &json!({"text": format!("{n} live updates were skipped (slow connection): reload for the whole history")}),
+                        ItemKey::Any,
+                    ))),
+                };
+                futures::future::ready(Some(out))
+            })
+            .filter_map(move |i| {
+                let keep = i.filter(|i| i.key == ItemKey::Any || !seen.contains(&i.key));
+                futures::future::ready(keep.map(|i| Ok(i.sse())))
+            })
+    });
+    futures::stream::iter(head).chain(futures::stream::iter(tail).flatten())
+}
+
+/// The dir of a run's results, if it is inside `data` (a guard against a
+/// queue edited by hand).
+pub fn results_dir(data: &Path, dir: Option<&str>) -> Option<PathBuf> {
+    let dir = PathBuf::from(dir?);
+    dir.starts_with(data).then_some(dir)
+}
