@@ -15,6 +15,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+use crate::support::service::TestService;
 use crate::support::{LOAD, scratch};
 
 /// The whole test, browser start to last page.
@@ -120,7 +121,7 @@ impl Browser {
                     format!("--window-size={},{}", SCREEN.0, SCREEN.1),
                     format!("--user-data-dir={}", profile.display()),
                     // No network but loopback: every name resolves nowhere.
-                    "--host-resolver-rules=MAP * ~NOTFOUND",
+                    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
                 ],
             },
             "goog:loggingPrefs": { "browser": "ALL" },
@@ -315,6 +316,9 @@ impl Browser {
     }
 }
 
+/// The service's token in this test (typed into the login form).
+const TOKEN: &str = "browser-test-token";
+
 /// A plan that is wrong in one key (users = 0).
 const BAD_PLAN: &str = "name = \"bad\"\n[load]\nusers = 0\nduration = \"5s\"\n[simulator]\n";
 
@@ -342,8 +346,9 @@ async fn dashboard_in_a_real_browser() {
 
 /// The whole visit, page by page.
 async fn walk(b: &Browser) {
-    let svc = start_service().await;
-    let base = svc.base.clone();
+    let data = scratch("dashboard-data");
+    let svc = TestService::start(&data, Some(TOKEN)).await;
+    let base = svc.api.base.clone();
 
     login(b, &base).await;
     bad_plan_message(b, &base, &svc).await;
@@ -351,6 +356,7 @@ async fn walk(b: &Browser) {
     report(b, &first).await;
     let second = pasted_run(b, &base).await;
     compare(b, &base, &first, &second).await;
+    svc.stop().await;
 }
 
 /// `/` sends a stranger to the login form; the token typed there opens the
@@ -378,7 +384,7 @@ async fn login(b: &Browser, base: &str) {
 
 /// An invalid plan pasted into the form: the page shows the API's message,
 /// word for word (the CLI's message naming the key).
-async fn bad_plan_message(b: &Browser, base: &str, svc: &Svc) {
+async fn bad_plan_message(b: &Browser, base: &str, svc: &TestService) {
     b.client
         .goto(&format!("{base}/new#plan"))
         .await
@@ -392,9 +398,8 @@ async fn bad_plan_message(b: &Browser, base: &str, svc: &Svc) {
     })
     .await;
     let res = svc
-        .http
-        .post(format!("{base}/api/runs"))
-        .bearer_auth(TOKEN)
+        .api
+        .req(reqwest::Method::POST, "/api/runs")
         .body(BAD_PLAN)
         .send()
         .await

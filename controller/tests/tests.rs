@@ -20,5 +20,6 @@ mod odd_servers;
 mod reports;
 mod secrets;
 mod service_api;
+mod service_browser;
 mod store;
 mod sweeps;
