@@ -15,7 +15,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::support::service::TestService;
+use crate::support::service::{Api, TestService};
 use crate::support::{LOAD, scratch};
 
 /// The whole test, browser start to last page.
@@ -276,12 +276,10 @@ impl Browser {
     async fn errors(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let page = self
-            .js(
-                "var e = (window.dashboardErrors || []).slice();\
+            .js("var e = (window.dashboardErrors || []).slice();\
                  var b = document.getElementById('script-errors');\
                  if (b && b.textContent.trim() && !e.length) e.push(b.textContent.trim());\
-                 return e;",
-            )
+                 return e;")
             .await;
         for e in page.as_array().into_iter().flatten() {
             out.push(e.as_str().unwrap_or_default().to_owned());
@@ -312,7 +310,10 @@ impl Browser {
 
     async fn assert_no_errors(&self, page: &str) {
         let errors = self.errors().await;
-        assert!(errors.is_empty(), "{page}: errors in the browser: {errors:#?}");
+        assert!(
+            errors.is_empty(),
+            "{page}: errors in the browser: {errors:#?}"
+        );
     }
 }
 
@@ -369,8 +370,11 @@ async fn login(b: &Browser, base: &str) {
     b.shot("01-login").await;
     b.fill("#login input[name=token]", "not-the-token").await;
     b.click("#login button[type=submit]").await;
-    b.wait_path("the login page again", |p| p.starts_with("/login"))
+    b.wait_path("the login page again", |p| p.contains("error="))
         .await;
+    let said = b.shown("#error").await.text().await.expect("error text");
+    assert!(said.contains("not accepted"), "{said}");
+    b.shot("01b-login-wrong-token").await;
     b.fill("#login input[name=token]", TOKEN).await;
     b.click("#login button[type=submit]").await;
     b.wait_path("the runs list", |p| p == "/").await;
@@ -392,7 +396,11 @@ async fn bad_plan_message(b: &Browser, base: &str, svc: &TestService) {
     b.fill("#plan-form textarea[name=plan]", BAD_PLAN).await;
     b.click("#plan-form button[type=submit]").await;
     let shown = wait_for("the plan's error on the page", WAIT, || async {
-        let e = b.client.find(Locator::Css("#plan-form .error")).await.ok()?;
+        let e = b
+            .client
+            .find(Locator::Css("#plan-form .error"))
+            .await
+            .ok()?;
         let t = e.text().await.ok()?;
         (!t.trim().is_empty()).then_some(t)
     })
@@ -437,8 +445,12 @@ const TERMINAL: [&str; 7] = [
 /// shows its whole history again after a reload, and ends completed with
 /// its report. Returns the run's id.
 async fn live_run(b: &Browser, base: &str) -> String {
-    b.client.goto(&format!("{base}/new")).await.expect("open /new");
-    b.fill("#fields-form input[name=name]", "browser-live").await;
+    b.client
+        .goto(&format!("{base}/new"))
+        .await
+        .expect("open /new");
+    b.fill("#fields-form input[name=name]", "browser-live")
+        .await;
     b.fill("#fields-form input[name=users]", "2").await;
     b.fill("#fields-form input[name=duration]", "15s").await;
     b.fill("#fields-form input[name=max_tokens]", "16").await;
@@ -462,6 +474,16 @@ async fn live_run(b: &Browser, base: &str) -> String {
     })
     .await;
     assert!(p2 > p1, "chart points grow during the run: {p1} then {p2}");
+    let progress = b
+        .shown("#progress-text")
+        .await
+        .text()
+        .await
+        .expect("progress");
+    assert!(
+        progress.ends_with("of 15 s"),
+        "the step's length is known live: {progress}"
+    );
     assert_eq!(b.body("data-status").await.as_deref(), Some("running"));
     b.shot("05-live").await;
     b.assert_no_errors("live run page").await;
@@ -504,7 +526,10 @@ async fn report(b: &Browser, id: &str) {
         (n > 0).then_some(n)
     })
     .await;
-    assert!(b.body_num("data-points").await > 0, "{charts} charts, no point");
+    assert!(
+        b.body_num("data-points").await > 0,
+        "{charts} charts, no point"
+    );
     b.shot("11-report").await;
     b.assert_no_errors("report.html").await;
 }
@@ -520,7 +545,13 @@ async fn pasted_run(b: &Browser, base: &str) -> String {
     let path = b
         .wait_path("the second run's page", |p| p.starts_with("/runs/"))
         .await;
-    let status = wait_status(b, "the second run to end", Duration::from_secs(120), &TERMINAL).await;
+    let status = wait_status(
+        b,
+        "the second run to end",
+        Duration::from_secs(120),
+        &TERMINAL,
+    )
+    .await;
     assert_eq!(status, "completed");
     path.trim_start_matches("/runs/").to_owned()
 }
@@ -560,4 +591,69 @@ async fn compare(b: &Browser, base: &str, first: &str, second: &str) {
     }
     b.shot("13-compare").await;
     b.assert_no_errors("compare page").await;
+}
+
+/// Every `src="..."` and `href="..."` value of a page.
+fn links(html: &str) -> Vec<String> {
+    ["src=\"", "href=\""]
+        .iter()
+        .flat_map(|key| {
+            html.split(key)
+                .skip(1)
+                .filter_map(|rest| rest.split('"').next())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Without a browser: the pages carry a policy that allows nothing from
+/// elsewhere and link only to this service; the assets need no token, the
+/// pages send a stranger to the login form.
+#[tokio::test]
+async fn dashboard_pages_load_nothing_from_elsewhere_and_sit_behind_the_token() {
+    use barrage_controller::service::dashboard::CSP;
+    let data = scratch("dashboard-http");
+    let svc = TestService::start(&data, Some(TOKEN)).await;
+    let stranger = Api::new(svc.api.base.clone(), None);
+    let get = |api: &Api, path: &str| api.req(reqwest::Method::GET, path).send();
+    for (path, kind) in [
+        ("/assets/dashboard.js", "text/javascript"),
+        ("/assets/charts.js", "text/javascript"),
+        ("/assets/dashboard.css", "text/css"),
+    ] {
+        let r = get(&stranger, path).await.expect("asset");
+        assert_eq!(r.status(), 200, "{path} needs no token");
+        let ct = r.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .expect("type");
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+        assert!(!r.text().await.expect("body").is_empty());
+    }
+    for path in ["/", "/new", "/runs/r-1"] {
+        let r = get(&stranger, path).await.expect("page");
+        assert!(r.status().is_redirection(), "{path}: {}", r.status());
+        let to = r.headers()[reqwest::header::LOCATION].to_str().expect("to");
+        assert!(to.starts_with("/login?next="), "{path} → {to}");
+    }
+    for (path, api) in [
+        ("/", &svc.api),
+        ("/new", &svc.api),
+        ("/runs/r-1", &svc.api),
+        ("/login", &stranger),
+    ] {
+        let r = get(api, path).await.expect("page");
+        assert_eq!(r.status(), 200, "{path}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .expect("csp");
+        assert_eq!(csp, CSP, "{path}");
+        let html = r.text().await.expect("html");
+        assert!(html.contains("data-page=\""), "{path}");
+        for l in links(&html) {
+            let local = (l.starts_with('/') && !l.starts_with("//")) || l == "data:,";
+            assert!(local, "{path} links to {l}");
+        }
+    }
+    svc.stop().await;
 }

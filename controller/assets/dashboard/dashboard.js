@@ -147,11 +147,14 @@
       location.assign("/compare?ids=" + picked.map(encodeURIComponent).join(","));
     });
 
+    var names = {};
+
     function showPicked() {
       $("compare").disabled = picked.length < 2;
       $("selected").textContent = picked.length
-        ? picked.length + " selected" + (picked.length < 2 ? ": tick one more to compare" : "")
-        : "Tick two runs or more to compare them.";
+        ? picked.length + " selected; baseline: " + (names[picked[0]] || picked[0]) +
+          (picked.length < 2 ? "; tick one more to compare" : "")
+        : "Tick two runs or more to compare them (the first ticked is the baseline).";
     }
 
     function toggle(id, on) {
@@ -163,6 +166,7 @@
 
     function row(run) {
       var f = figures(run);
+      names[run.id] = run.name;
       var box = h("input", { type: "checkbox", "aria-label": "compare " + run.name, value: run.id });
       box.checked = picked.indexOf(run.id) >= 0;
       box.addEventListener("change", function () { toggle(run.id, box.checked); });
@@ -608,23 +612,28 @@
 
     function connect() {
       var src = new EventSource(apiRun(id) + "/events");
+      // Each connection (and reconnection) sends the whole history again,
+      // after its first event: the page starts afresh there. (Not on
+      // "open": the browser may dispatch it after the first events.)
+      var fresh = true;
       st.source = src;
-      src.addEventListener("open", function () {
-        // A (re)connection sends the whole history again: start afresh.
-        st.steps = {};
-        clear($("messages"));
-        $("messages-box").hidden = true;
-        resetCharts();
-        $("connection").textContent = "live";
-      });
+      src.addEventListener("open", function () { $("connection").textContent = "live"; });
       Object.keys(handlers).forEach(function (type) {
         src.addEventListener(type, function (e) {
           var data;
           try { data = JSON.parse(e.data); } catch (err) { recordError("bad " + type + " event: " + err.message); return; }
+          if (fresh) {
+            fresh = false;
+            st.steps = {};
+            clear($("messages"));
+            $("messages-box").hidden = true;
+            resetCharts();
+          }
           handlers[type](data);
         });
       });
       src.addEventListener("error", function () {
+        fresh = true;
         if (src.readyState === EventSource.CLOSED) {
           close("disconnected");
           // Tells why (a 401 goes to the login page) and shows the state.
