@@ -129,7 +129,12 @@ mod tests {
         ] {
             let html = layout(name, "t", body).to_lowercase();
             assert!(html.contains(&format!("data-page=\"{name}\"")));
-            assert!(!html.contains("http://") && !html.contains("https://"));
+            for attr in ["src=\"", "href=\"", "action=\""] {
+                for value in html.split(attr).skip(1) {
+                    let local = value.starts_with('/') && !value.starts_with("//");
+                    assert!(local || value.starts_with("data:"), "{name}: {attr}{value}");
+                }
+            }
             assert!(!html.contains("<script>"), "{name}: an inline script");
             assert!(!html.contains(" onclick=") && !html.contains(" style="));
         }
