@@ -357,6 +357,10 @@ async fn walk(b: &Browser) {
     report(b, &first).await;
     let second = pasted_run(b, &base).await;
     compare(b, &base, &first, &second).await;
+    filter(b, &base, &second).await;
+    sweep_steps(b, &base).await;
+    cancel_and_delete(b, &base, &svc).await;
+    batch_message(b, &base, &svc).await;
     svc.stop().await;
 }
 
@@ -591,6 +595,137 @@ async fn compare(b: &Browser, base: &str, first: &str, second: &str) {
     }
     b.shot("13-compare").await;
     b.assert_no_errors("compare page").await;
+}
+
+/// The name filter narrows the list (and stays in the address).
+async fn filter(b: &Browser, base: &str, second: &str) {
+    b.client.goto(&format!("{base}/")).await.expect("open /");
+    b.fill("#filters input[name=name]", "pasted").await;
+    b.click("#filters button[type=submit]").await;
+    b.wait_path("the filtered list", |p| {
+        p == "/?name=pasted&status=&since=&until="
+    })
+    .await;
+    wait_for("one row left", WAIT, || async {
+        let rows = b
+            .client
+            .find_all(Locator::Css("#runs tbody tr"))
+            .await
+            .ok()?;
+        let id = rows.first()?.attr("data-id").await.ok()??;
+        (rows.len() == 1 && id == second).then_some(())
+    })
+    .await;
+    b.shot("14-runs-filtered").await;
+    b.assert_no_errors("filtered runs list").await;
+}
+
+/// A sweep of two steps: the page lets one pick a step and shows its
+/// charts.
+const SWEEP_PLAN: &str = "name = \"browser-sweep\"\n[request]\nmax_tokens = 16\n\
+    [load]\nusers = 1\nduration = \"3s\"\n[sweep]\nusers = [1, 2]\n\
+    [simulator]\nttft = \"20ms\"\nitl = \"5ms\"\n";
+
+async fn sweep_steps(b: &Browser, base: &str) {
+    b.client
+        .goto(&format!("{base}/new#plan"))
+        .await
+        .expect("open /new");
+    b.fill("#plan-form textarea[name=plan]", SWEEP_PLAN).await;
+    b.click("#plan-form button[type=submit]").await;
+    b.wait_path("the sweep's page", |p| p.starts_with("/runs/"))
+        .await;
+    let status = wait_status(b, "the sweep to end", Duration::from_secs(120), &TERMINAL).await;
+    assert_eq!(status, "completed");
+    let options = b
+        .client
+        .find_all(Locator::Css("#step-pick option"))
+        .await
+        .expect("steps");
+    assert_eq!(options.len(), 2, "one choice per step");
+    let last = b.body_num("data-intervals").await;
+    assert!(last > 0, "the last step's intervals are drawn");
+    let first = options[0]
+        .attr("value")
+        .await
+        .expect("value")
+        .expect("a step");
+    assert_eq!(first, "1", "a sweep's steps count from 1");
+    options[0].click().await.expect("pick step 1");
+    wait_for("step 1's charts", WAIT, || async {
+        let picked = b.shown("#step-pick").await.prop("value").await.ok()??;
+        let label = b.shown("#step-label").await.text().await.ok()?;
+        let drawn = b.body_num("data-points").await > 0;
+        (picked == first && drawn && label.starts_with("step 2")).then_some(())
+    })
+    .await;
+    b.shot("15-sweep-step-1").await;
+    b.assert_no_errors("sweep page").await;
+}
+
+/// A run cancelled from its page ends `cancelled`; deleting it from its
+/// page removes it from the list.
+async fn cancel_and_delete(b: &Browser, base: &str, svc: &TestService) {
+    let plan = "name = \"browser-cancel\"\n[load]\nusers = 1\nduration = \"60s\"\n[simulator]\n";
+    let run = svc.api.submit(plan).await;
+    let id = run["id"].as_str().expect("id").to_owned();
+    b.client
+        .goto(&format!("{base}/runs/{id}"))
+        .await
+        .expect("open the run");
+    wait_status(b, "the run to start", WAIT, &["running"]).await;
+    b.click("#cancel").await;
+    let status = wait_status(b, "the cancel", Duration::from_secs(30), &TERMINAL).await;
+    assert_eq!(status, "cancelled");
+    b.shown("#delete").await;
+    b.shot("16-cancelled").await;
+    b.assert_no_errors("cancelled run page").await;
+    b.click("#delete").await;
+    b.client.accept_alert().await.expect("confirm the delete");
+    b.wait_path("the list after the delete", |p| p == "/").await;
+    let (code, _) = svc.api.json(&format!("/api/runs/{id}")).await;
+    assert_eq!(code, 404, "the run is gone");
+}
+
+/// The batch form shows the API's message for a bad batch, word for word.
+async fn batch_message(b: &Browser, base: &str, svc: &TestService) {
+    b.client
+        .goto(&format!("{base}/new#batch"))
+        .await
+        .expect("open /new");
+    b.fill("#batch-form input[name=num_prompts_list]", "10, 20")
+        .await;
+    b.fill("#batch-form input[name=max_concurrency_list]", "2")
+        .await;
+    b.click("#batch-form button[type=submit]").await;
+    let shown = wait_for("the batch's error on the page", WAIT, || async {
+        let e = b
+            .client
+            .find(Locator::Css("#batch-form .error"))
+            .await
+            .ok()?;
+        let t = e.text().await.ok()?;
+        (!t.trim().is_empty()).then_some(t)
+    })
+    .await;
+    // What the form sent, sent again.
+    let same = json!({"name": "batch", "description": "", "num_prompts_list": [10, 20],
+        "max_concurrency_list": [2], "input_output_pairs": []});
+    let res = svc
+        .api
+        .req(reqwest::Method::POST, "/api/batch")
+        .json(&same)
+        .send()
+        .await
+        .expect("POST /api/batch");
+    assert_eq!(res.status(), 400);
+    let v: Value = res.json().await.expect("JSON error");
+    assert_eq!(
+        shown.trim(),
+        v["error"]["message"].as_str().expect("message").trim()
+    );
+    b.shot("17-batch-error").await;
+    b.assert_no_errors("batch form").await;
 }
 
 /// Every `src="..."` and `href="..."` value of a page.

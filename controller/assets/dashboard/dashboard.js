@@ -482,10 +482,9 @@
       var row = c && c.rows.length ? c.rows[c.rows.length - 1] : null;
       var info = (s && s.info) || {};
       var totals = (s && s.totals) || {};
-      var p = run.progress || {};
-      var steps = p.steps || (run.sweep ? null : 1);
-      $("step-label").textContent = s ? "step " + (n + 1) + (steps ? " of " + steps : "") +
-        (info.name ? ": " + info.name : "") : (run.status === "queued" ? "queued: waits for its pool" : "");
+      // Step 0 is a plain run; a sweep's steps count from 1.
+      $("step-label").textContent = !s ? (run.status === "queued" ? "queued: waits for its pool" : "")
+        : (n === 0 ? "run" : "step " + n) + (info.name ? ": " + info.name : "");
       var done = (totals.requests_ok || 0) + (totals.requests_failed || 0);
       var frac = null, text = "";
       if (isTerminal(run.status)) { frac = 1; text = run.status; }
@@ -529,7 +528,7 @@
       clear(sel);
       ns.forEach(function (n) {
         var info = st.steps[n].info || {};
-        sel.appendChild(h("option", { value: n, text: (n + 1) + (info.name ? ": " + info.name : "") }));
+        sel.appendChild(h("option", { value: n, text: n + (info.name ? ": " + info.name : "") }));
       });
       sel.value = String(st.shown);
     }
@@ -589,6 +588,7 @@
       step: function (d) { step(d.step).info = d; draw(); progress(); },
       interval: function (d) {
         var s = step(d.step);
+        if (!s.info && !s.asked) askStep(s);
         s.rows[d.row.index] = d.row;
         if (d.totals) s.totals = d.totals;
         if (d.step === st.shown || st.follow) draw();
@@ -603,6 +603,19 @@
       },
       end: function (d) { close("closed: the run ended"); setRun(d); draw(); }
     };
+
+    // A step whose `step` event this page did not get (it may fall between
+    // the stream's history and its live part): its length from the run's
+    // progress.
+    function askStep(s) {
+      s.asked = true;
+      api("GET", apiRun(id)).then(function (run) {
+        var p = run.progress;
+        if (s.info || !p || p.step !== s.n) return;
+        s.info = { step: s.n, name: p.step_name, duration_s: p.duration_s, requests: p.requests };
+        draw(); progress();
+      }).catch(function () {});
+    }
 
     function close(why) {
       if (st.source) st.source.close();

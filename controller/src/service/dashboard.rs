@@ -55,12 +55,6 @@ pub fn routes() -> Router<AppState> {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
-/// Whether a path is one of the dashboard's static assets (served without
-/// the token, as docs/service.md says).
-pub fn is_asset(path: &str) -> bool {
-    path.starts_with("/assets/")
-}
-
 /// A page: the shared layout around `body`; `name` selects the page's code
 /// in dashboard.js.
 fn page(name: &str, title: &str, body: &str) -> Response {
