@@ -420,7 +420,8 @@
     var warm = c.rows.filter(function (r) { return r.warmup; });
     return {
       title: def.title,
-      x: { label: "time (s)", scale: "linear", min: 0, max: Math.max(last, planned || 0) },
+      // Live: the axis spans the planned length, so the lines grow across it.
+      x: { label: "time (s)", scale: "linear", min: 0, max: live ? Math.max(last, planned || 0) : last },
       y: { label: def.y, unit: def.unit },
       series: def.series(c),
       bands: warm.length ? [{ from: warm[0].t_s, to: warm[warm.length - 1].t_s + c.iv,
