@@ -15,6 +15,8 @@
 #      the plan in the ConfigMap parses as TOML).
 #   3. Containerfile: known instructions, and every `--bin` it builds is a
 #      binary of this workspace (hadolint too, if it happens to be on PATH).
+#   4. Grafana dashboard: valid JSON, the datasource a variable everywhere
+#      (the Rust test service_metrics checks its PromQL against /metrics).
 #
 # Usage: bash .ci/deploy-check.sh
 #   BARRAGE_DEPLOY_DIR=/path/to/copy  check another copy of deploy/
@@ -26,6 +28,7 @@ DEPLOY=${BARRAGE_DEPLOY_DIR:-$ROOT/deploy}
 KV_VERSION=1.37.0                    # kubernetes-validate on PyPI (bundles schemas 1.25..1.37)
 K8S_VERSIONS=(1.29.0 1.37.0)         # oldest we claim to support, newest bundled
 AGENT_EXPOSURE_MAX=20                # systemd-analyze security: 2.0 shown as "2.0"
+CONTROLLER_EXPOSURE_MAX=20
 EXPORTER_EXPOSURE_MAX=25
 CACHE=${BARRAGE_CI_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/barrage-ci}
 
@@ -93,6 +96,7 @@ else
         for name in "${units[@]}"; do
             case $name in
                 *gpu-exporter*) max=$EXPORTER_EXPOSURE_MAX ;;
+                *controller*) max=$CONTROLLER_EXPOSURE_MAX ;;
                 *) max=$AGENT_EXPOSURE_MAX ;;
             esac
             set +e
@@ -123,6 +127,33 @@ for unit in "$DEPLOY"/systemd/*.service; do
             ko "$name: EnvironmentFile=$envfile has no $(basename "$example") with BARRAGE_TOKEN= beside it"
         fi
     done
+done
+
+# `serve` units: the --token-env variable is set in the env example (the
+# service refuses a non-loopback --listen without it), and --data lies in
+# the unit's StateDirectory= (the only writable place under ProtectSystem=strict).
+for unit in "$DEPLOY"/systemd/*.service; do
+    name=$(basename "$unit")
+    exec_line=$(grep -E '^ExecStart=' "$unit" | tail -n1)
+    grep -qE ' serve( |$)' <<<"$exec_line" || continue
+    var=$(grep -oE -- '--token-env [A-Za-z_][A-Za-z0-9_]*' <<<"$exec_line" | awk '{print $2}' || true)
+    envfile=$(grep -oE '^EnvironmentFile=-?/[^ ]+' "$unit" | sed -E 's/^EnvironmentFile=-?//' | head -n1 || true)
+    example="$DEPLOY/systemd/$(basename "${envfile:-none}").example"
+    if [[ -n $var && -f $example ]] && grep -qE "^$var=" "$example"; then
+        ok "$name: --token-env $var is set in $(basename "$example")"
+    else
+        ko "$name: serve without --token-env, or ${var:-its variable} not set in ${envfile:-an EnvironmentFile}'s example"
+    fi
+    data=$(grep -oE -- '--data [^ ]+' <<<"$exec_line" | awk '{print $2}' || true)
+    if [[ -z $data ]]; then
+        continue # agents and exporters keep no data
+    fi
+    state=$(grep -oE '^StateDirectory=[^ ]+' "$unit" | sed 's/^StateDirectory=//' | head -n1 || true)
+    if [[ -n $state && ( $data == "%S/$state" || $data == "/var/lib/$state" ) ]]; then
+        ok "$name: --data $data is its StateDirectory=$state"
+    else
+        ko "$name: --data ${data} is not the unit's StateDirectory= (${state:-none}): not writable under ProtectSystem=strict"
+    fi
 done
 
 # ---------------------------------------------------------------------------
@@ -244,6 +275,56 @@ if cm:
     except (KeyError, tomllib.TOMLDecodeError) as e:
         check("plan.toml in ConfigMap parses", False, repr(e))
 
+# controller serve: Deployment + Service + PVC (controller-service.yaml).
+srv, srv_svc = get("Deployment", "barrage-controller"), get("Service", "barrage-controller")
+pvc = get("PersistentVolumeClaim", "barrage-controller-data")
+check("controller serve Deployment, Service and PersistentVolumeClaim present", srv and srv_svc and pvc)
+if srv and srv_svc and pvc:
+    spec = srv["spec"]
+    pod = spec["template"]["spec"]
+    c = pod["containers"][0]
+    argv = c.get("command", []) + c.get("args", [])
+    flag = lambda f: argv[argv.index(f) + 1] if f in argv and argv.index(f) + 1 < len(argv) else None
+    check("controller Deployment runs `controller serve`", argv[:2] == ["controller", "serve"], f"{argv}")
+    check("controller Deployment: one replica, strategy Recreate (one SQLite queue on a ReadWriteOnce volume)",
+          spec.get("replicas") == 1 and spec.get("strategy", {}).get("type") == "Recreate"
+          and pvc["spec"]["accessModes"] == ["ReadWriteOnce"])
+    listen = flag("--listen") or ""
+    check("controller serve listens beyond loopback (else the Service cannot reach it)",
+          listen and not listen.startswith(("127.", "localhost", "[::1]")), f"--listen {listen!r}")
+    token_var = flag("--token-env")
+    envs = {e["name"]: e for e in c.get("env", [])}
+    check("controller serve --token-env names a variable set from a Secret",
+          token_var in envs and "secretKeyRef" in envs[token_var].get("valueFrom", {}),
+          f"--token-env {token_var!r}")
+    data = flag("--data")
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    claim = vols.get(mounts.get(data), {}).get("persistentVolumeClaim", {}).get("claimName")
+    check("controller serve --data is mounted from the PersistentVolumeClaim",
+          claim == pvc["metadata"]["name"], f"--data {data!r} → claim {claim!r}")
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    port_of = lambda p: ports.get(p) if isinstance(p, str) else p
+    listen_port = int(listen.rsplit(":", 1)[-1]) if ":" in listen else None
+    check("controller container port is the --listen port", listen_port in ports.values(), f"{ports} vs {listen}")
+    for probe in ("readinessProbe", "livenessProbe"):
+        g = c.get(probe, {}).get("httpGet", {})
+        check(f"controller {probe}: GET /healthz (no token) on the listen port",
+              g.get("path") == "/healthz" and port_of(g.get("port")) == listen_port, f"{g}")
+    check("Service barrage-controller selects the serve pods",
+          subset(srv_svc["spec"]["selector"], pod_labels(srv)))
+    if job:
+        check("Service barrage-controller does not select the controller Job's pods",
+              not subset(srv_svc["spec"]["selector"], pod_labels(job)))
+    check("Service barrage-controller targets the container's port",
+          all(port_of(p.get("targetPort", p["port"])) == listen_port for p in srv_svc["spec"]["ports"]))
+    if dep:
+        agent_pol = [p for p in pols if subset(p["spec"]["podSelector"].get("matchLabels", {}), pod_labels(dep))]
+        froms = [f.get("podSelector", {}).get("matchLabels", {}) for p in agent_pol
+                 for r in p["spec"].get("ingress", []) for f in r.get("from", [])]
+        check("a NetworkPolicy admits the serve pods to the agents",
+              any(subset(sel, pod_labels(srv)) for sel in froms))
+
 secret_names = {d["metadata"]["name"]: set(d.get("stringData", {}) | d.get("data", {}))
                 for (kind, _), (_, d) in docs.items() if kind == "Secret"}
 for (kind, name), (fname, d) in docs.items():
@@ -310,6 +391,46 @@ else
         echo "    hadolint not on PATH: skipped (docker builds need an engine, which CI has not)"
     fi
 fi
+
+# ---------------------------------------------------------------------------
+say "Grafana dashboard"
+
+for dash in "$DEPLOY"/grafana/*.json; do
+    [[ -e $dash ]] || continue
+    set +e
+    gout=$(python3 - "$dash" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+bad = []
+vars_ = {v.get("name"): v for v in d.get("templating", {}).get("list", [])}
+if vars_.get("datasource", {}).get("type") != "datasource":
+    bad.append("no `datasource` variable of type datasource")
+if not d.get("uid"):
+    bad.append("no uid")
+def walk(v, path):
+    if isinstance(v, dict):
+        ds = v.get("datasource")
+        if isinstance(ds, dict) and ds.get("uid") != "${datasource}":
+            bad.append(f"{path}: datasource {ds} is not ${{datasource}}")
+        for k, x in v.items():
+            walk(x, f"{path}.{k}")
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            walk(x, f"{path}[{i}]")
+walk(d.get("panels", []), "panels")
+walk(d.get("templating", {}), "templating")
+exprs = [t.get("expr", "") for p in d.get("panels", []) for t in p.get("targets", [])]
+if not exprs or not all(exprs):
+    bad.append("a panel target without expr")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+PY
+)
+    rc=$?
+    set -e
+    if [[ $rc -eq 0 ]]; then ok "dashboard $(basename "$dash"): JSON, datasource variable everywhere"
+    else printf '%s\n' "$gout" | sed 's/^/    /'; ko "dashboard $(basename "$dash")"; fi
+done
 
 echo
 echo "deploy-check: $passed passed, $failed failed"

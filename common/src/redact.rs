@@ -90,8 +90,9 @@ fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-/// Enough decoding to recognise a parameter name (`api%5Fkey`, `api+key`).
-fn percent_decoded(s: &str) -> String {
+/// Percent-decoding of a URL query part (`api%5Fkey`, `api+key`); invalid
+/// escapes stay as written.
+pub fn percent_decoded(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

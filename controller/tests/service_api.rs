@@ -153,6 +153,29 @@ async fn runs_submitted_at_once_queue_and_run_one_at_a_time_per_pool() {
     api.wait_end(&d, LIMIT).await;
     let (_, list) = api.json("/api/runs?status=completed").await;
     assert_eq!(list["runs"].as_array().map(Vec::len), Some(4));
+
+    // Finished runs compare by id: the figures as JSON, and the page.
+    let ids = format!("{},{}", id_of(&first), id_of(&second));
+    let (status, cmp) = api.json(&format!("/api/compare?ids={ids}")).await;
+    assert_eq!(status, 200, "{cmp}");
+    assert_eq!(cmp["runs"][1]["letter"], "B");
+    let rows = cmp["groups"][0]["rows"].as_array().expect("rows");
+    assert!(
+        rows.iter()
+            .any(|r| r["cells"][0]["value"].as_f64().is_some_and(|v| v > 0.0)),
+        "{cmp}"
+    );
+    let page = api
+        .req(Method::GET, &format!("/compare?ids={ids}"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("<title>barrage: compare</title>") && html.contains("BarrageCharts"),
+        "the compare page with its charts"
+    );
     svc.stop().await;
     sim.shutdown().await;
 }
@@ -507,6 +530,23 @@ async fn a_token_guards_reads_writes_pages_and_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_start_ends_in_error_with_the_reason() {
+    let svc = TestService::start(&scratch("svc-error"), None).await;
+    let api = &svc.api;
+    // Nothing listens on port 1 of loopback: the agent cannot be reached.
+    let plan = "name = \"no-agent\"\n[simulator]\n[cluster]\nagents = [\"127.0.0.1:1\"]\nagent_wait = \"1s\"\n[load]\nusers = 1\nduration = \"2s\"\n";
+    let id = id_of(&api.submit(plan).await);
+    let done = api.wait_end(&id, LIMIT).await;
+    assert_eq!(done["status"], "error", "{done}");
+    let why = done["error"].as_str().unwrap_or("");
+    assert!(
+        why.contains("127.0.0.1:1"),
+        "the reason names the agent: {why}"
+    );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_a_non_loopback_address_is_refused() {
     let data = scratch("svc-open");
     let mut cmd = crate::support::controller();
@@ -591,4 +631,52 @@ fn event_stream_text_parses_into_events() {
         parse_sse("event: run\ndata: {\"a\":1}\n\n: keep-alive\n\nevent: end\ndata: {}\n\n");
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].0, "run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_streams_each_step_and_ends_with_its_headline() {
+    let _serial = LOAD.lock().await;
+    let sim = sim_with(SimConfig::default()).await;
+    let svc = TestService::start(&scratch("svc-sweep"), None).await;
+    let api = &svc.api;
+    let plan = format!(
+        "{}[sweep]\nusers = [1, 2]\nrequests = [4, 8]\n",
+        sim_plan("swept", sim.addr(), 1, "30s")
+    );
+    let id = id_of(&api.submit(&plan).await);
+    let events = api.events(&id, LIMIT).await;
+    let steps: Vec<u64> = events
+        .iter()
+        .filter(|(k, _)| k == "step")
+        .map(|(_, d)| d["step"].as_u64().expect("step"))
+        .collect();
+    assert_eq!(steps, vec![1, 2], "one step event per sweep step");
+    let finished = events.iter().filter(|(k, _)| k == "step_finished").count();
+    assert_eq!(finished, 2);
+    for step in [1, 2] {
+        assert!(
+            events
+                .iter()
+                .any(|(k, d)| k == "interval" && d["step"] == step),
+            "intervals of step {step}"
+        );
+    }
+    let (kind, end) = events.last().expect("events");
+    assert_eq!(kind, "end");
+    assert_eq!(end["status"], "completed", "{end}");
+    assert_eq!(end["sweep"], true);
+    assert_eq!(end["headline"]["steps"], 2);
+    assert_eq!(
+        end["headline"]["requests_ok"].as_u64(),
+        Some(12),
+        "4 + 8 requests"
+    );
+    let (_, files) = api.json(&format!("/api/runs/{id}/files")).await;
+    let files = files["files"].to_string();
+    assert!(
+        files.contains("sweep.json") && files.contains("report.html"),
+        "{files}"
+    );
+    svc.stop().await;
+    sim.shutdown().await;
 }

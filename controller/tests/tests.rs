@@ -21,5 +21,6 @@ mod reports;
 mod secrets;
 mod service_api;
 mod service_browser;
+mod service_metrics;
 mod store;
 mod sweeps;

@@ -153,13 +153,29 @@ impl Runner {
                 cancel
             };
             svc.publish_state(&row.id);
-            tokio::spawn(execute(Arc::clone(svc), row, cancel));
+            tokio::spawn(supervise(Arc::clone(svc), row, cancel));
         }
         Ok(())
     }
 
     fn take_reason(&self, id: &str) -> Option<StopReason> {
         self.running().remove(id).and_then(|r| r.reason)
+    }
+}
+
+/// Runs `execute` and, should its task panic, still ends the run (as
+/// `error`) so that it never stays running forever.
+async fn supervise(svc: Arc<Service>, row: RunRow, cancel: CancellationToken) {
+    let id = row.id.clone();
+    if let Err(e) = tokio::spawn(execute(Arc::clone(&svc), row, cancel)).await {
+        tracing::error!(run = %id, error = %e, "a run's task failed");
+        let why = format!("internal error: the run's task failed ({e})");
+        if let Err(e) = svc.queue.finish(&id, RunStatus::Error, Some(&why), None) {
+            tracing::error!(run = %id, error = %e, "cannot record a run's end");
+        }
+        svc.runner.running().remove(&id);
+        svc.end_live(&id);
+        svc.runner.wake();
     }
 }
 
