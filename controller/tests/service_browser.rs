@@ -674,9 +674,17 @@ async fn cancel_and_delete(b: &Browser, base: &str, svc: &TestService) {
         .await
         .expect("open the run");
     wait_status(b, "the run to start", WAIT, &["running"]).await;
+    wait_for("two intervals before the cancel", WAIT, || async {
+        (b.body_num("data-intervals").await >= 2).then_some(())
+    })
+    .await;
     b.click("#cancel").await;
     let status = wait_status(b, "the cancel", Duration::from_secs(30), &TERMINAL).await;
     assert_eq!(status, "cancelled");
+    assert!(
+        b.body_num("data-intervals").await >= 2,
+        "what it measured is still drawn"
+    );
     b.shown("#delete").await;
     b.shot("16-cancelled").await;
     b.assert_no_errors("cancelled run page").await;

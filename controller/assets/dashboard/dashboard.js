@@ -566,6 +566,15 @@
       document.body.setAttribute("data-intervals", String(c.rows.length));
     }
 
+    // Redraws at most every 200 ms: a long run's history (thousands of
+    // intervals at once) is drawn once, not once per interval.
+    var pending = false;
+    function later() {
+      if (pending) return;
+      pending = true;
+      setTimeout(function () { pending = false; draw(); progress(); }, 200);
+    }
+
     function resetCharts() {
       clear($("charts"));
       st.drawn = {};
@@ -586,14 +595,13 @@
 
     var handlers = {
       run: function (d) { setRun(d); },
-      step: function (d) { step(d.step).info = d; draw(); progress(); },
+      step: function (d) { step(d.step).info = d; later(); },
       interval: function (d) {
         var s = step(d.step);
         if (!s.info && !s.asked) askStep(s);
         s.rows[d.row.index] = d.row;
         if (d.totals) s.totals = d.totals;
-        if (d.step === st.shown || st.follow) draw();
-        progress();
+        later();
       },
       monitor: function () {},
       message: function (d) { message(d.text); },
