@@ -631,7 +631,23 @@ async fn sweep_steps(b: &Browser, base: &str) {
         .goto(&format!("{base}/new#plan"))
         .await
         .expect("open /new");
-    b.fill("#plan-form textarea[name=plan]", SWEEP_PLAN).await;
+    // Uploaded as a file this time.
+    let file = b.shots.join("sweep.toml");
+    std::fs::write(&file, SWEEP_PLAN).expect("plan file");
+    let input = b.shown("#plan-form input[type=file]").await;
+    input
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose the file");
+    wait_for("the file in the plan field", WAIT, || async {
+        let e = b
+            .client
+            .find(Locator::Css("#plan-form textarea"))
+            .await
+            .ok()?;
+        (e.prop("value").await.ok()??.as_str() == SWEEP_PLAN).then_some(())
+    })
+    .await;
     b.click("#plan-form button[type=submit]").await;
     b.wait_path("the sweep's page", |p| p.starts_with("/runs/"))
         .await;

@@ -177,6 +177,9 @@
           (run.pool && run.pool !== "default" ? " · pool " + run.pool : "") })
       ]);
       if (run.error) nameCell.appendChild(h("div", { "class": "row-error", text: run.error }));
+      if (run.headline && isTerminal(run.status)) {
+        nameCell.appendChild(h("a", { "class": "report", href: apiRun(run.id) + "/files/report.html", text: "report" }));
+      }
       return h("tr", { "data-id": run.id, "data-status": run.status, "class": live ? "live" : "" }, [
         h("td", { "class": "pick" }, [box]),
         h("td", {}, [badge(run.status)]),
