@@ -361,6 +361,7 @@ async fn walk(b: &Browser) {
     sweep_steps(b, &base).await;
     cancel_and_delete(b, &base, &svc).await;
     batch_message(b, &base, &svc).await;
+    errors_are_seen(b, &base).await;
     svc.stop().await;
 }
 
@@ -456,7 +457,7 @@ async fn live_run(b: &Browser, base: &str) -> String {
     b.fill("#fields-form input[name=name]", "browser-live")
         .await;
     b.fill("#fields-form input[name=users]", "2").await;
-    b.fill("#fields-form input[name=duration]", "15s").await;
+    b.fill("#fields-form input[name=duration]", "20s").await;
     b.fill("#fields-form input[name=max_tokens]", "16").await;
     b.shot("04-new-fields").await;
     b.click("#fields-form button[type=submit]").await;
@@ -485,7 +486,7 @@ async fn live_run(b: &Browser, base: &str) -> String {
         .await
         .expect("progress");
     assert!(
-        progress.ends_with("of 15 s"),
+        progress.ends_with("of 20 s"),
         "the step's length is known live: {progress}"
     );
     assert_eq!(b.body("data-status").await.as_deref(), Some("running"));
@@ -750,6 +751,24 @@ async fn batch_message(b: &Browser, base: &str, svc: &TestService) {
     );
     b.shot("17-batch-error").await;
     b.assert_no_errors("batch form").await;
+}
+
+/// The error check itself: a script error thrown on a page is reported.
+async fn errors_are_seen(b: &Browser, base: &str) {
+    b.client.goto(&format!("{base}/")).await.expect("open /");
+    b.shown("#runs").await;
+    b.assert_no_errors("runs list").await;
+    b.js("setTimeout(function () { null.boom(); }, 0); return null;")
+        .await;
+    let errors = wait_for("the provoked error to be seen", WAIT, || async {
+        let e = b.errors().await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert!(
+        errors.iter().any(|e| e.contains("boom")),
+        "the provoked error: {errors:?}"
+    );
 }
 
 /// Every `src="..."` and `href="..."` value of a page.
