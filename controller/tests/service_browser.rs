@@ -360,6 +360,7 @@ async fn walk(b: &Browser) {
     filter(b, &base, &second).await;
     sweep_steps(b, &base).await;
     cancel_and_delete(b, &base, &svc).await;
+    error_run(b, &base, &svc).await;
     batch_message(b, &base, &svc).await;
     errors_are_seen(b, &base).await;
     svc.stop().await;
@@ -712,6 +713,32 @@ async fn cancel_and_delete(b: &Browser, base: &str, svc: &TestService) {
     assert_eq!(code, 404, "the run is gone");
 }
 
+/// A run that cannot start (its dataset file is missing) ends `error`; its
+/// page says why, in the queue's words.
+async fn error_run(b: &Browser, base: &str, svc: &TestService) {
+    b.client
+        .goto(&format!("{base}/new#plan"))
+        .await
+        .expect("open /new");
+    let plan = "name = \"browser-error\"\n[dataset]\nkind = \"lines\"\npath = \"missing.txt\"\n\
+        [load]\nusers = 1\nrequests = 2\n[simulator]\n";
+    b.fill("#plan-form textarea[name=plan]", plan).await;
+    b.click("#plan-form button[type=submit]").await;
+    let path = b
+        .wait_path("the run's page", |p| p.starts_with("/runs/"))
+        .await;
+    let status = wait_status(b, "the run to fail", WAIT, &TERMINAL).await;
+    assert_eq!(status, "error");
+    let said = b.shown("#run-error").await.text().await.expect("text");
+    let run = svc.api.run(path.trim_start_matches("/runs/")).await;
+    assert_eq!(said.trim(), run["error"].as_str().expect("error").trim());
+    assert!(said.contains("missing.txt"), "{said}");
+    let note = b.shown("#charts-note").await.text().await.expect("note");
+    assert_eq!(note, "No interval was recorded.");
+    b.shot("17-error-run").await;
+    b.assert_no_errors("error run page").await;
+}
+
 /// The batch form shows the API's message for a bad batch, word for word.
 async fn batch_message(b: &Browser, base: &str, svc: &TestService) {
     b.client
@@ -749,7 +776,7 @@ async fn batch_message(b: &Browser, base: &str, svc: &TestService) {
         shown.trim(),
         v["error"]["message"].as_str().expect("message").trim()
     );
-    b.shot("17-batch-error").await;
+    b.shot("18-batch-error").await;
     b.assert_no_errors("batch form").await;
 }
 

@@ -542,9 +542,12 @@
       pickSteps();
       var s = st.shown === null ? null : st.steps[st.shown];
       var box = $("charts");
-      if (!s) return;
-      var c = chartContext(s);
       var live = !st.run || !isTerminal(st.run.status);
+      if (!s) {
+        $("charts-note").textContent = live ? "Waiting for the first interval…" : "No interval was recorded.";
+        return;
+      }
+      var c = chartContext(s);
       $("charts-note").textContent = c.rows.length
         ? "One point per " + num(c.iv) + " s interval, at its start" + (live ? "; updates live." : ".")
         : (live ? "Waiting for the first interval…" : "No interval was recorded.");
@@ -693,7 +696,10 @@
           $("report").src = href;
           $("report-box").hidden = false;
         }
-      }).catch(function (e) { showError($("error"), e); });
+      }).catch(function (e) {
+        // A run that never started has no folder: nothing to list.
+        if (e.status !== 404 && e.status !== 409) showError($("error"), e);
+      });
     }
 
     $("cancel").addEventListener("click", function () {
