@@ -362,6 +362,7 @@ async fn walk(b: &Browser) {
     cancel_and_delete(b, &base, &svc).await;
     error_run(b, &base, &svc).await;
     batch_message(b, &base, &svc).await;
+    session_end(b, &base).await;
     errors_are_seen(b, &base).await;
     svc.stop().await;
 }
@@ -778,6 +779,49 @@ async fn batch_message(b: &Browser, base: &str, svc: &TestService) {
     );
     b.shot("18-batch-error").await;
     b.assert_no_errors("batch form").await;
+}
+
+/// A page whose cookie went away sends the user to the login form at its
+/// next call (and back after it); "Log out" forgets the token.
+async fn session_end(b: &Browser, base: &str) {
+    b.client
+        .goto(&format!("{base}/new"))
+        .await
+        .expect("open /new");
+    b.shown("#fields-form").await;
+    let cookie = b
+        .client
+        .get_named_cookie("barrage_token")
+        .await
+        .expect("the login cookie");
+    assert_eq!(
+        cookie.http_only(),
+        Some(true),
+        "scripts cannot read the token"
+    );
+    b.client.goto(&format!("{base}/")).await.expect("open /");
+    b.shown("#runs").await;
+    b.client
+        .delete_all_cookies()
+        .await
+        .expect("forget the cookie");
+    // The list refreshes itself every few seconds: that call gets a 401.
+    b.wait_path("the login page after a 401", |p| p == "/login?next=%2F")
+        .await;
+    b.fill("#login input[name=token]", TOKEN).await;
+    b.click("#login button[type=submit]").await;
+    b.wait_path("back to the list", |p| p == "/").await;
+    b.click("header.bar a.logout").await;
+    b.wait_path("the login page after logging out", |p| {
+        p.starts_with("/login")
+    })
+    .await;
+    b.client.goto(&format!("{base}/")).await.expect("open /");
+    b.wait_path("the login page again", |p| p.starts_with("/login"))
+        .await;
+    b.fill("#login input[name=token]", TOKEN).await;
+    b.click("#login button[type=submit]").await;
+    b.wait_path("back to the list", |p| p == "/").await;
 }
 
 /// The error check itself: a script error thrown on a page is reported.
