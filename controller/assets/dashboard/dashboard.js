@@ -539,6 +539,8 @@
 
     function draw() {
       if (st.follow) st.shown = latestStep();
+      // Another step: its own set of charts (its monitored series may differ).
+      if (st.drawnStep !== st.shown) { resetCharts(); st.drawnStep = st.shown; }
       pickSteps();
       var s = st.shown === null ? null : st.steps[st.shown];
       var box = $("charts");
@@ -589,7 +591,6 @@
     $("step-pick").addEventListener("change", function () {
       st.shown = Number($("step-pick").value);
       st.follow = st.shown === latestStep();
-      resetCharts();
       draw();
     });
 
