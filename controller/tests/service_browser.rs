@@ -543,10 +543,18 @@ async fn report(b: &Browser, id: &str) {
 
 /// A second run from a pasted plan; returns its id once it completed.
 async fn pasted_run(b: &Browser, base: &str) -> String {
+    // The fields' plan, taken to the plan form to edit (here: replaced).
     b.client
-        .goto(&format!("{base}/new#plan"))
+        .goto(&format!("{base}/new"))
         .await
         .expect("open /new");
+    b.click("#to-plan").await;
+    let text = b.shown("#plan-form textarea[name=plan]").await;
+    let taken = text.prop("value").await.expect("value").unwrap_or_default();
+    assert!(
+        taken.starts_with("name = \"dashboard-run\"") && taken.contains("[simulator]"),
+        "{taken}"
+    );
     b.fill("#plan-form textarea[name=plan]", PASTED_PLAN).await;
     b.click("#plan-form button[type=submit]").await;
     let path = b

@@ -299,10 +299,11 @@
     });
     var wanted = location.hash.replace("#", "");
     if ($("tab-" + wanted)) select(wanted);
+    return select;
   }
 
   function newPage() {
-    tabs();
+    var selectTab = tabs();
     var ff = $("fields-form");
     var preview = function () {
       // Only the fields the chosen target and load mode use are editable.
@@ -321,6 +322,10 @@
     });
 
     var pf = $("plan-form");
+    $("to-plan").addEventListener("click", function () {
+      pf.elements.plan.value = fieldsPlan(ff);
+      selectTab("plan");
+    });
     pf.elements.file.addEventListener("change", function () {
       var file = pf.elements.file.files[0];
       if (!file) return;
