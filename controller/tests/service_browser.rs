@@ -96,6 +96,9 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group, with the Chromium it starts: ended
+            // together on drop.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("starting {}: {e}", chromedriver.display()))?;
@@ -157,6 +160,11 @@ impl Browser {
             shots: shots.to_owned(),
             _driver: driver,
         })
+    }
+
+    /// The browser's process group (chromedriver's id).
+    fn group(&self) -> Option<u32> {
+        self._driver.id()
     }
 
     /// A screenshot of what the screen shows, saved as `name`.png.
@@ -320,6 +328,19 @@ impl Browser {
 /// The service's token in this test (typed into the login form).
 const TOKEN: &str = "browser-test-token";
 
+impl Drop for Browser {
+    /// Ends chromedriver and every Chromium process it started, also when a
+    /// failed assertion skipped closing the session.
+    fn drop(&mut self) {
+        if let Some(pgid) = self.group() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// A plan that is wrong in one key (users = 0).
 const BAD_PLAN: &str = "name = \"bad\"\n[load]\nusers = 0\nduration = \"5s\"\n[simulator]\n";
 
@@ -342,7 +363,7 @@ async fn dashboard_in_a_real_browser() {
     tokio::time::timeout(LIMIT, walk(&browser))
         .await
         .expect("the browser test ends in time");
-    let _ = browser.client.close().await;
+    let _ = browser.client.clone().close().await;
 }
 
 /// The whole visit, page by page.
@@ -352,6 +373,10 @@ async fn walk(b: &Browser) {
     let base = svc.api.base.clone();
 
     login(b, &base).await;
+    assert!(
+        std::env::var_os("DASH_FAIL_EARLY").is_none(),
+        "failing early on purpose"
+    );
     bad_plan_message(b, &base, &svc).await;
     let first = live_run(b, &base).await;
     report(b, &first).await;
