@@ -180,7 +180,11 @@ impl TargetClient {
         let input = if prompt.input_tokens > 0 {
             InputCount {
                 tokens: u64::from(prompt.input_tokens),
-                source: CountSource::Tokenizer,
+                source: if prompt.input_chat_template {
+                    CountSource::TokenizerChatTemplate
+                } else {
+                    CountSource::Tokenizer
+                },
             }
         } else {
             InputCount::estimated(words.max(1))

@@ -118,6 +118,7 @@ fn source_of(s: CountSource) -> pb::CountSource {
         CountSource::Server => pb::CountSource::Server,
         CountSource::Tokenizer => pb::CountSource::Tokenizer,
         CountSource::Estimated => pb::CountSource::Estimated,
+        CountSource::TokenizerChatTemplate => pb::CountSource::TokenizerChatTemplate,
     }
 }
 
@@ -358,6 +359,11 @@ impl RequestMeasure {
         }
         let e2e = since(end);
         let (input_tokens, input_source) = self.input_count(prompt_input);
+        if let Some(server) = self.prompt_tokens
+            && prompt_input.source != CountSource::Estimated
+        {
+            counters.input_check.compare(prompt_input.tokens, server);
+        }
         counters.requests_ok += 1;
         counters.input_tokens += input_tokens;
         counters.output_tokens += output_tokens;

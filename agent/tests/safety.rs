@@ -72,6 +72,7 @@ async fn start_run(agent: &AgentProcess, sim: &SimServer, hard_deadline_ms: u64)
             }],
             max_tokens: 0,
             input_tokens: 0,
+            input_chat_template: false,
         }],
     })))
     .await

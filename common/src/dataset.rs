@@ -80,6 +80,12 @@ pub struct DatasetSection {
     /// prompts have exact token counts and the filters count tokens; without
     /// it, lengths are whitespace-separated words.
     pub tokenizer: Option<PathBuf>,
+    /// The model's chat template, for chat APIs (default none: the
+    /// `chat_template` of the `tokenizer_config.json` beside `tokenizer`, else
+    /// its `chat_template.jinja`): a Jinja file, or a `tokenizer_config.json`
+    /// holding one. `"none"` counts the messages' raw text even for chat APIs.
+    /// Needs `tokenizer`.
+    pub chat_template: Option<PathBuf>,
     /// For `random`: tokens per prompt, the shared prefix included (default
     /// 128; words without a tokenizer). `input_words` is the older name.
     #[serde(alias = "input_words")]
@@ -119,6 +125,7 @@ impl Default for DatasetSection {
             path: None,
             prompt: None,
             tokenizer: None,
+            chat_template: None,
             input_tokens: 128,
             range_ratio: 0.0,
             prefix_tokens: 0,
@@ -180,6 +187,20 @@ impl DatasetSection {
             .is_some_and(|p| p.as_os_str().is_empty())
         {
             return Err(("tokenizer", "must name a tokenizer.json file".into()));
+        }
+        if let Some(t) = &d.chat_template {
+            if t.as_os_str().is_empty() {
+                return Err((
+                    "chat_template",
+                    "must name a template file (or be \"none\")".into(),
+                ));
+            }
+            if d.tokenizer.is_none() {
+                return Err((
+                    "chat_template",
+                    "needs tokenizer: the rendered template is counted with it".into(),
+                ));
+            }
         }
         match d.output_tokens {
             Some(0) => return Err(("output_tokens", "must be at least 1".into())),

@@ -3,6 +3,7 @@
 //! wire encoding).
 
 pub mod auth;
+pub mod chat_template;
 pub mod clock;
 pub mod dataset;
 pub mod error_detail;

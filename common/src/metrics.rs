@@ -507,14 +507,22 @@ pub enum CountSource {
     Tokenizer,
     /// A heuristic: prompt words, or one token per output chunk.
     Estimated,
+    /// The plan's tokenizer on the messages rendered with the model's chat
+    /// template, counted by the controller (input only).
+    TokenizerChatTemplate,
 }
 
 /// Completed requests per source of one count (input or output).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceCounts {
     pub server: u64,
+    /// Every count made with the plan's tokenizer, chat template or not.
     pub tokenizer: u64,
     pub estimated: u64,
+    /// Of `tokenizer`: counted on the messages rendered with the model's chat
+    /// template (the rest: on the raw text). Absent in older summaries.
+    #[serde(default)]
+    pub tokenizer_chat_template: u64,
 }
 
 impl SourceCounts {
@@ -523,6 +531,10 @@ impl SourceCounts {
             CountSource::Server => self.server += 1,
             CountSource::Tokenizer => self.tokenizer += 1,
             CountSource::Estimated => self.estimated += 1,
+            CountSource::TokenizerChatTemplate => {
+                self.tokenizer += 1;
+                self.tokenizer_chat_template += 1;
+            }
         }
     }
 
@@ -530,6 +542,39 @@ impl SourceCounts {
         self.server = self.server.saturating_add(o.server);
         self.tokenizer = self.tokenizer.saturating_add(o.tokenizer);
         self.estimated = self.estimated.saturating_add(o.estimated);
+        self.tokenizer_chat_template = self
+            .tokenizer_chat_template
+            .saturating_add(o.tokenizer_chat_template);
+    }
+}
+
+/// The client's input count beside the server's, on the completed requests
+/// that had both (the server reported usage and the plan's tokenizer counted
+/// the prompt).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputCheck {
+    pub compared: u64,
+    /// Of `compared`: the two counts differed.
+    pub mismatched: u64,
+    /// Sums over the compared requests.
+    pub client_tokens: u64,
+    pub server_tokens: u64,
+}
+
+impl InputCheck {
+    /// One request counted both ways.
+    pub fn compare(&mut self, client: u64, server: u64) {
+        self.compared += 1;
+        self.mismatched += u64::from(client != server);
+        self.client_tokens = self.client_tokens.saturating_add(client);
+        self.server_tokens = self.server_tokens.saturating_add(server);
+    }
+
+    fn add(&mut self, o: &InputCheck) {
+        self.compared = self.compared.saturating_add(o.compared);
+        self.mismatched = self.mismatched.saturating_add(o.mismatched);
+        self.client_tokens = self.client_tokens.saturating_add(o.client_tokens);
+        self.server_tokens = self.server_tokens.saturating_add(o.server_tokens);
     }
 }
 
@@ -567,6 +612,9 @@ pub struct Counters {
     /// Sources of `input_tokens`, of `output_tokens` (each count its own).
     pub input_from: SourceCounts,
     pub output_from: SourceCounts,
+    /// The tokenizer's input count against the server's, where both exist.
+    #[serde(default)]
+    pub input_check: InputCheck,
     /// Per-request records put on the session stream (a resend counts once).
     #[serde(default)]
     pub records_sent: u64,
@@ -608,6 +656,7 @@ impl Counters {
         self.error_details.add(&o.error_details);
         self.input_from.add(&o.input_from);
         self.output_from.add(&o.output_from);
+        self.input_check.add(&o.input_check);
         self.records_sent = self.records_sent.saturating_add(o.records_sent);
         self.records_dropped = self.records_dropped.saturating_add(o.records_dropped);
     }
@@ -654,6 +703,11 @@ impl Counters {
             input_from_server: self.input_from.server,
             input_from_tokenizer: self.input_from.tokenizer,
             input_estimated: self.input_from.estimated,
+            input_from_chat_template: self.input_from.tokenizer_chat_template,
+            input_compared: self.input_check.compared,
+            input_mismatched: self.input_check.mismatched,
+            input_compared_client_tokens: self.input_check.client_tokens,
+            input_compared_server_tokens: self.input_check.server_tokens,
             output_from_server: self.output_from.server,
             output_from_tokenizer: self.output_from.tokenizer,
             output_estimated: self.output_from.estimated,
@@ -686,11 +740,19 @@ impl Counters {
                 server: p.input_from_server,
                 tokenizer: p.input_from_tokenizer,
                 estimated: p.input_estimated,
+                tokenizer_chat_template: p.input_from_chat_template,
             },
             output_from: SourceCounts {
                 server: p.output_from_server,
                 tokenizer: p.output_from_tokenizer,
                 estimated: p.output_estimated,
+                tokenizer_chat_template: 0,
+            },
+            input_check: InputCheck {
+                compared: p.input_compared,
+                mismatched: p.input_mismatched,
+                client_tokens: p.input_compared_client_tokens,
+                server_tokens: p.input_compared_server_tokens,
             },
             records_sent: p.records_sent,
             records_dropped: p.records_dropped,

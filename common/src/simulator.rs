@@ -1,6 +1,7 @@
 //! The `[simulator]` table of a plan, which is also `llm-sim`'s configuration:
 //! one schema for the embedded simulator and the standalone binary.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,15 @@ pub struct SimConfig {
     pub continuous_usage: bool,
     /// Input tokens counted per whitespace-separated word of the prompt. Default 1.0.
     pub tokens_per_word: f64,
+    /// A Hugging Face `tokenizer.json`: input tokens are counted with it, as a
+    /// real server counts them, instead of words (default none; in a plan,
+    /// relative to its folder).
+    pub tokenizer: Option<PathBuf>,
+    /// The chat template chat requests are rendered with before counting: a
+    /// Jinja file or a `tokenizer_config.json` (default none: the one beside
+    /// `tokenizer`, as `[dataset] chat_template`; `"none"`: each message's
+    /// raw text). Needs `tokenizer`.
+    pub chat_template: Option<PathBuf>,
     /// Faults injected on demand.
     pub faults: Faults,
     /// Seed for jitter, length and fault draws. Default 0.
@@ -68,6 +78,8 @@ impl Default for SimConfig {
             reasoning_tokens: 0,
             continuous_usage: false,
             tokens_per_word: 1.0,
+            tokenizer: None,
+            chat_template: None,
             faults: Faults::default(),
             seed: 0,
         }
@@ -151,6 +163,12 @@ impl SimConfig {
             })
         };
         self.check_limits()?;
+        if self.chat_template.is_some() && self.tokenizer.is_none() {
+            return err(
+                "chat_template",
+                "needs tokenizer: the rendered template is counted with it",
+            );
+        }
         if self.tokens_per_chunk == 0 {
             return err("tokens_per_chunk", "must be at least 1");
         }

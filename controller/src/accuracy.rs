@@ -120,12 +120,52 @@ pub struct SourceShares {
     pub estimated: f64,
 }
 
-/// A comparison of the client's and the server's count of one request.
+/// The client's input count against the server's usage, on the completed
+/// requests that had both (the server reported usage and the plan's
+/// tokenizer counted the prompt).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Mismatch {
-    /// False: no run measures it today.
+    /// Whether any request was counted both ways.
     pub measured: bool,
     pub note: String,
+    /// Requests counted both ways, and those whose counts differed.
+    #[serde(default)]
+    pub requests_compared: u64,
+    #[serde(default)]
+    pub requests_mismatched: u64,
+    /// Input tokens over the compared requests, by each count.
+    #[serde(default)]
+    pub client_input_tokens: u64,
+    #[serde(default)]
+    pub server_input_tokens: u64,
+}
+
+impl Mismatch {
+    fn of(c: &barrage_common::metrics::InputCheck) -> Self {
+        let note = if c.compared == 0 {
+            MISMATCH_NOTE.to_owned()
+        } else if c.mismatched == 0 {
+            format!(
+                "the tokenizer's input count equalled the server's on all {} requests counted \
+                 both ways",
+                c.compared
+            )
+        } else {
+            format!(
+                "the tokenizer's input count differed from the server's on {} of {} requests \
+                 counted both ways ({} vs {} tokens): the figures use the server's",
+                c.mismatched, c.compared, c.client_tokens, c.server_tokens
+            )
+        };
+        Self {
+            measured: c.compared > 0,
+            note,
+            requests_compared: c.compared,
+            requests_mismatched: c.mismatched,
+            client_input_tokens: c.client_tokens,
+            server_input_tokens: c.server_tokens,
+        }
+    }
 }
 
 /// Requests the stop cut short.
@@ -140,7 +180,8 @@ pub struct CutAtStop {
     pub arrivals_unsent: u64,
 }
 
-const MISMATCH_NOTE: &str = "not measured: each request's count has one source (the server's usage when it reports one, else the tokenizer or an estimate), so no request is counted both ways";
+const MISMATCH_NOTE: &str =
+    "not measured: no request was counted both ways (the server's usage and the plan's tokenizer)";
 
 /// The budget of a step from what the merge measured: its timeline, the
 /// agents' timing, its counters (`c`) and its histograms' layouts.
@@ -163,10 +204,7 @@ pub fn assess(
         input: shares(&c.input_from),
         output: shares(&c.output_from),
         chunk_tokens_assumed: c.chunk_tokens_assumed,
-        client_server_mismatch: Mismatch {
-            measured: false,
-            note: MISMATCH_NOTE.to_owned(),
-        },
+        client_server_mismatch: Mismatch::of(&c.input_check),
     };
     // As summary.requests_started: each of these ends ok, failed or cut.
     let started = c.requests_started.saturating_add(c.requests_from_warmup);
@@ -398,16 +436,23 @@ pub fn render(out: &mut String, a: &Accuracy) {
         h.latency_lowest_discernible_ms
     );
     let t = &a.token_counts;
+    let m = &t.client_server_mismatch;
     let _ = writeln!(
         out,
-        "  {:<13} input {}; output {}; client/server mismatch {}",
+        "  {:<13} input {}; output {}; client/server input mismatch {}",
         "token counts",
         source_line(&t.input),
         source_line(&t.output),
-        if t.client_server_mismatch.measured {
-            "measured"
+        if m.measured {
+            format!(
+                "{} of {} requests ({} vs {} tokens)",
+                m.requests_mismatched,
+                m.requests_compared,
+                m.client_input_tokens,
+                m.server_input_tokens
+            )
         } else {
-            "not measured"
+            "not measured".to_owned()
         }
     );
     let c = &a.cut_at_stop;

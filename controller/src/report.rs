@@ -220,6 +220,22 @@ pub struct TokenSource {
     pub chunk_tokens_assumed: u64,
     /// Chunks that carried reasoning text (counted as output too).
     pub reasoning_chunks: u64,
+    /// How the controller counted input tokens with the plan's tokenizer
+    /// (absent without one): on the chat template's rendering, the raw text
+    /// (and why), or the prompt text as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_counting: Option<String>,
+    /// The chat template file the input counts were rendered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+}
+
+impl TokenSource {
+    /// Records how the controller counted the prompts' input tokens.
+    pub fn set_counting(&mut self, c: &crate::dataset::CountInfo) {
+        self.input_counting = Some(c.how.clone());
+        self.chat_template = c.chat_template.as_ref().map(|p| p.display().to_string());
+    }
 }
 
 /// Inputs of a summary that do not come from the merge.
@@ -322,6 +338,8 @@ impl Summary {
                 output: c.output_from,
                 chunk_tokens_assumed: c.chunk_tokens_assumed,
                 reasoning_chunks: c.reasoning_chunks,
+                input_counting: None,
+                chat_template: None,
             },
             metrics: Metric::ALL
                 .iter()
@@ -413,11 +431,16 @@ fn render_token_sources(out: &mut String, t: &TokenSource, w: usize) {
             c.server, c.tokenizer, c.estimated
         )
     };
+    let i = &t.input;
     let _ = writeln!(
         out,
-        "  {:<w$}  {}",
+        "  {:<w$}  server usage {} / tokenizer with chat template {} / tokenizer on raw text {} \
+         / estimated {} requests",
         "Input tokens from",
-        line(&t.input, "tokenizer")
+        i.server,
+        i.tokenizer_chat_template,
+        i.tokenizer.saturating_sub(i.tokenizer_chat_template),
+        i.estimated
     );
     let _ = writeln!(
         out,

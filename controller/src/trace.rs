@@ -46,6 +46,8 @@ pub struct Trace {
     pub prompts: Vec<pb::Prompt>,
     /// Prompts were built and counted with the plan's tokenizer.
     pub tokenized: bool,
+    /// How the input tokens were counted (with a tokenizer).
+    pub counted: Option<crate::dataset::CountInfo>,
 }
 
 const WORDS: &[&str] = &[
@@ -64,11 +66,24 @@ fn synthetic(id: usize, words: u32, rng: &mut StdRng) -> String {
 }
 
 /// Reads the trace named by `load.trace` (relative to `base`); prompts are
-/// built for `dataset.tokenizer` when the plan names one.
+/// built for `dataset.tokenizer` when the plan names one, counted on their
+/// raw text.
 pub fn load(
     load: &LoadSection,
     dataset: &DatasetSection,
     base: Option<&Path>,
+) -> Result<Option<Trace>, TraceError> {
+    load_for(load, dataset, base, None)
+}
+
+/// As `load`, prompts counted as a server of `api` counts them (a chat API:
+/// rendered with the model's chat template), so a row's `input_tokens` is
+/// what that server sees.
+pub fn load_for(
+    load: &LoadSection,
+    dataset: &DatasetSection,
+    base: Option<&Path>,
+    api: Option<barrage_common::plan::ApiKind>,
 ) -> Result<Option<Trace>, TraceError> {
     let Some(file) = &load.trace else {
         return Ok(None);
@@ -120,18 +135,22 @@ pub fn load(
         .iter()
         .map(|r| (r.timestamp - t0) * unit * scale)
         .collect();
-    let (prompts, tokenized) = match crate::dataset::plan_tokenizer(dataset, base)? {
-        Some(tok) => (tokenized_prompts(rows, &tok)?, true),
-        None => (word_prompts(rows), false),
+    let (prompts, counted) = match crate::dataset::plan_counter(dataset, base, api)? {
+        Some(c) => (
+            tokenized_prompts(rows, &c)?,
+            Some(crate::dataset::CountInfo::of(&c, api)),
+        ),
+        None => (word_prompts(rows), None),
     };
     Ok(Some(Trace {
         offsets_s,
         prompts,
-        tokenized,
+        tokenized: counted.is_some(),
+        counted,
     }))
 }
 
-fn prompt(content: String, r: &Row, input_tokens: u32) -> pb::Prompt {
+fn prompt(content: String, r: &Row, input_tokens: u32, templated: bool) -> pb::Prompt {
     pb::Prompt {
         messages: vec![pb::ChatMessage {
             role: "user".into(),
@@ -139,6 +158,7 @@ fn prompt(content: String, r: &Row, input_tokens: u32) -> pb::Prompt {
         }],
         max_tokens: r.output_tokens.unwrap_or(0),
         input_tokens,
+        input_chat_template: templated,
     }
 }
 
@@ -154,7 +174,7 @@ fn word_prompts(rows: Vec<Row>) -> Vec<pb::Prompt> {
                 Some(p) => p.clone(),
                 None => synthetic(id, words, &mut rng),
             };
-            prompt(content, &r, 0)
+            prompt(content, &r, 0, false)
         })
         .collect()
 }
@@ -163,24 +183,25 @@ fn word_prompts(rows: Vec<Row>) -> Vec<pb::Prompt> {
 /// token counts, given prompts counted.
 fn tokenized_prompts(
     rows: Vec<Row>,
-    tok: &crate::dataset::PromptTokenizer,
+    counter: &crate::dataset::InputCounter,
 ) -> Result<Vec<pb::Prompt>, TraceError> {
     let lens: Vec<usize> = rows
         .iter()
         .filter(|r| r.prompt.is_none())
         .map(|r| r.input_tokens.unwrap_or(0) as usize)
         .collect();
-    let mut built = crate::dataset::exact_texts(tok, &lens, 0x7ace)?.into_iter();
+    let mut built = crate::dataset::exact_texts(counter, &lens, 0x7ace)?.into_iter();
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let (content, n) = match &r.prompt {
-            Some(p) => (p.clone(), tok.count(p)?),
+            Some(p) => (p.clone(), counter.count_user_text(p)?),
             None => (
                 built.next().unwrap_or_default(),
                 r.input_tokens.unwrap_or(0) as usize,
             ),
         };
-        out.push(prompt(content, &r, u32::try_from(n).unwrap_or(u32::MAX)));
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        out.push(prompt(content, &r, n, counter.templated()));
     }
     Ok(out)
 }

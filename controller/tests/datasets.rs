@@ -3,7 +3,7 @@
 //! simulator counts what the dataset predicted. Tokenizer-driven cases
 //! (exact random prompts, counts, filters) are in `tokenized`.
 
-mod tokenized;
+pub(crate) mod tokenized;
 
 use std::path::{Path, PathBuf};
 

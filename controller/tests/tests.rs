@@ -5,6 +5,7 @@ mod support;
 
 mod accuracy;
 mod apis;
+mod chat_counts;
 mod cli;
 mod cluster_edges;
 mod datasets;

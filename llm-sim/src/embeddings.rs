@@ -15,7 +15,6 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::engine::{Shared, after};
-use crate::plan::{input_tokens, words};
 use crate::stats::InFlight;
 
 #[derive(Deserialize)]
@@ -49,8 +48,17 @@ pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -
         Input::One(t) => vec![t],
         Input::Many(v) => v,
     };
-    let counted: u64 = texts.iter().map(|t| words(t)).sum();
-    let tokens = input_tokens(counted, 0, shared.cfg.tokens_per_word);
+    let parts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let tokens = match shared.count_texts(&parts, 0) {
+        Ok(n) => n,
+        Err(msg) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": msg, "type": "invalid_request_error"}})),
+            )
+                .into_response();
+        }
+    };
     let prefill = shared
         .cfg
         .prefill_per_token

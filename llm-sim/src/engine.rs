@@ -18,13 +18,17 @@ use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::plan::{Ask, Finish, HttpFault, Kind, Plan};
+use crate::count::Counter;
+use crate::plan::{Ask, Finish, HttpFault, Kind, Plan, input_tokens, words};
 use crate::stats::{Counters, InFlight, bump};
+use barrage_common::chat_template::ChatMessage;
 
 /// State shared by every request of one server.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub cfg: SimConfig,
+    /// Counts input tokens with `cfg.tokenizer` (None: words).
+    pub counter: Option<Counter>,
     pub counters: Arc<Counters>,
     slots: Option<Arc<Semaphore>>,
     active: AtomicU64,
@@ -32,14 +36,43 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(cfg: SimConfig) -> Self {
+    pub fn new(cfg: SimConfig, counter: Option<Counter>) -> Self {
         let slots = (cfg.max_batch > 0).then(|| Arc::new(Semaphore::new(cfg.max_batch as usize)));
         Self {
             cfg,
+            counter,
             counters: Arc::new(Counters::default()),
             slots,
             active: AtomicU64::new(0),
             next_request: AtomicU64::new(0),
+        }
+    }
+
+    /// Input tokens of prompt texts (plus literal token ids): with the
+    /// tokenizer, exact; else words × `tokens_per_word`.
+    pub fn count_texts(&self, texts: &[&str], ids: u64) -> Result<u64, String> {
+        match &self.counter {
+            Some(c) => texts
+                .iter()
+                .map(|t| c.text(t))
+                .sum::<Result<u64, _>>()
+                .map(|n| n + ids),
+            None => {
+                let w = texts.iter().map(|t| words(t)).sum();
+                Ok(input_tokens(w, ids, self.cfg.tokens_per_word))
+            }
+        }
+    }
+
+    /// Input tokens of chat messages: with the tokenizer, the rendered chat
+    /// template (when there is one); else words of the texts.
+    pub fn count_chat(&self, messages: &[ChatMessage<'_>]) -> Result<u64, String> {
+        match &self.counter {
+            Some(c) => c.chat(messages),
+            None => {
+                let texts: Vec<&str> = messages.iter().map(|m| m.content).collect();
+                self.count_texts(&texts, 0)
+            }
         }
     }
 

@@ -14,7 +14,12 @@
 //! # Tokens
 //! * Input tokens: whitespace-separated words of every prompt / message text
 //!   × `tokens_per_word`, rounded up, at least 1 (token-id prompts of
-//!   `/v1/completions` count one token per id).
+//!   `/v1/completions` count one token per id). With `tokenizer` set, counted
+//!   as a real server counts them instead: chat requests (`/v1/chat/completions`,
+//!   `/api/chat`) on the messages rendered with the model's chat template
+//!   (`chat_template`, else the one beside the tokenizer; without one, each
+//!   message's text), other requests on their prompt text; a template that
+//!   refuses the messages is a 400.
 //! * Answer length: the request's `max_completion_tokens` / `max_tokens`
 //!   (OpenAI) or `options.num_predict` (Ollama) when `honour_max_tokens`
 //!   (`finish_reason: "length"`), else a draw from `output_tokens`
@@ -59,6 +64,7 @@
 //! `stall_duration`. Non-streaming: `stall` delays the body, `cut` sends half
 //! of it and drops the connection, `malformed` sends `{not json`.
 
+mod count;
 mod embeddings;
 mod engine;
 mod ollama;
@@ -81,6 +87,13 @@ pub use stats::SimStats;
 pub enum SimError {
     #[error(transparent)]
     Config(#[from] SimConfigError),
+    /// A tokenizer or chat template file that cannot be used.
+    #[error("simulator.{key} {path}: {reason}")]
+    File {
+        key: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -57,6 +57,13 @@ struct Args {
     /// Seed for jitter, length and fault draws.
     #[arg(long)]
     seed: Option<u64>,
+    /// A Hugging Face tokenizer.json: count input tokens with it (not words).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Chat template for chat requests: a Jinja file or a tokenizer_config.json
+    /// (default: the one beside --tokenizer; "none": raw message text).
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
 }
 
 impl Args {
@@ -99,6 +106,12 @@ impl Args {
         cfg.continuous_usage |= self.continuous_usage;
         if let Some(seed) = self.seed {
             cfg.seed = seed;
+        }
+        if self.tokenizer.is_some() {
+            cfg.tokenizer.clone_from(&self.tokenizer);
+        }
+        if self.chat_template.is_some() {
+            cfg.chat_template.clone_from(&self.chat_template);
         }
         cfg.validate()?;
         Ok(cfg)

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::engine::{Call, Piece, Shared, Summary, Usage, Wire, respond, write_json};
-use crate::plan::{Ask, Kind, input_tokens, nanos, token_text, words};
+use crate::plan::{Ask, Kind, nanos, token_text};
 use crate::stats::InFlight;
+use barrage_common::chat_template::ChatMessage;
 
 /// The request fields the simulator reads; everything else is ignored.
 #[derive(Debug, Deserialize)]
@@ -34,6 +35,8 @@ struct Request {
 
 #[derive(Debug, Deserialize)]
 struct Message {
+    #[serde(default)]
+    role: String,
     content: Option<String>,
 }
 
@@ -68,15 +71,24 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
         }
     };
     let t0 = Instant::now();
-    let text_words = |t: &Option<String>| t.as_deref().map_or(0, words);
+    fn text(t: &Option<String>) -> &str {
+        t.as_deref().unwrap_or_default()
+    }
     let counted = match api {
-        Api::Generate => text_words(&req.prompt) + text_words(&req.system),
-        Api::Chat => req
-            .messages
-            .iter()
-            .flatten()
-            .map(|m| text_words(&m.content))
-            .sum(),
+        Api::Generate => shared.count_texts(&[text(&req.prompt), text(&req.system)], 0),
+        Api::Chat => {
+            let msgs: Vec<ChatMessage<'_>> = (req.messages.iter().flatten())
+                .map(|m| ChatMessage {
+                    role: &m.role,
+                    content: text(&m.content),
+                })
+                .collect();
+            shared.count_chat(&msgs)
+        }
+    };
+    let input_tokens = match counted {
+        Ok(n) => n,
+        Err(e) => return Ollama::error(StatusCode::BAD_REQUEST, &e),
     };
     // num_predict <= 0 means "no limit" (-1) or "fill the context" (-2) in Ollama.
     let max_tokens = req
@@ -93,7 +105,7 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
         number: shared.next_request(),
         wire,
         ask: Ask {
-            input_tokens: input_tokens(counted, 0, shared.cfg.tokens_per_word),
+            input_tokens,
             max_tokens,
             reasoning: true,
         },

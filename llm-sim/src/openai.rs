@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::engine::{Call, Piece, Shared, Summary, Usage, Wire, respond, unix_now, write_json};
-use crate::plan::{Ask, Kind, input_tokens, token_text, words};
+use crate::plan::{Ask, Kind, token_text};
 use crate::stats::InFlight;
+use barrage_common::chat_template::ChatMessage;
 
 /// The request fields the simulator reads; everything else is ignored.
 #[derive(Debug, Deserialize)]
@@ -37,6 +38,8 @@ struct StreamOptions {
 
 #[derive(Debug, Deserialize)]
 struct Message {
+    #[serde(default)]
+    role: String,
     content: Option<Content>,
 }
 
@@ -85,11 +88,29 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
         Err(e) => return bad_request(&format!("invalid request body: {e}")),
     };
     let t0 = Instant::now();
-    let (words, ids) = match (api, &req.messages, &req.prompt) {
-        (Api::Chat, Some(messages), _) => (messages.iter().map(Message::words).sum(), 0),
-        (Api::Completions, _, Some(prompt)) => prompt.count(),
+    let counted = match (api, &req.messages, &req.prompt) {
+        (Api::Chat, Some(messages), _) => {
+            let texts: Vec<String> = messages.iter().map(Message::text).collect();
+            let msgs: Vec<ChatMessage<'_>> = messages
+                .iter()
+                .zip(&texts)
+                .map(|(m, t)| ChatMessage {
+                    role: &m.role,
+                    content: t,
+                })
+                .collect();
+            shared.count_chat(&msgs)
+        }
+        (Api::Completions, _, Some(prompt)) => {
+            let (texts, ids) = prompt.parts();
+            shared.count_texts(&texts, ids)
+        }
         (Api::Chat, None, _) => return bad_request("`messages` is required"),
         (Api::Completions, _, None) => return bad_request("`prompt` is required"),
+    };
+    let input_tokens = match counted {
+        Ok(n) => n,
+        Err(e) => return bad_request(&e),
     };
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     if max_tokens == Some(0) {
@@ -113,7 +134,7 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
         number,
         wire,
         ask: Ask {
-            input_tokens: input_tokens(words, ids, shared.cfg.tokens_per_word),
+            input_tokens,
             max_tokens,
             reasoning: api == Api::Chat,
         },
@@ -124,27 +145,28 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
 }
 
 impl Message {
-    fn words(&self) -> u64 {
+    /// The text of the message (text parts joined by newlines).
+    fn text(&self) -> String {
         match &self.content {
-            None => 0,
-            Some(Content::Text(text)) => words(text),
+            None => String::new(),
+            Some(Content::Text(text)) => text.clone(),
             Some(Content::Parts(parts)) => parts
                 .iter()
                 .filter_map(|p| p.text.as_deref())
-                .map(words)
-                .sum(),
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 }
 
 impl Prompt {
-    /// (words, literal token ids).
-    fn count(&self) -> (u64, u64) {
+    /// The prompt texts and the number of literal token ids.
+    fn parts(&self) -> (Vec<&str>, u64) {
         match self {
-            Prompt::Text(text) => (words(text), 0),
-            Prompt::Texts(texts) => (texts.iter().map(|t| words(t)).sum(), 0),
-            Prompt::Ids(ids) => (0, ids.len() as u64),
-            Prompt::IdLists(lists) => (0, lists.iter().map(|l| l.len() as u64).sum()),
+            Prompt::Text(text) => (vec![text.as_str()], 0),
+            Prompt::Texts(texts) => (texts.iter().map(String::as_str).collect(), 0),
+            Prompt::Ids(ids) => (Vec::new(), ids.len() as u64),
+            Prompt::IdLists(lists) => (Vec::new(), lists.iter().map(|l| l.len() as u64).sum()),
         }
     }
 }

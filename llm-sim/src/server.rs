@@ -54,7 +54,8 @@ impl SimServer {
             addr: listen,
             source,
         })?;
-        let shared = Arc::new(Shared::new(config));
+        let counter = crate::count::Counter::load(&config)?;
+        let shared = Arc::new(Shared::new(config, counter));
         let counters = Arc::clone(&shared.counters);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(serve(listener, router(shared), stopped));

@@ -6,6 +6,7 @@
 //! the list element) and the problem.
 
 mod chat;
+mod counting;
 mod random;
 mod records;
 mod single;
@@ -15,9 +16,10 @@ mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-use barrage_common::plan::{DatasetKind, DatasetSection};
+use barrage_common::plan::{ApiKind, DatasetKind, DatasetSection};
 use barrage_proto::agent::v1 as pb;
 
+pub use counting::{InputCounter, Way, applies_template};
 pub use tokenizer::PromptTokenizer;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,14 @@ pub enum DatasetError {
     },
     #[error("dataset.tokenizer {path}: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
+    /// A chat template that cannot be read, compiled or rendered; `key` is
+    /// `chat_template` when the plan named it, else `tokenizer` (found beside it).
+    #[error("dataset.{key} {path}: {reason}")]
+    ChatTemplate {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("dataset.{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
@@ -135,16 +145,54 @@ fn read(key: &'static str, path: &Path) -> Result<String, DatasetError> {
     Ok(text)
 }
 
-/// Loads the prompts; `plan_dir` is the folder relative paths start from.
+/// Loads the prompts, each message's raw text counted with the plan's
+/// tokenizer; `plan_dir` is the folder relative paths start from.
 pub fn load(d: &DatasetSection, plan_dir: Option<&Path>) -> Result<Vec<pb::Prompt>, DatasetError> {
+    Ok(load_for(d, plan_dir, None)?.prompts)
+}
+
+/// How a step's input tokens were counted by the controller, for the summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountInfo {
+    /// One line: the tokenizer, and the template or why there is none.
+    pub how: String,
+    /// The chat template's file, when prompts were counted rendered with it.
+    pub chat_template: Option<PathBuf>,
+    /// A chat API whose prompts were counted without a template.
+    pub chat_without_template: bool,
+}
+
+impl CountInfo {
+    pub fn of(c: &InputCounter, api: Option<ApiKind>) -> Self {
+        Self {
+            how: c.describe(),
+            chat_template: c.template_origin(),
+            chat_without_template: api.is_some_and(applies_template) && !c.templated(),
+        }
+    }
+}
+
+/// Prompts and how their input tokens were counted (None: no tokenizer).
+#[derive(Debug)]
+pub struct Loaded {
+    pub prompts: Vec<pb::Prompt>,
+    pub counted: Option<CountInfo>,
+}
+
+/// Loads the prompts for a target of `api`, counted as its server will count
+/// them (a chat API: rendered with the model's chat template); no API: each
+/// message's raw text.
+pub fn load_for(
+    d: &DatasetSection,
+    plan_dir: Option<&Path>,
+    api: Option<ApiKind>,
+) -> Result<Loaded, DatasetError> {
     d.validate()
         .map_err(|(key, reason)| DatasetError::Invalid { key, reason })?;
-    let tok = match &d.tokenizer {
-        Some(p) => Some(PromptTokenizer::from_file(&resolve(plan_dir, p))?),
-        None => None,
-    };
+    let counter = InputCounter::for_plan(d, plan_dir, api)?;
+    let tok = counter.as_ref();
     let items = match d.kind {
-        DatasetKind::Random => match &tok {
+        DatasetKind::Random => match tok {
             Some(t) => random::tokens(d, t)?,
             None => random::word_items(d),
         },
@@ -174,7 +222,11 @@ pub fn load(d: &DatasetSection, plan_dir: Option<&Path>) -> Result<Vec<pb::Promp
             items
         }
     };
-    steps::finish(d, items, tok.as_ref())
+    let prompts = steps::finish(d, items, tok)?;
+    Ok(Loaded {
+        prompts,
+        counted: counter.as_ref().map(|c| CountInfo::of(c, api)),
+    })
 }
 
 fn from_file(kind: DatasetKind, path: &Path, text: &str) -> Result<Vec<Item>, DatasetError> {
@@ -190,25 +242,25 @@ fn from_file(kind: DatasetKind, path: &Path, text: &str) -> Result<Vec<Item>, Da
     }
 }
 
-/// The plan's tokenizer, when `[dataset] tokenizer` names one.
-pub fn plan_tokenizer(
+/// The plan's tokenizer, when `[dataset] tokenizer` names one, with the way
+/// prompts for `api` are counted.
+pub fn plan_counter(
     d: &DatasetSection,
     plan_dir: Option<&Path>,
-) -> Result<Option<PromptTokenizer>, DatasetError> {
-    d.tokenizer
-        .as_ref()
-        .map(|p| PromptTokenizer::from_file(&resolve(plan_dir, p)))
-        .transpose()
+    api: Option<ApiKind>,
+) -> Result<Option<InputCounter>, DatasetError> {
+    InputCounter::for_plan(d, plan_dir, api)
 }
 
-/// Random texts of exactly `lens[i]` tokens of `tok` each (built as the
-/// random dataset builds its prompts: re-encoded until exact).
+/// Random texts, each sent as one user message of exactly `lens[i]` input
+/// tokens as `counter` counts (built as the random dataset builds its
+/// prompts: re-encoded until exact).
 pub fn exact_texts(
-    tok: &PromptTokenizer,
+    counter: &InputCounter,
     lens: &[usize],
     seed: u64,
 ) -> Result<Vec<String>, DatasetError> {
-    random::exact_texts(tok, lens, seed)
+    random::exact_texts(counter, lens, seed)
 }
 
 /// Prompts in chunks of at most `max_bytes` (approximate encoded size).

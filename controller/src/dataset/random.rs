@@ -1,6 +1,8 @@
 //! Synthetic prompts (`kind = "random"`). With the plan's tokenizer each
-//! prompt has exactly its target token count, checked by re-encoding the
-//! text; without one, exactly its target word count (what llm-sim counts).
+//! prompt has exactly its target input token count as the server counts it
+//! (for a chat API with a chat template: the rendered template, role markers
+//! and all), checked by re-encoding; without one, exactly its target word
+//! count (what llm-sim counts by default).
 //! Every prompt is the shared prefix (`prefix_tokens`), then a part that is
 //! random from its first token on, so a prefix cache cannot serve the prompts
 //! from one entry; prompts are distinct.
@@ -10,7 +12,7 @@ use std::collections::HashSet;
 use barrage_common::dataset::{DatasetSection, length_bounds};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{DatasetError, Item, PromptTokenizer};
+use super::{DatasetError, InputCounter, Item, PromptTokenizer};
 
 /// Tries at fitting one prompt to its exact token count.
 const FIT_TRIES: usize = 200;
@@ -74,25 +76,29 @@ fn join(prefix: &str, body: &str) -> String {
     format!("{prefix}{}{body}", if sep { " " } else { "" })
 }
 
+/// How a candidate text is counted: raw, or as the prompt a server gets.
+type Count<'a> = &'a (dyn Fn(&str) -> Result<usize, DatasetError> + Sync);
+
 /// A text starting with `prefix` whose re-encoded count is exactly `target`,
 /// the rest drawn from `pool`: add or remove tokens until the count is
 /// right, redrawing the last one when the count goes round in circles.
 fn fit(
     tok: &PromptTokenizer,
+    count: Count<'_>,
     prefix: &str,
     target: usize,
     pool: &[u32],
     rng: &mut StdRng,
 ) -> Result<String, DatasetError> {
     let draw = |rng: &mut StdRng| pool[rng.random_range(0..pool.len())];
-    let base = tok.count(prefix)?;
+    let base = count(prefix)?;
     let mut ids: Vec<u32> = (0..target.saturating_sub(base).max(1))
         .map(|_| draw(rng))
         .collect();
     let mut seen = HashSet::new();
     for _ in 0..FIT_TRIES {
         let text = join(prefix, &tok.decode(&ids)?);
-        let count = tok.count(&text)?;
+        let count = count(&text)?;
         if count == target {
             return Ok(text);
         }
@@ -115,7 +121,7 @@ fn fit(
         path: tok.path().to_owned(),
         reason: format!(
             "could not build a random prompt of exactly {target} tokens in {FIT_TRIES} tries \
-             (prefix_tokens = {base})"
+             (the shared prefix and any chat template take {base})"
         ),
     })
 }
@@ -132,6 +138,7 @@ fn prompt_rng(seed: u64, i: usize, attempt: usize) -> StdRng {
 /// Fits prompts of `lens` on every core.
 fn fit_all(
     tok: &PromptTokenizer,
+    count: Count<'_>,
     prefix: &str,
     lens: &[usize],
     pool: &[u32],
@@ -147,7 +154,8 @@ fn fit_all(
                 s.spawn(move || {
                     (chunk.iter().enumerate())
                         .map(|(j, &n)| {
-                            fit(tok, prefix, n, pool, &mut prompt_rng(seed, c * per + j, 0))
+                            let mut rng = prompt_rng(seed, c * per + j, 0);
+                            fit(tok, count, prefix, n, pool, &mut rng)
                         })
                         .collect::<Result<Vec<_>, _>>()
                 })
@@ -161,32 +169,68 @@ fn fit_all(
     })
 }
 
-/// Texts of exactly `lens[i]` tokens each, random from their first token
-/// (trace replay: each arrival's input length).
+/// Refuses lengths the chat template alone reaches: a prompt needs at least
+/// one token of its own.
+fn check_room(
+    counter: &InputCounter,
+    key: &'static str,
+    lens: &[usize],
+) -> Result<(), DatasetError> {
+    let Some(origin) = counter.template_origin() else {
+        return Ok(());
+    };
+    let empty = counter.count_user_text("")?;
+    match lens.iter().min() {
+        Some(&n) if n <= empty => Err(DatasetError::Invalid {
+            key,
+            reason: format!(
+                "a prompt of {n} input tokens leaves no room for text: the chat template of {} \
+                 makes {empty} tokens around an empty user message",
+                origin.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Texts of exactly `lens[i]` input tokens each as one user message,
+/// random from their first token (trace replay: each arrival's length).
 pub(super) fn exact_texts(
-    tok: &PromptTokenizer,
+    counter: &InputCounter,
     lens: &[usize],
     seed: u64,
 ) -> Result<Vec<String>, DatasetError> {
+    check_room(counter, "input_tokens", lens)?;
+    let tok = counter.tokenizer();
     let pool = tok.word_pool(seed)?;
-    fit_all(tok, "", lens, &pool, seed)
+    let count = |t: &str| counter.count_user_text(t);
+    fit_all(tok, &count, "", lens, &pool, seed)
 }
 
-/// Token prompts of exact lengths for the plan's tokenizer.
-pub(super) fn tokens(d: &DatasetSection, tok: &PromptTokenizer) -> Result<Vec<Item>, DatasetError> {
+/// Token prompts of exact input lengths as the server counts them.
+pub(super) fn tokens(
+    d: &DatasetSection,
+    counter: &InputCounter,
+) -> Result<Vec<Item>, DatasetError> {
+    let tok = counter.tokenizer();
+    let lens = lengths(d);
+    check_room(counter, "input_tokens", &lens)?;
     let pool = tok.word_pool(d.seed)?;
+    // The shared prefix is p tokens of text; the whole prompt is counted as sent.
+    let raw = |t: &str| tok.count(t);
     let prefix = match d.prefix_tokens {
         0 => String::new(),
         p => fit(
             tok,
+            &raw,
             "",
             p as usize,
             &pool,
             &mut StdRng::seed_from_u64(d.seed),
         )?,
     };
-    let lens = lengths(d);
-    let mut texts = fit_all(tok, &prefix, &lens, &pool, d.seed)?;
+    let count = |t: &str| counter.count_user_text(t);
+    let mut texts = fit_all(tok, &count, &prefix, &lens, &pool, d.seed)?;
     // Redraw any prompt equal to an earlier one.
     let mut seen = HashSet::new();
     for (i, (text, &n)) in texts.iter_mut().zip(&lens).enumerate() {
@@ -203,7 +247,8 @@ pub(super) fn tokens(d: &DatasetSection, tok: &PromptTokenizer) -> Result<Vec<It
                     ),
                 });
             }
-            *text = fit(tok, &prefix, n, &pool, &mut prompt_rng(d.seed, i, attempt))?;
+            let mut rng = prompt_rng(d.seed, i, attempt);
+            *text = fit(tok, &count, &prefix, n, &pool, &mut rng)?;
         }
     }
     Ok(texts

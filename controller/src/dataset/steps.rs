@@ -8,13 +8,14 @@ use barrage_proto::agent::v1 as pb;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{DatasetError, Item, PromptTokenizer};
+use super::{DatasetError, InputCounter, Item};
 
 /// Prompts whose messages are handed to the tokenizer at once.
 const COUNT_BATCH: usize = 1024;
 
-/// Fills in every missing length: tokens with a tokenizer, else words.
-fn measure(items: &mut [Item], tok: Option<&PromptTokenizer>) -> Result<(), DatasetError> {
+/// Fills in every missing length: input tokens as the counter counts them
+/// (with a tokenizer), else words.
+fn measure(items: &mut [Item], tok: Option<&InputCounter>) -> Result<(), DatasetError> {
     let todo: Vec<usize> = (0..items.len())
         .filter(|&i| items[i].length.is_none())
         .collect();
@@ -32,17 +33,15 @@ fn measure(items: &mut [Item], tok: Option<&PromptTokenizer>) -> Result<(), Data
         }
         return Ok(());
     };
-    // Each message counted alone, then summed per prompt; a batch at a time
-    // so a large file is not copied whole.
+    // A batch at a time so a large file is not copied whole.
     for batch in todo.chunks(COUNT_BATCH) {
-        let texts: Vec<String> = batch
+        let msgs: Vec<&[pb::ChatMessage]> = batch
             .iter()
-            .flat_map(|&i| items[i].messages.iter().map(|m| m.content.clone()))
+            .map(|&i| items[i].messages.as_slice())
             .collect();
-        let mut counts = tok.count_many(texts)?.into_iter();
-        for &i in batch {
-            let n = items[i].messages.len();
-            items[i].length = Some(counts.by_ref().take(n).sum());
+        let counts = tok.count_many(&msgs)?;
+        for (&i, n) in batch.iter().zip(counts) {
+            items[i].length = Some(n);
         }
     }
     Ok(())
@@ -52,7 +51,7 @@ fn measure(items: &mut [Item], tok: Option<&PromptTokenizer>) -> Result<(), Data
 pub(super) fn finish(
     d: &DatasetSection,
     mut items: Vec<Item>,
-    tok: Option<&PromptTokenizer>,
+    tok: Option<&InputCounter>,
 ) -> Result<Vec<pb::Prompt>, DatasetError> {
     if d.min_prompt_tokens.is_some() || d.max_prompt_tokens.is_some() {
         measure(&mut items, tok)?;
@@ -102,6 +101,7 @@ pub(super) fn finish(
                     .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
                 None => 0,
             },
+            input_chat_template: tok.is_some_and(InputCounter::templated),
         })
         .collect())
 }

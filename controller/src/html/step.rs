@@ -195,16 +195,25 @@ fn headline(p: &mut Page, s: &Value) {
     let ts = &s["token_source"];
     let src = |k: &str| {
         let o = &ts[k];
+        // Older summaries have no tokenizer_chat_template: nothing to add.
+        let templated = get_f(o, "tokenizer_chat_template")
+            .filter(|n| *n > 0.0)
+            .map_or(String::new(), |n| {
+                format!(" ({} with the chat template)", num(Some(n)))
+            });
         format!(
-            "server {} / tokenizer {} / estimated {}",
+            "server {} / tokenizer {}{templated} / estimated {}",
             num(get_f(o, "server")),
             num(get_f(o, "tokenizer")),
             num(get_f(o, "estimated"))
         )
     };
+    let counting = ts["input_counting"].as_str().map_or(String::new(), |how| {
+        format!("<dt>Input tokens counted</dt><dd>{}</dd>", esc(how))
+    });
     let _ = write!(
         c,
-        "<dl class=\"kv\"><dt>Input / output tokens</dt><dd>{} / {}</dd><dt>Avg input / output tokens per request</dt><dd>{} / {}</dd><dt>Input tokens from</dt><dd>{}</dd><dt>Output tokens from</dt><dd>{}; {} chunks assumed 1 token</dd><dt>Connection retries</dt><dd>{}</dd></dl></section>",
+        "<dl class=\"kv\"><dt>Input / output tokens</dt><dd>{} / {}</dd><dt>Avg input / output tokens per request</dt><dd>{} / {}</dd><dt>Input tokens from</dt><dd>{}</dd><dt>Output tokens from</dt><dd>{}; {} chunks assumed 1 token</dd>{counting}<dt>Connection retries</dt><dd>{}</dd></dl></section>",
         num(f("input_tokens")),
         num(f("output_tokens")),
         num(f("avg_input_tokens")),

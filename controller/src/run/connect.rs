@@ -19,14 +19,37 @@ pub(super) struct Target {
     pub(super) sim: Option<SimServer>,
 }
 
-pub(super) async fn resolve_target(plan: &PlanFile) -> Result<Target, RunError> {
+/// The simulator's files (`tokenizer`, `chat_template`) are relative to the
+/// plan's folder, as the dataset's are.
+fn sim_config(
+    cfg: &barrage_llm_sim::SimConfig,
+    plan_dir: Option<&std::path::Path>,
+) -> barrage_llm_sim::SimConfig {
+    let mut cfg = cfg.clone();
+    let rebase = |p: &mut Option<std::path::PathBuf>| {
+        if let (Some(dir), Some(path)) = (plan_dir, p.as_mut())
+            && path.is_relative()
+            && path.as_os_str() != "none"
+        {
+            *path = dir.join(&*path);
+        }
+    };
+    rebase(&mut cfg.tokenizer);
+    rebase(&mut cfg.chat_template);
+    cfg
+}
+
+pub(super) async fn resolve_target(
+    plan: &PlanFile,
+    plan_dir: Option<&std::path::Path>,
+) -> Result<Target, RunError> {
     match (&plan.target.url, &plan.simulator) {
         (Some(url), _) => Ok(Target {
             url: plan.endpoint_url(url),
             sim: None,
         }),
         (None, Some(cfg)) => {
-            let sim = SimServer::spawn(cfg.clone(), ([127, 0, 0, 1], 0).into())
+            let sim = SimServer::spawn(sim_config(cfg, plan_dir), ([127, 0, 0, 1], 0).into())
                 .await
                 .map_err(|e| RunError::Setup(format!("starting the built-in simulator: {e}")))?;
             let url = plan.endpoint_url(&format!("http://{}", sim.addr()));

@@ -226,6 +226,8 @@ struct Loaded {
     trace: Option<crate::trace::Trace>,
     tokenizer_json: Vec<u8>,
     prompts: Vec<pb::Prompt>,
+    /// How the prompts' input tokens were counted (with a tokenizer).
+    counted: Option<dataset::CountInfo>,
 }
 
 fn load(plan: &PlanFile, opts: &RunOptions) -> Result<Loaded, RunError> {
@@ -233,13 +235,18 @@ fn load(plan: &PlanFile, opts: &RunOptions) -> Result<Loaded, RunError> {
     let plan_sha = format!("{:x}", Sha256::digest(plan_toml.as_bytes()));
     // TLS files are read and checked before anything connects.
     let tls = ClientTls::from_cluster(&plan.cluster, opts.plan_dir.as_deref())?;
-    let trace = crate::trace::load(&plan.load, &plan.dataset, opts.plan_dir.as_deref())?;
+    // Input tokens are counted as the target's server counts them.
+    let api = Some(plan.target.api);
+    let trace = crate::trace::load_for(&plan.load, &plan.dataset, opts.plan_dir.as_deref(), api)?;
     // Agents count output with the plan's tokenizer when the server reports
     // no usage: they get the file's bytes, not its path.
     let tokenizer_json = dataset::tokenizer_bytes(&plan.dataset, opts.plan_dir.as_deref())?;
-    let prompts = match &trace {
-        Some(t) => t.prompts.clone(),
-        None => dataset::load(&plan.dataset, opts.plan_dir.as_deref())?,
+    let (prompts, counted) = match &trace {
+        Some(t) => (t.prompts.clone(), t.counted.clone()),
+        None => {
+            let d = dataset::load_for(&plan.dataset, opts.plan_dir.as_deref(), api)?;
+            (d.prompts, d.counted)
+        }
     };
     Ok(Loaded {
         plan_toml,
@@ -248,6 +255,7 @@ fn load(plan: &PlanFile, opts: &RunOptions) -> Result<Loaded, RunError> {
         trace,
         tokenizer_json,
         prompts,
+        counted,
     })
 }
 
@@ -260,7 +268,7 @@ pub(crate) async fn run_step(
     out: StepOut<'_>,
 ) -> Result<RunOutcome, RunError> {
     let loaded = load(&plan, opts)?;
-    let target = resolve_target(&plan).await?;
+    let target = resolve_target(&plan, opts.plan_dir.as_deref()).await?;
     let target_pb = target_proto(&plan, &target.url)?;
     let (addrs, token, embedded) = resolve_agents(
         &plan,
@@ -289,6 +297,12 @@ pub(crate) async fn run_step(
             .as_ref()
             .and_then(crate::trace::Trace::counts_note),
     );
+    if let Some(c) = &loaded.counted {
+        summary.token_source.set_counting(c);
+        if c.chat_without_template {
+            summary.notes.push(c.how.clone());
+        }
+    }
     if let Some(sim) = target.sim {
         summary.simulator = Some(sim.stats());
         sim.shutdown().await;

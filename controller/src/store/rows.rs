@@ -86,6 +86,7 @@ pub fn source_name(v: i32) -> &'static str {
         Ok(pb::CountSource::Server) => "server",
         Ok(pb::CountSource::Tokenizer) => "tokenizer",
         Ok(pb::CountSource::Estimated) => "estimated",
+        Ok(pb::CountSource::TokenizerChatTemplate) => "tokenizer_chat_template",
         _ => "",
     }
 }
@@ -95,6 +96,7 @@ pub fn source_value(name: &str) -> i32 {
         "server" => pb::CountSource::Server as i32,
         "tokenizer" => pb::CountSource::Tokenizer as i32,
         "estimated" => pb::CountSource::Estimated as i32,
+        "tokenizer_chat_template" => pb::CountSource::TokenizerChatTemplate as i32,
         _ => pb::CountSource::Unspecified as i32,
     }
 }

@@ -38,7 +38,7 @@ pub(super) fn word_level(dir: &Path) -> PathBuf {
 
 /// A GPT-2 style byte-level BPE trained here on a small corpus, whose merges
 /// make token counts of concatenated text differ from the parts'.
-fn byte_bpe(dir: &Path) -> PathBuf {
+pub(crate) fn byte_bpe(dir: &Path) -> PathBuf {
     let words = [
         "the",
         "quick",

@@ -66,6 +66,7 @@ where
 }
 
 mod control;
+mod counting;
 mod faults;
 mod ollama;
 mod shapes;
