@@ -429,14 +429,29 @@ impl MetricSet {
     /// Decodes wire histograms into a fresh set of the run's layouts.
     pub fn decode(msgs: &[pb::MetricHistogram], layouts: Layouts) -> Result<Self, MetricError> {
         let mut set = MetricSet::new(layouts)?;
-        for msg in msgs {
-            let want = Metric::from_name(&msg.metric)
-                .map(|m| layouts.for_metric(m))
-                .ok_or_else(|| MetricError::UnknownMetric(msg.metric.clone()))?;
-            let (m, s) = Series::decode(msg, want)?;
+        for (m, s) in Self::decode_each(msgs, layouts)? {
             set.add_series(m, &s)?;
         }
         Ok(set)
+    }
+
+    /// Decodes each wire histogram on its own, every one checked against
+    /// the run's layouts before any is returned. The controller adds these
+    /// straight into its sums: a whole set per interval would allocate and
+    /// zero every metric's counts (~184 KB each at 1 µs–1 h) and copy the
+    /// decoded ones into it, a third of the merge's time at 200 agents.
+    pub fn decode_each(
+        msgs: &[pb::MetricHistogram],
+        layouts: Layouts,
+    ) -> Result<Vec<(Metric, Series)>, MetricError> {
+        msgs.iter()
+            .map(|msg| {
+                let want = Metric::from_name(&msg.metric)
+                    .map(|m| layouts.for_metric(m))
+                    .ok_or_else(|| MetricError::UnknownMetric(msg.metric.clone()))?;
+                Series::decode(msg, want)
+            })
+            .collect()
     }
 }
 

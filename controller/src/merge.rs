@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use barrage_common::metrics::{Counters, Layouts, Metric, MetricError, MetricSet};
+use barrage_common::metrics::{Counters, Layouts, Metric, MetricError, MetricSet, Series};
 use barrage_proto::agent::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +115,9 @@ pub struct Merger {
     interval_s: f64,
     /// Intervals below this index are warmup.
     pub warmup_intervals: u64,
+    /// Histograms of the rows settled so far (every row after `finish`):
+    /// added once per row, not once per agent-interval, which saves a pass
+    /// over every histogram's counts per agent and interval.
     pub totals: MetricSet,
     pub counters: Counters,
     pub agents: Vec<AgentTally>,
@@ -132,6 +135,11 @@ pub struct SettledInterval {
     pub row: IntervalRow,
     pub metrics: MetricSet,
     pub counters: Counters,
+}
+
+/// Adds decoded series (of the set's layouts: decode_each checked them).
+fn add_each(set: &mut MetricSet, decoded: &[(Metric, Series)]) -> Result<(), MetricError> {
+    decoded.iter().try_for_each(|(m, s)| set.add_series(*m, s))
 }
 
 fn ms(v: Option<u64>) -> Option<f64> {
@@ -182,14 +190,15 @@ impl Merger {
         if self.is_duplicate(agent, iv.seq) {
             return Ok(());
         }
-        let metrics = MetricSet::decode(&iv.metrics, self.layouts)?;
+        // Each histogram decoded and checked before any is added; then added
+        // where it belongs (no whole set per interval: see decode_each).
+        let metrics = MetricSet::decode_each(&iv.metrics, self.layouts)?;
         let counters = iv
             .counters
             .as_ref()
             .map(Counters::from_proto)
             .unwrap_or_default();
         if iv.index >= self.warmup_intervals {
-            self.totals.add(&metrics)?;
             self.counters.add(&counters);
         }
         let health = iv.health.unwrap_or_default();
@@ -198,7 +207,7 @@ impl Merger {
             if iv.seq > 0 {
                 a.seqs.insert(iv.seq);
             }
-            a.metrics.add(&metrics)?;
+            add_each(&mut a.metrics, &metrics)?;
             a.counters.add(&counters);
             a.intervals += 1;
             a.last_index = a.last_index.max(Some(iv.index));
@@ -222,7 +231,7 @@ impl Merger {
                 in_flight: 0,
             }),
         };
-        slot.metrics.add(&metrics)?;
+        add_each(&mut slot.metrics, &metrics)?;
         slot.counters.add(&counters);
         slot.reporters += 1;
         slot.max_cpu = slot.max_cpu.max(health.cpu_percent);
@@ -328,6 +337,12 @@ impl Merger {
     }
 
     fn push_row(&mut self, index: u64, p: Pending) {
+        // Same layouts throughout (each series was checked on decode).
+        if index >= self.warmup_intervals
+            && let Err(e) = self.totals.add(&p.metrics)
+        {
+            tracing::error!(index, "interval left out of the totals: {e}");
+        }
         let q = |m: Metric, q: f64| ms(p.metrics.get(m).quantile(q));
         let row = IntervalRow {
             index,
@@ -411,7 +426,8 @@ mod tests {
         m.add_interval(1, &interval(1, &[], 0)).expect("add");
         assert_eq!(m.timeline.len(), 1);
         assert_eq!(m.timeline[0].requests_ok, 3);
-        assert_eq!(m.totals.get(Metric::Ttft).count, 4);
+        // Histogram totals follow the settled rows; counters every interval.
+        assert_eq!(m.totals.get(Metric::Ttft).count, 3);
         assert_eq!(m.counters.requests_ok, 4);
 
         let mut good = MetricSet::new(Layouts::default()).expect("set");
@@ -450,6 +466,11 @@ mod tests {
             "{why}"
         );
         assert_eq!(m.finish().len(), 2);
+        assert_eq!(
+            m.totals.get(Metric::Ttft).count,
+            4,
+            "every row in the totals"
+        );
     }
 
     #[test]
@@ -460,6 +481,7 @@ mod tests {
         // seq 3 arrives, seq 2 never does.
         m.add_interval(0, &interval(2, &[2000], 1)).expect("add");
         assert_eq!(m.counters.requests_ok, 2, "the resend is not counted twice");
+        m.finish();
         assert_eq!(m.totals.get(Metric::Ttft).count, 2);
         assert_eq!(m.agents[0].duplicates, 1);
         assert_eq!(m.agents[0].missing(), 1);
@@ -513,6 +535,48 @@ mod tests {
         };
         assert!(m.add_interval(0, &iv).is_err());
         assert_eq!(m.totals.get(Metric::Ttft).count, 0);
+    }
+
+    #[test]
+    fn an_interval_with_one_foreign_histogram_adds_nothing() {
+        let mut m = Merger::new(Layouts::default(), 1, 1.0).expect("merger");
+        let mut iv = interval(0, &[1000], 1);
+        let other = barrage_common::metrics::Layout {
+            lowest: 1,
+            highest: 1_000_000,
+            sigfig: 2,
+        };
+        let mut foreign = Series::new(other).expect("series");
+        foreign.record(5);
+        iv.metrics
+            .push(foreign.encode(Metric::Itl).expect("encode"));
+        assert!(m.add_interval(0, &iv).is_err());
+        assert!(m.agents[0].metrics.is_empty(), "agent tally untouched");
+        assert_eq!(m.agents[0].intervals, 0);
+        assert_eq!(m.finish().len(), 0, "no row half-added");
+        assert!(m.totals.is_empty());
+    }
+
+    #[test]
+    fn totals_are_the_settled_rows_after_the_warmup() {
+        let mut m = Merger::new(Layouts::default(), 2, 1.0).expect("merger");
+        m.warmup_intervals = 1;
+        for agent in 0..2 {
+            m.add_interval(agent, &interval(0, &[1000], 1))
+                .expect("add");
+            m.add_interval(agent, &interval(1, &[2000, 3000], 2))
+                .expect("add");
+            m.add_interval(agent, &interval(2, &[4000], 1))
+                .expect("add");
+        }
+        // Rows 0 and 1 settled: the warmup row is left out.
+        assert_eq!(m.totals.get(Metric::Ttft).count, 4);
+        m.finish();
+        let t = m.totals.get(Metric::Ttft);
+        assert_eq!((t.count, t.sum, t.min, t.max), (6, 18_000, 2000, 4000));
+        // Each agent's own sum still holds every interval (the final check).
+        assert_eq!(m.agents[0].metrics.get(Metric::Ttft).count, 4);
+        assert_eq!(m.counters.requests_ok, 6);
     }
 
     #[test]
