@@ -775,9 +775,15 @@ async fn batch_message(b: &Browser, base: &str, svc: &TestService) {
         .goto(&format!("{base}/new#batch"))
         .await
         .expect("open /new");
+    b.fill("#batch-form input[name=name]", "browser-batch")
+        .await;
+    b.fill("#batch-form input[name=description]", "from the browser")
+        .await;
     b.fill("#batch-form input[name=num_prompts_list]", "10, 20")
         .await;
     b.fill("#batch-form input[name=max_concurrency_list]", "2")
+        .await;
+    b.fill("#batch-form input[name=input_output_pairs]", "32:8")
         .await;
     b.click("#batch-form button[type=submit]").await;
     let shown = wait_for("the batch's error on the page", WAIT, || async {
@@ -791,8 +797,8 @@ async fn batch_message(b: &Browser, base: &str, svc: &TestService) {
     })
     .await;
     // What the form sent, sent again.
-    let same = json!({"name": "batch", "description": "", "num_prompts_list": [10, 20],
-        "max_concurrency_list": [2], "input_output_pairs": []});
+    let same = json!({"name": "browser-batch", "description": "from the browser",
+        "num_prompts_list": [10, 20], "max_concurrency_list": [2], "input_output_pairs": [[32, 8]]});
     let res = svc
         .api
         .req(reqwest::Method::POST, "/api/batch")
@@ -802,12 +808,33 @@ async fn batch_message(b: &Browser, base: &str, svc: &TestService) {
         .expect("POST /api/batch");
     assert_eq!(res.status(), 400);
     let v: Value = res.json().await.expect("JSON error");
-    assert_eq!(
-        shown.trim(),
-        v["error"]["message"].as_str().expect("message").trim()
-    );
+    let message = v["error"]["message"].as_str().expect("message");
+    assert_eq!(shown.trim(), message.trim());
+    assert!(message.contains("same length"), "{message}");
     b.shot("18-batch-error").await;
     b.assert_no_errors("batch form").await;
+
+    // Corrected: the batch runs as a sweep of two steps on the simulator.
+    b.fill("#batch-form input[name=max_concurrency_list]", "1, 2")
+        .await;
+    b.click("#batch-form button[type=submit]").await;
+    b.wait_path("the batch's page", |p| p.starts_with("/runs/"))
+        .await;
+    let status = wait_status(b, "the batch to end", Duration::from_secs(120), &TERMINAL).await;
+    assert_eq!(status, "completed");
+    let steps = b
+        .client
+        .find_all(Locator::Css("#step-pick option"))
+        .await
+        .expect("steps");
+    assert_eq!(steps.len(), 2, "one step per (prompts, concurrency) pair");
+    let meta = b.shown("#run-meta").await.text().await.expect("meta");
+    assert!(
+        meta.contains("sweep") && meta.contains("from the browser"),
+        "{meta}"
+    );
+    b.shot("19-batch-done").await;
+    b.assert_no_errors("batch run page").await;
 }
 
 /// A page whose cookie went away sends the user to the login form at its
