@@ -23,6 +23,7 @@ mod reports;
 mod secrets;
 mod service_api;
 mod service_batch;
+mod service_browser;
 mod service_metrics;
 mod store;
 mod sweeps;
