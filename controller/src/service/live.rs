@@ -4,7 +4,7 @@
 //! reloads) first gets the run's history from its results.sqlite, then the
 //! live events it did not get from the history (docs/service.md).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +23,12 @@ use crate::store::verdict_name;
 
 /// Live events a slow watcher may lag behind before it misses some.
 const CHANNEL: usize = 1024;
+
+/// The latest events kept per run: the store's consumer runs on its own
+/// thread and may not have written what the live view already sent; a
+/// watcher joining then gets these too (deduplicated), so no event falls
+/// between the stored history and the live stream.
+const RECENT: usize = 256;
 
 /// One Server-Sent Event, and what it covers (to skip what the history
 /// already sent).
@@ -58,6 +64,12 @@ impl LiveItem {
 }
 
 /// A run's progress while it runs (`RunInfo.progress`).
+/// A watcher's live stream, with the events sent just before it joined.
+pub struct Subscription {
+    pub rx: broadcast::Receiver<Arc<LiveItem>>,
+    pub recent: Vec<Arc<LiveItem>>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     pub step: u32,
@@ -78,6 +90,7 @@ pub struct Progress {
 
 struct Live {
     tx: broadcast::Sender<Arc<LiveItem>>,
+    recent: VecDeque<Arc<LiveItem>>,
     progress: Option<Progress>,
     interval_s: f64,
 }
@@ -97,14 +110,20 @@ impl LiveHub {
     pub fn register(&self, id: &str) {
         self.runs().entry(id.to_owned()).or_insert_with(|| Live {
             tx: broadcast::channel(CHANNEL).0,
+            recent: VecDeque::new(),
             progress: None,
             interval_s: 1.0,
         });
     }
 
-    /// None once the run ended (or for an unknown run).
-    pub fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<Arc<LiveItem>>> {
-        self.runs().get(id).map(|l| l.tx.subscribe())
+    /// The live stream and the latest events already sent, taken together
+    /// (nothing falls between them). None once the run ended (or for an
+    /// unknown run).
+    pub fn subscribe(&self, id: &str) -> Option<Subscription> {
+        self.runs().get(id).map(|l| Subscription {
+            rx: l.tx.subscribe(),
+            recent: l.recent.iter().cloned().collect(),
+        })
     }
 
     pub fn progress(&self, id: &str) -> Option<Progress> {
@@ -113,8 +132,13 @@ impl LiveHub {
 
     /// Sends `item` to the run's watchers (none listening is fine).
     pub fn publish(&self, id: &str, item: LiveItem) {
-        if let Some(l) = self.runs().get(id) {
-            let _ = l.tx.send(Arc::new(item));
+        if let Some(l) = self.runs().get_mut(id) {
+            let item = Arc::new(item);
+            if l.recent.len() == RECENT {
+                l.recent.pop_front();
+            }
+            l.recent.push_back(Arc::clone(&item));
+            let _ = l.tx.send(item);
         }
     }
 
@@ -273,27 +297,32 @@ impl Consumer for Collector {
     }
 }
 
-/// What a watcher is sent: `first` (the run's state), the history, then
-/// the live events the history did not cover, until the run ends. `live`
-/// must have been subscribed before the history was read, so nothing falls
-/// between the two.
+/// What a watcher is sent: `first` (the run's state), the stored history,
+/// the recent events the history lacks, then the live events none of them
+/// covered, until the run ends. `live` must have been subscribed before the
+/// history was read.
 pub fn watch(
     first: LiveItem,
     history: Vec<LiveItem>,
-    live: Option<broadcast::Receiver<Arc<LiveItem>>>,
+    live: Option<Subscription>,
     end_now: Option<LiveItem>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send {
-    let seen: HashSet<ItemKey> = history
-        .iter()
-        .map(|i| i.key)
-        .filter(|k| *k != ItemKey::Any)
-        .collect();
-    let head: Vec<Result<Event, Infallible>> = std::iter::once(first)
-        .chain(history)
-        .chain(end_now)
+    let mut seen: HashSet<ItemKey> = history.iter().map(|i| i.key).collect();
+    let (rx, recent) = match live {
+        Some(s) => (Some(s.rx), s.recent),
+        None => (None, Vec::new()),
+    };
+    let mut head: Vec<Result<Event, Infallible>> = std::iter::once(&first)
+        .chain(&history)
         .map(|i| Ok(i.sse()))
         .collect();
-    let tail = live.map(|rx| {
+    for item in recent {
+        if item.key == ItemKey::Any || seen.insert(item.key) {
+            head.push(Ok(item.sse()));
+        }
+    }
+    head.extend(end_now.iter().map(|i| Ok(i.sse())));
+    let tail = rx.map(|rx| {
         BroadcastStream::new(rx)
             .scan(false, |ended, item| {
                 // Stop after the `end` event.
@@ -314,7 +343,7 @@ pub fn watch(
                 futures::future::ready(Some(out))
             })
             .filter_map(move |i| {
-                let keep = i.filter(|i| i.key == ItemKey::Any || !seen.contains(&i.key));
+                let keep = i.filter(|i| i.key == ItemKey::Any || seen.insert(i.key));
                 futures::future::ready(keep.map(|i| Ok(i.sse())))
             })
     });
@@ -326,4 +355,59 @@ pub fn watch(
 pub fn results_dir(data: &Path, dir: Option<&str>) -> Option<PathBuf> {
     let dir = PathBuf::from(dir?);
     dir.starts_with(data).then_some(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(kind: &'static str, key: ItemKey) -> LiveItem {
+        LiveItem::new(kind, &json!({"kind": kind}), key)
+    }
+
+    /// The event names a watcher receives, in order.
+    async fn kinds(stream: impl Stream<Item = Result<Event, Infallible>>) -> Vec<String> {
+        let events: Vec<Result<Event, Infallible>> = stream.collect().await;
+        events
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                // The event's wire form: "event: <name>\ndata: ...".
+                let text = format!("{e:?}");
+                text.split("event: ")
+                    .nth(1)
+                    .and_then(|t| t.split("\\n").next())
+                    .unwrap_or("?")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn events_sent_before_the_store_wrote_them_still_reach_a_late_watcher() {
+        let hub = LiveHub::default();
+        hub.register("r");
+        // Sent live, not yet in the store when the watcher reads it.
+        hub.publish("r", item("step", ItemKey::Step(1)));
+        hub.publish("r", item("interval", ItemKey::Interval(1, 0)));
+        let sub = hub.subscribe("r").expect("registered");
+        // The store had only the first interval... and the step not yet.
+        let history = vec![item("interval", ItemKey::Interval(1, 0))];
+        hub.publish("r", item("interval", ItemKey::Interval(1, 1)));
+        hub.publish("r", item("interval", ItemKey::Interval(1, 1)));
+        hub.end("r", &json!({"kind": "end"}));
+        let got = kinds(watch(item("run", ItemKey::Any), history, Some(sub), None)).await;
+        assert_eq!(got, ["run", "interval", "step", "interval", "end"]);
+    }
+
+    #[tokio::test]
+    async fn an_ended_run_is_its_history_then_end() {
+        let history = vec![
+            item("step", ItemKey::Step(0)),
+            item("interval", ItemKey::Interval(0, 0)),
+        ];
+        let end = item("end", ItemKey::End);
+        let got = kinds(watch(item("run", ItemKey::Any), history, None, Some(end))).await;
+        assert_eq!(got, ["run", "step", "interval", "end"]);
+    }
 }
