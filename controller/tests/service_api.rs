@@ -173,7 +173,9 @@ async fn runs_submitted_at_once_queue_and_run_one_at_a_time_per_pool() {
     assert_eq!(page.status(), 200);
     let html = page.text().await.expect("html");
     assert!(
-        html.contains("<title>barrage: compare</title>") && html.contains("BarrageCharts"),
+        html.contains("<title>barrage: compare</title>")
+            && html.contains("BarrageCharts")
+            && html.contains("<a href=\"/\">"),
         "the compare page with its charts"
     );
     svc.stop().await;

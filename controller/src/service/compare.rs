@@ -99,6 +99,12 @@ pub async fn page(
     let runs = load_runs(&state, &q.ids)?;
     let plain: Vec<Run> = runs.into_iter().map(|(_, r)| r).collect();
     let groups = compare::compare(&plain);
-    let html = compare::page::page(&plain, &groups);
+    // The same page as `controller compare` writes, with a way back to
+    // the dashboard.
+    let html = compare::page::page(&plain, &groups).replacen(
+        "<body>",
+        "<body><p class=\"back\"><a href=\"/\">&larr; Runs</a></p>",
+        1,
+    );
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
 }
