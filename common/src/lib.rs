@@ -7,6 +7,7 @@ pub mod chat_template;
 pub mod clock;
 pub mod dataset;
 pub mod error_detail;
+pub mod exposition;
 pub mod limits;
 pub mod load;
 pub mod metrics;

@@ -36,19 +36,7 @@ async fn metrics(State(sampler): State<Arc<Sampler>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body)
 }
 
-/// Escapes a label value (backslash, double quote, newline).
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use barrage_common::exposition::escape_label as escape;
 
 /// One metric family: HELP and TYPE once, then one line per labelled value.
 /// A family with no values is left out entirely.

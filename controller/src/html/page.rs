@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-const CSS: &str = include_str!("../../assets/report.css");
+const CSS: &str = concat!(
+    include_str!("../../assets/report.css"),
+    include_str!("../../assets/charts.css")
+);
 const CHARTS_JS: &str = include_str!("../../assets/charts.js");
 const ERRORS_JS: &str = include_str!("../../assets/errors.js");
 const PAGE_JS: &str = include_str!("../../assets/page.js");

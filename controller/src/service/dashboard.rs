@@ -19,7 +19,10 @@ const NEW_HTML: &str = include_str!("../../assets/dashboard/new.html");
 const RUN_HTML: &str = include_str!("../../assets/dashboard/run.html");
 const LOGIN_HTML: &str = include_str!("../../assets/dashboard/login.html");
 const DASHBOARD_JS: &str = include_str!("../../assets/dashboard/dashboard.js");
-const DASHBOARD_CSS: &str = include_str!("../../assets/dashboard/dashboard.css");
+const DASHBOARD_CSS: &str = concat!(
+    include_str!("../../assets/dashboard/dashboard.css"),
+    include_str!("../../assets/charts.css")
+);
 
 /// Everything from this origin, nothing from elsewhere: no inline script,
 /// no external script, style, font, image or connection. Frames: the run's

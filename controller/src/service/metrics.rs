@@ -433,19 +433,7 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
     let _ = writeln!(out, " {value}");
 }
 
-/// Label values: `\`, `"` and newlines escaped (exposition format 0.0.4).
-pub fn escape_label(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
+pub use barrage_common::exposition::escape_label;
 
 /// HELP text: `\` and newlines escaped.
 fn escape_help(v: &str) -> String {
