@@ -59,20 +59,7 @@ async fn main() -> Result<()> {
     let mut agents = Vec::new();
     for i in 0..agents_n {
         let id = format!("bench-{i}");
-        agents.push(spawn(
-            "agent",
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--token-env",
-                "BENCH_TOKEN",
-                "--threads",
-                "1",
-                "--id",
-                &id,
-            ],
-        )?);
+        agents.push(bench_support::spawn_agent(&id, TOKEN)?);
     }
     let list: Vec<String> = agents.iter().map(|(_, a)| format!("\"{a}\"")).collect();
     // Ramp over 5 s (no SYN storm), then two full requests per user.

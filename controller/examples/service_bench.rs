@@ -399,20 +399,7 @@ fn start_load(o: &Opts) -> Result<(Kids, String, Vec<String>)> {
     let mut agents = Vec::new();
     for i in 0..o.agents {
         let id = format!("svc-bench-{i}");
-        let (child, addr) = spawn(
-            "agent",
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--token-env",
-                "BENCH_TOKEN",
-                "--threads",
-                "1",
-                "--id",
-                &id,
-            ],
-        )?;
+        let (child, addr) = bench_support::spawn_agent(&id, TOKEN)?;
         kids.0.push(child);
         agents.push(addr);
     }

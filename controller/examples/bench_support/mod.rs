@@ -32,6 +32,26 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// A release `agent serve` on an ephemeral loopback port with one load
+/// thread, its token in `BENCH_TOKEN`; the child and its address.
+pub fn spawn_agent(id: &str, token: &str) -> Result<(Child, String)> {
+    spawn_listening(
+        sibling("agent")?,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-env",
+            "BENCH_TOKEN",
+            "--threads",
+            "1",
+            "--id",
+            id,
+        ],
+        &[("BENCH_TOKEN", token)],
+    )
+}
+
 /// Starts `bin` and reads the "... listening on ADDR" line it prints;
 /// returns the child and ADDR (without a scheme).
 pub fn spawn_listening(

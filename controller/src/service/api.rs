@@ -392,7 +392,7 @@ async fn list_files(
     Path(id): Path<String>,
 ) -> Result<Json<FileList>, ApiError> {
     let row = find(&state, &id)?;
-    let files = match super::live::results_dir(&state.0.data, row.dir.as_deref()) {
+    let files = match state.0.results_dir(&row) {
         Some(dir) => files::list(&dir).await,
         None => Vec::new(),
     };
@@ -409,7 +409,9 @@ async fn get_file(
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let row = find(&state, &id)?;
-    let dir = super::live::results_dir(&state.0.data, row.dir.as_deref())
+    let dir = state
+        .0
+        .results_dir(&row)
         .ok_or_else(|| ApiError::not_found(format!("run {id} has no results yet")))?;
     files::serve(&dir, &path).await
 }
@@ -428,7 +430,7 @@ async fn run_events(
     let live = svc.hub.subscribe(&id);
     let row = find(&state, &id)?;
     let terminal = row.status.is_terminal();
-    let dir = super::live::results_dir(&svc.data, row.dir.as_deref());
+    let dir = svc.results_dir(&row);
     let history = match dir {
         Some(d) => tokio::task::spawn_blocking(move || super::live::history(&d))
             .await

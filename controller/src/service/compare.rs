@@ -31,7 +31,9 @@ pub fn load_runs(state: &AppState, ids: &str) -> Result<Vec<(RunRow, Run)>, ApiE
     ids.into_iter()
         .map(|id| {
             let row = super::api::find(state, id)?;
-            let dir = super::live::results_dir(&state.0.data, row.dir.as_deref())
+            let dir = state
+                .0
+                .results_dir(&row)
                 .ok_or_else(|| ApiError::conflict(format!("run {id} has no results yet")))?;
             let run = compare::load(&dir)
                 .map_err(|e| ApiError::conflict(format!("run {id} cannot be compared yet: {e}")))?;

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::response::sse::Event;
@@ -348,13 +348,6 @@ pub fn watch(
             })
     });
     futures::stream::iter(head).chain(futures::stream::iter(tail).flatten())
-}
-
-/// The dir of a run's results, if it is inside `data` (a guard against a
-/// queue edited by hand).
-pub fn results_dir(data: &Path, dir: Option<&str>) -> Option<PathBuf> {
-    let dir = PathBuf::from(dir?);
-    dir.starts_with(data).then_some(dir)
 }
 
 #[cfg(test)]

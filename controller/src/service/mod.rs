@@ -128,6 +128,13 @@ impl Service {
         self.data.join("runs").join(id)
     }
 
+    /// A run's results folder, if it has one inside the data folder (a
+    /// guard against a queue edited by hand).
+    pub fn results_dir(&self, row: &queue::RunRow) -> Option<PathBuf> {
+        let dir = PathBuf::from(row.dir.as_deref()?);
+        dir.starts_with(&self.data).then_some(dir)
+    }
+
     fn info_json(&self, id: &str) -> Option<serde_json::Value> {
         let row = self.queue.get(id).ok().flatten()?;
         let info = api::RunInfo::of(row, self.hub.progress(id), false);

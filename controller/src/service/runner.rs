@@ -158,8 +158,8 @@ impl Runner {
         Ok(())
     }
 
-    fn take_reason(&self, id: &str) -> Option<StopReason> {
-        self.running().remove(id).and_then(|r| r.reason)
+    fn stop_reason(&self, id: &str) -> Option<StopReason> {
+        self.running().get(id).and_then(|r| r.reason)
     }
 }
 
@@ -192,7 +192,7 @@ async fn execute(svc: Arc<Service>, row: RunRow, cancel: CancellationToken) {
             };
             let outputs = run_outputs(&svc, &id, &opts);
             let result = execute_plan_with(plan, opts, cancel, outputs).await;
-            let reason = svc.runner.take_reason(&id);
+            let reason = svc.runner.stop_reason(&id);
             ended(result, reason)
         }
     };
@@ -226,27 +226,28 @@ fn run_outputs(svc: &Arc<Service>, id: &str, opts: &RunOptions) -> Vec<Box<dyn C
 type Ending = (RunStatus, Option<String>, Option<serde_json::Value>);
 
 fn ended(result: Result<PlanOutcome, crate::run::RunError>, reason: Option<StopReason>) -> Ending {
+    // A stop asked for names the end, whatever the run made of it.
+    let stopped = reason.map(|r| match r {
+        StopReason::User => RunStatus::Cancelled,
+        StopReason::Shutdown => RunStatus::Interrupted,
+    });
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {
-            let status = match reason {
-                Some(StopReason::User) => RunStatus::Cancelled,
-                Some(StopReason::Shutdown) => RunStatus::Interrupted,
-                None => RunStatus::Error,
-            };
-            return (status, Some(e.to_string()), None);
+            return (
+                stopped.unwrap_or(RunStatus::Error),
+                Some(e.to_string()),
+                None,
+            );
         }
     };
     let headline = match &outcome {
         PlanOutcome::Single(o) => super::api::headline_of(&o.summary),
         PlanOutcome::Sweep(o) => super::api::sweep_headline(&o.report),
     };
-    let status = match reason {
-        Some(StopReason::User) => RunStatus::Cancelled,
-        Some(StopReason::Shutdown) => RunStatus::Interrupted,
-        None => RunStatus::parse(crate::store::verdict_name(outcome.verdict()))
-            .unwrap_or(RunStatus::Error),
-    };
+    let status = stopped.unwrap_or_else(|| {
+        RunStatus::parse(crate::store::verdict_name(outcome.verdict())).unwrap_or(RunStatus::Error)
+    });
     (status, None, Some(headline))
 }
 
@@ -255,7 +256,7 @@ fn ended(result: Result<PlanOutcome, crate::run::RunError>, reason: Option<StopR
 pub fn recover(svc: &Service) -> Result<Vec<String>, QueueError> {
     let mut cut = Vec::new();
     for row in svc.queue.with_status(RunStatus::Running)? {
-        let dir = super::live::results_dir(&svc.data, row.dir.as_deref());
+        let dir = svc.results_dir(&row);
         let note = "cut by a restart of the service: what it measured is kept";
         svc.queue
             .finish(&row.id, RunStatus::Interrupted, Some(note), None)?;
