@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Parsers, PreparedPrompt, TargetClient};
 use crate::conversation::{self, ConversationEnd, Conversations, Seat, TurnRef};
-use barrage_common::turns::TurnSample;
 use crate::measure::RequestMeasure;
 use crate::profile::Profile;
 use crate::recorder::Recorder;
 use crate::records::{End, Sender};
+use barrage_common::turns::TurnSample;
 use barrage_proto::agent::v1::RequestRecord;
 
 /// Gaps of the unit-rate arrival process.
@@ -249,7 +249,9 @@ impl Workload {
             });
             return None;
         };
-        let turn = req.turn.map(|t| self.turn_sample(t, m, end, &result, prompt.input));
+        let turn = req
+            .turn
+            .map(|t| self.turn_sample(t, m, end, &result, prompt.input));
         if let Some(tok) = &self.tokenizer {
             // Tokenizing is CPU work: let the runtime move other streams'
             // timestamping off this worker meanwhile.
@@ -483,8 +485,8 @@ async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
                 stop: &stop,
                 cut: &ctx.cut,
             };
-            let end = conversation::run_one(&ctx.work, seat, &mut rng, &mut measure, &mut parsers)
-                .await;
+            let end =
+                conversation::run_one(&ctx.work, seat, &mut rng, &mut measure, &mut parsers).await;
             // A cut conversation means the run (or a budget) is over.
             if end == ConversationEnd::Cut {
                 return;
@@ -695,7 +697,9 @@ async fn open_loop(
                 return;
             }
             let req = work.pick(prompt);
-            let _ = work.one_request(my_slot, 0, req, &mut m, &mut p, &cut).await;
+            let _ = work
+                .one_request(my_slot, 0, req, &mut m, &mut p, &cut)
+                .await;
         });
     }
     clock_stop.store(true, Ordering::Relaxed);

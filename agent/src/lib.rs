@@ -5,8 +5,8 @@
 pub mod allow;
 pub mod chunk;
 pub mod cli;
-pub mod conversation;
 pub mod client;
+pub mod conversation;
 pub mod engine;
 pub mod failure;
 pub mod health;

@@ -368,7 +368,9 @@ impl Intervals {
         let (metrics, mut counters) = work.recorder.cut()?;
         let turns = match &work.conversations {
             // Every shard now records into the next interval.
-            Some(c) => c.cut(work.recorder.with_shard(0, |s| s.interval))?.encode()?,
+            Some(c) => c
+                .cut(work.recorder.with_shard(0, |s| s.interval))?
+                .encode()?,
             None => Vec::new(),
         };
         // After the cut: every record of this interval goes before it.

@@ -63,7 +63,10 @@ impl ConversationSection {
         }
         if !matches!(
             dataset.kind,
-            DatasetKind::Random | DatasetKind::ShareGpt | DatasetKind::Messages | DatasetKind::JsonlChat
+            DatasetKind::Random
+                | DatasetKind::ShareGpt
+                | DatasetKind::Messages
+                | DatasetKind::JsonlChat
         ) {
             return Err((
                 "dataset.kind",
@@ -73,7 +76,10 @@ impl ConversationSection {
                 ),
             ));
         }
-        if !matches!(api, ApiKind::OpenaiChat | ApiKind::OllamaChat | ApiKind::Template) {
+        if !matches!(
+            api,
+            ApiKind::OpenaiChat | ApiKind::OllamaChat | ApiKind::Template
+        ) {
             return Err((
                 "target.api",
                 format!(
@@ -106,7 +112,10 @@ mod tests {
             toml::from_str("think_time = \"1.5s\"\nthink_time_distribution = \"exponential\"")
                 .expect("parse");
         assert_eq!(c.think_time, Duration::from_millis(1500));
-        assert_eq!(c.think_time_distribution, ThinkTimeDistribution::Exponential);
+        assert_eq!(
+            c.think_time_distribution,
+            ThinkTimeDistribution::Exponential
+        );
         assert_eq!(c.synthetic_turns(), DEFAULT_SYNTHETIC_TURNS);
         assert!(toml::from_str::<ConversationSection>("turn = 3").is_err());
     }

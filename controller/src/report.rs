@@ -199,7 +199,6 @@ pub struct Summary {
     pub conversations: Option<crate::turns::ConversationsReport>,
 }
 
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OpenLoopReport {
     /// Planned arrivals per second (None for "inf").

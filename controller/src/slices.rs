@@ -19,9 +19,7 @@ pub fn slices(load: &LoadSection, weights: &[f64]) -> Vec<pb::Slice> {
         let stripes = split::stripe_users(load.peak_users(), weights);
         let counts: Vec<f64> = stripes.iter().map(|s| s.len() as f64).collect();
         let requests = load.requests.map(|r| split::proportional(r, &counts));
-        let conversations = load
-            .conversations
-            .map(|r| split::proportional(r, &counts));
+        let conversations = load.conversations.map(|r| split::proportional(r, &counts));
         let stages: Vec<pb::Stage> = match load.mode() {
             LoadMode::Stages => load
                 .stages

@@ -108,5 +108,8 @@ pub fn render(out: &mut String, c: &ConversationsReport) {
             mean(&t.input_tokens),
         );
     }
-    let _ = writeln!(out, "  (latencies in ms; input tokens per turn, history included)");
+    let _ = writeln!(
+        out,
+        "  (latencies in ms; input tokens per turn, history included)"
+    );
 }

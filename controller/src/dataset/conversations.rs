@@ -58,9 +58,7 @@ pub fn load(
     }
     Ok(Loaded {
         prompts,
-        counted: counter
-            .as_ref()
-            .map(|c| super::CountInfo::of(c, Some(api))),
+        counted: counter.as_ref().map(|c| super::CountInfo::of(c, Some(api))),
     })
 }
 
@@ -177,8 +175,11 @@ mod tests {
         assert_eq!(items.len(), 5);
         for it in &items {
             assert_eq!(it.messages.len(), 3);
-            assert!(it.messages.iter().all(|m| m.role == "user"
-                && m.content.split_whitespace().count() == 7));
+            assert!(
+                it.messages
+                    .iter()
+                    .all(|m| m.role == "user" && m.content.split_whitespace().count() == 7)
+            );
         }
         let prefixed = DatasetSection {
             prefix_tokens: 4,
