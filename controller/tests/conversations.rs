@@ -421,3 +421,103 @@ fn conversation_keys_are_checked_against_the_plan() {
     assert!(e.contains("think"), "{e}");
     assert_eq!(check("[conversation]\nturns = 2"), None);
 }
+
+/// A run of synthetic 3-turn conversations on the built-in simulator, its
+/// prefix cache on or off; the per-turn TTFT p50s in ms.
+async fn ttft_by_turn(cache: bool) -> (Vec<f64>, barrage_controller::run::RunOutcome) {
+    let dir = scratch("conv-cache");
+    let text = format!(
+        r#"
+        [target]
+        api = "openai-chat"
+        [request]
+        max_tokens = 8
+        [dataset]
+        input_tokens = 300
+        prompts = 6
+        [conversation]
+        turns = 3
+        [load]
+        users = 2
+        conversations = 6
+        [cluster]
+        embedded_agents = 1
+        [output]
+        dir = "{}"
+        [simulator]
+        ttft = "10ms"
+        itl = "2ms"
+        prefill_per_token = "500us"
+        prefix_cache = {{ enabled = {cache}, block_tokens = 16 }}
+        "#,
+        dir.display()
+    );
+    let o = run_text(&text, RunOptions::default()).await;
+    assert_eq!(o.verdict, Verdict::Completed, "{:?}", o.summary.errors);
+    let c = o.summary.conversations.as_ref().expect("conversations");
+    assert_eq!(c.completed, 6);
+    let p50s = c
+        .turns
+        .iter()
+        .map(|t| t.ttft.percentiles["p50"])
+        .collect();
+    (p50s, o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_turns_get_faster_with_the_simulators_prefix_cache() {
+    let _serial = LOAD.lock().await;
+    let (off, _) = ttft_by_turn(false).await;
+    let (on, o) = ttft_by_turn(true).await;
+    // Without a cache every turn prefills its whole history (300, ~608,
+    // ~916 words at 0.5 ms): TTFT grows by ~150 ms per turn.
+    assert!(off[2] - off[0] > 200.0, "no cache: {off:?}");
+    // With it, later turns prefill only their new user turn (and the part
+    // of a block the reply left): about turn 1's TTFT, far below no cache.
+    assert!(on[2] < off[2] - 200.0, "cache {on:?} vs none {off:?}");
+    assert!((on[2] - on[0]).abs() < 60.0, "cache: {on:?}");
+    let sim = o.summary.simulator.as_ref().expect("simulator stats");
+    assert!(sim.prefix_cache_hit_tokens > 0, "{sim:?}");
+}
+
+/// examples/multi-turn.toml, run as written by the `controller` binary
+/// (only its results folder moved): every conversation completes, and with
+/// the prefix cache later turns keep turn 1's TTFT although their history
+/// is 4× longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multi_turn_example_runs_as_written() {
+    let _serial = LOAD.lock().await;
+    let out = scratch("conv-example");
+    let plan = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/multi-turn.toml");
+    let mut cmd = crate::support::controller();
+    cmd.env("BARRAGE_OUTPUT__DIR", &out)
+        .arg("run")
+        .arg(&plan)
+        .arg("--quiet");
+    let o = tokio::time::timeout(crate::support::TEST_LIMIT, crate::support::output(cmd))
+        .await
+        .expect("bounded");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary = std::fs::read_dir(&out)
+        .expect("results")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("summary.json"))
+        .find(|p| p.exists())
+        .expect("summary.json");
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).expect("read")).expect("json");
+    let c = &s["conversations"];
+    assert_eq!(c["started"], 64);
+    assert_eq!(c["completed"], 64);
+    let turns = c["turns"].as_array().expect("turns");
+    assert_eq!(turns.len(), 4);
+    let p50 = |k: usize| turns[k]["ttft"]["percentiles"]["p50"].as_f64().expect("p50");
+    let input = |k: usize| turns[k]["input_tokens"]["mean"].as_f64().expect("mean");
+    assert!(input(3) > 3.5 * input(0), "history grows");
+    assert!(p50(3) < p50(0) * 1.5, "turn 4 {} vs turn 1 {}", p50(3), p50(0));
+}
