@@ -71,6 +71,7 @@ mod ollama;
 mod openai;
 mod plan;
 mod precise;
+mod prefix;
 mod server;
 mod stats;
 mod stream;
