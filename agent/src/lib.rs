@@ -5,6 +5,7 @@
 pub mod allow;
 pub mod chunk;
 pub mod cli;
+pub mod conversation;
 pub mod client;
 pub mod engine;
 pub mod failure;
