@@ -58,7 +58,8 @@ impl Blocks {
         Self {
             size: size.max(1),
             hashes: Vec::new(),
-            tail: Vec::with_capacity(size.max(1)),
+            // Not sized to the block: block_tokens may be large.
+            tail: Vec::new(),
         }
     }
 
