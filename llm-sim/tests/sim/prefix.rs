@@ -6,6 +6,7 @@
 //! recently used prompts; unusable sizes stop the simulator, naming the key.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -276,6 +277,48 @@ async fn unusable_cache_sizes_are_refused_naming_the_key() {
             .expect("runs");
         assert!(!bad.status.success());
         assert!(String::from_utf8_lossy(&bad.stderr).contains("prefix_cache.block_tokens"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_models_the_cache_with_its_flags() {
+    bounded(async {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_llm-sim"))
+            .args(["--listen", "127.0.0.1:0", "--ttft", "1ms", "--itl", "1ms"])
+            .args(["--prefix-cache", "--prefix-cache-block-tokens", "4"])
+            .args(["--prefix-cache-capacity-tokens", "8"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("llm-sim starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).expect("a line");
+            line
+        })
+        .await
+        .expect("reader");
+        let base = line
+            .trim()
+            .strip_prefix("llm-sim listening on ")
+            .expect("the address line");
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let url = format!("{base}/v1/completions");
+        let mut cached = Vec::new();
+        // 4-word blocks, room for 2: "a" fills it, "b" evicts it.
+        for tag in ["a", "a", "b", "a"] {
+            let body = json!({"prompt": words(tag, 9), "max_tokens": 1});
+            let usage = whole(&client, &url, body).await;
+            cached.push(usage["prompt_tokens_details"]["cached_tokens"].clone());
+        }
+        child.kill().expect("kill");
+        let _ = child.wait();
+        assert_eq!(cached, [json!(0), json!(8), json!(0), json!(0)]);
     })
     .await;
 }
