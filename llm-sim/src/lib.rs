@@ -64,8 +64,9 @@
 //! its longest run of leading blocks in the cache, within its first
 //! `len − 1` units (the last prompt token is always computed, as in vLLM);
 //! they cost no prefill time. The prompt's full blocks are inserted when the
-//! request is admitted (after any injected HTTP fault), and those of prompt
-//! + output (`"tok "` × completion tokens, reasoning first) when it completes
+//! request is admitted (after any injected HTTP fault), and those of the
+//! prompt followed by the output (`"tok "` × completion tokens, reasoning
+//! first) when it completes
 //! (not when it is cut). So without a tokenizer, a conversation's next turn
 //! (history + the reply's text as an assistant message + a new user message)
 //! hits every full block of its history, reply included. With a chat
