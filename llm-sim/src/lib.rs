@@ -53,35 +53,39 @@
 //!   `done: true`) follow the last chunk at once.
 //! * A non-streaming body is sent when the last chunk would have been.
 //!
-//! # Prefix cache (`prefix_cache = { enabled = true, block_tokens = 16, capacity_tokens = 262144 }`)
-//! vLLM's automatic prefix caching, reduced to what a client can see. The
-//! prompt is a sequence of units: token ids with `tokenizer` (of the rendered
-//! chat template, when there is one) or for token-id prompts, else words
-//! (one word = `tokens_per_word` tokens; a chat request's messages are read in
-//! order, role names left out). It is cut into full blocks of `block_tokens`
-//! units, each named by a hash chained over all earlier blocks, so a block
-//! matches only after the same whole prefix. A request's cached tokens are
-//! its longest run of leading blocks in the cache, within its first
-//! `len − 1` units (the last prompt token is always computed, as in vLLM);
-//! they cost no prefill time. The prompt's full blocks are inserted when the
-//! request is admitted (after any injected HTTP fault), and those of the
-//! prompt followed by the output (`"tok "` × completion tokens, reasoning
-//! first) when it completes
-//! (not when it is cut). So without a tokenizer, a conversation's next turn
-//! (history + the reply's text as an assistant message + a new user message)
-//! hits every full block of its history, reply included. With a chat
-//! template it hits up to the end of the reply: the template's tokens after
-//! it (end-of-turn marker, next role header) are new, as on a real server.
-//! Reasoning tokens come first in the cached output; as the simulator's
-//! reasoning and answer are the same `tok` text, a next turn carrying only
-//! the answer still matches that many tokens (a real server's would stop at
-//! the prompt). The blocks live in one
-//! LRU of `capacity_tokens / block_tokens` blocks shared by every request; a
-//! sequence's blocks are touched last-first, so its tail is evicted before
-//! its head; blocks of running requests are not pinned. OpenAI responses
-//! report `usage.prompt_tokens_details.cached_tokens` (only with the cache
-//! enabled, as vLLM with `--enable-prompt-tokens-details`); Ollama responses
-//! report nothing new, their `prompt_eval_duration` is shorter.
+//! # Prefix cache
+//! `prefix_cache = { enabled = true, block_tokens = 16, capacity_tokens = 262144 }`
+//! (`--prefix-cache`, `--prefix-cache-block-tokens`,
+//! `--prefix-cache-capacity-tokens`): vLLM's automatic prefix caching,
+//! reduced to what a client can see.
+//! * Units: the prompt's token ids with `tokenizer` (of the rendered chat
+//!   template, when there is one) or of a token-id prompt; else its words
+//!   (one word = `tokens_per_word` tokens), a chat request's messages read in
+//!   order, role names left out.
+//! * The units are cut into full blocks of `block_tokens`, each named by a
+//!   hash chained over all earlier blocks, so a block matches only after the
+//!   same whole prefix. A request's cached tokens are its longest run of
+//!   leading blocks in the cache, within its first `len − 1` units (the last
+//!   prompt token is always computed, as in vLLM); they cost no prefill time.
+//! * Inserted: the prompt's full blocks when the request is admitted (after
+//!   any injected HTTP fault); those of the prompt followed by the output
+//!   (`"tok "` × completion tokens, reasoning first) when it completes (not
+//!   when it is cut).
+//! * So without a tokenizer, a conversation's next turn (history, the reply's
+//!   text as an assistant message, a new user message) hits every full block
+//!   of its history, reply included. With a chat template it hits up to the
+//!   end of the reply: the template's tokens after it (end-of-turn marker,
+//!   next role header) are new, as on a real server. As the simulator's
+//!   reasoning and answer are the same `tok` text, a next turn carrying only
+//!   the answer still matches that many output tokens (a real server's would
+//!   stop at the prompt).
+//! * One LRU of `capacity_tokens / block_tokens` blocks serves every request;
+//!   a sequence's blocks are touched last-first, so its tail is evicted
+//!   before its head; blocks of running requests are not pinned.
+//! * OpenAI responses report `usage.prompt_tokens_details.cached_tokens`
+//!   (only with the cache enabled, as vLLM with
+//!   `--enable-prompt-tokens-details`); Ollama responses report nothing new,
+//!   their `prompt_eval_duration` is shorter.
 //!
 //! # Faults (drawn per request from `StdRng(seed, request number)`)
 //! Request numbers count parsed generation requests in arrival order, so N
