@@ -122,6 +122,9 @@ impl TurnCounter {
     }
 }
 
+/// Longest think time drawn (the plan's mean is at most a day).
+const MAX_THINK: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The think time between a reply and the next turn.
 #[derive(Debug, Clone, Copy)]
 pub struct Think {
@@ -143,7 +146,10 @@ impl Think {
             }
             ThinkTime::Uniform => rng.random_range(0.0..=2.0 * mean),
         };
-        Duration::from_secs_f64(s.max(0.0))
+        // An exponential draw can be huge: cap it rather than overflow.
+        Duration::try_from_secs_f64(s.max(0.0))
+            .unwrap_or(Duration::MAX)
+            .min(MAX_THINK)
     }
 }
 

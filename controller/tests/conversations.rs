@@ -456,11 +456,7 @@ async fn ttft_by_turn(cache: bool) -> (Vec<f64>, barrage_controller::run::RunOut
     assert_eq!(o.verdict, Verdict::Completed, "{:?}", o.summary.errors);
     let c = o.summary.conversations.as_ref().expect("conversations");
     assert_eq!(c.completed, 6);
-    let p50s = c
-        .turns
-        .iter()
-        .map(|t| t.ttft.percentiles["p50"])
-        .collect();
+    let p50s = c.turns.iter().map(|t| t.ttft.percentiles["p50"]).collect();
     (p50s, o)
 }
 
@@ -516,8 +512,17 @@ async fn the_multi_turn_example_runs_as_written() {
     assert_eq!(c["completed"], 64);
     let turns = c["turns"].as_array().expect("turns");
     assert_eq!(turns.len(), 4);
-    let p50 = |k: usize| turns[k]["ttft"]["percentiles"]["p50"].as_f64().expect("p50");
+    let p50 = |k: usize| {
+        turns[k]["ttft"]["percentiles"]["p50"]
+            .as_f64()
+            .expect("p50")
+    };
     let input = |k: usize| turns[k]["input_tokens"]["mean"].as_f64().expect("mean");
     assert!(input(3) > 3.5 * input(0), "history grows");
-    assert!(p50(3) < p50(0) * 1.5, "turn 4 {} vs turn 1 {}", p50(3), p50(0));
+    assert!(
+        p50(3) < p50(0) * 1.5,
+        "turn 4 {} vs turn 1 {}",
+        p50(3),
+        p50(0)
+    );
 }

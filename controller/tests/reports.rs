@@ -702,11 +702,20 @@ async fn a_multi_turn_report_draws_its_figures_by_turn() {
     assert_eq!(o.verdict, Verdict::Completed);
     let (html, r) = check_report(&o.dir, "multi-turn").await;
     assert!(html.contains("id=\"conversations\""));
-    assert!(html.contains("4 started, 4 completed, 0 abandoned"), "counts shown");
-    assert!(html.contains("Latency by turn (ms)"));
+    assert!(
+        html.contains("4 started, 4 completed, 0 abandoned"),
+        "counts shown"
+    );
+    assert!(html.contains("TTFT by turn (ms)") && html.contains("e2e by turn (ms)"));
     if let Some(r) = r {
-        assert!(r.dom.contains("data-series=\"ttft p50\""), "per-turn chart drawn");
+        assert!(
+            r.dom.contains("data-series=\"ttft p50\""),
+            "per-turn chart drawn"
+        );
     }
     let txt = read(&o.dir.join("summary.txt"));
-    assert!(txt.contains("Conversations: 4 started, 4 completed"), "{txt}");
+    assert!(
+        txt.contains("Conversations: 4 started, 4 completed"),
+        "{txt}"
+    );
 }

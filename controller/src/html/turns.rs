@@ -47,20 +47,21 @@ pub fn section(p: &mut Page, s: &Value) {
             .collect()
     };
     p.push("<div class=\"charts\">");
-    p.chart(
-        "Latency by turn (ms)",
-        spec(
-            "turn",
-            "linear",
-            "ms",
-            "ms",
-            vec![
-                series("ttft p50", by_turn("ttft", "p50")),
-                series("ttft p99", by_turn("ttft", "p99")),
-                series("e2e p50", by_turn("e2e", "p50")),
-            ],
-        ),
-    );
+    for (title, metric) in [("TTFT by turn (ms)", "ttft"), ("e2e by turn (ms)", "e2e")] {
+        p.chart(
+            title,
+            spec(
+                "turn",
+                "linear",
+                "ms",
+                "ms",
+                vec![
+                    series(&format!("{metric} p50"), by_turn(metric, "p50")),
+                    series(&format!("{metric} p99"), by_turn(metric, "p99")),
+                ],
+            ),
+        );
+    }
     p.push("</div>");
     let rows: Vec<Vec<String>> = turns
         .iter()
