@@ -26,6 +26,9 @@ use crate::records::{End, Sender};
 use barrage_common::turns::TurnSample;
 use barrage_proto::agent::v1::RequestRecord;
 
+/// Mixed into the seeds of think-time draws ("think").
+const THINK_SEED: u64 = 0x0074_6869_6e6b;
+
 /// Gaps of the unit-rate arrival process.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Arrivals {
@@ -458,7 +461,7 @@ async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
     let mut measure = RequestMeasure::default();
     let mut parsers = Parsers::default();
     // Think times differ per user, reproducibly.
-    let mut rng = StdRng::seed_from_u64(ctx.global ^ 0x7468_696e_6b);
+    let mut rng = StdRng::seed_from_u64(ctx.global ^ THINK_SEED);
     loop {
         // With user stages, wait until this user is part of the load.
         if let Some(p) = &ctx.profile {
@@ -692,7 +695,7 @@ async fn open_loop(
                     stop: &stop,
                     cut: &cut,
                 };
-                let mut rng = StdRng::seed_from_u64(my_slot as u64 ^ 0x7468_696e_6b);
+                let mut rng = StdRng::seed_from_u64(my_slot as u64 ^ THINK_SEED);
                 conversation::run_one(&work, seat, &mut rng, &mut m, &mut p).await;
                 return;
             }
