@@ -591,3 +591,76 @@ async fn multi_turn_histories_are_counted_as_the_server_counts_them() {
         assert!(means.windows(2).all(|w| w[0] < w[1]), "{what}: {means:?}");
     }
 }
+
+/// Synthetic conversations: every user turn is exactly `input_tokens` of
+/// the plan's tokenizer (its own text; the agent counts the history).
+#[test]
+fn synthetic_conversation_turns_are_exact_with_the_tokenizer() {
+    use barrage_common::conversation::ConversationSection;
+    let out = scratch("turns-exact");
+    let bpe = byte_bpe(&out);
+    let d = DatasetSection {
+        tokenizer: Some(bpe.clone()),
+        input_tokens: 37,
+        prompts: 3,
+        ..DatasetSection::default()
+    };
+    let conv = ConversationSection {
+        turns: Some(4),
+        ..ConversationSection::default()
+    };
+    let loaded =
+        barrage_controller::dataset::conversations::load(&d, &conv, None, ApiKind::OpenaiChat)
+            .expect("conversations");
+    assert_eq!(loaded.prompts.len(), 3);
+    let tok = Tokenizer::from_file(&bpe).expect("tokenizer");
+    for p in &loaded.prompts {
+        assert_eq!(p.messages.len(), 4);
+        assert_eq!(p.input_tokens, 0, "counted per turn by the agent");
+        for m in &p.messages {
+            assert_eq!(m.role, "user");
+            let n = tok.encode(m.content.as_str(), false).expect("encode").len();
+            assert_eq!(n, 37, "{:?}", m.content);
+        }
+    }
+}
+
+/// sharegpt in conversation mode: the system message and the human turns
+/// (at most `turns`); the recorded gpt answers are dropped.
+#[test]
+fn a_sharegpt_conversation_gives_its_system_and_user_turns() {
+    use barrage_common::conversation::ConversationSection;
+    let out = scratch("turns-sharegpt");
+    let path = out.join("sg.json");
+    let convo = serde_json::json!([{"conversations": [
+        {"from": "system", "value": "be brief"},
+        {"from": "human", "value": "one"}, {"from": "gpt", "value": "RECORDED a"},
+        {"from": "human", "value": "two"}, {"from": "gpt", "value": "RECORDED b"},
+        {"from": "human", "value": "three"}
+    ]}]);
+    std::fs::write(&path, convo.to_string()).expect("write");
+    let d = DatasetSection {
+        kind: DatasetKind::ShareGpt,
+        path: Some(path),
+        ..DatasetSection::default()
+    };
+    let load = |turns| {
+        let conv = ConversationSection {
+            turns,
+            ..ConversationSection::default()
+        };
+        let l =
+            barrage_controller::dataset::conversations::load(&d, &conv, None, ApiKind::OpenaiChat)
+                .expect("conversations");
+        l.prompts[0]
+            .messages
+            .iter()
+            .map(|m| format!("{}:{}", m.role, m.content))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        load(None),
+        ["system:be brief", "user:one", "user:two", "user:three"]
+    );
+    assert_eq!(load(Some(2)), ["system:be brief", "user:one", "user:two"]);
+}

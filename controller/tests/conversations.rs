@@ -526,3 +526,28 @@ async fn the_multi_turn_example_runs_as_written() {
         p50(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_request_budget_cuts_the_conversation_in_progress() {
+    let _serial = LOAD.lock().await;
+    let (addr, log) = chat_server().await;
+    let dir = scratch("conv-budget");
+    let data = dataset(
+        &dir,
+        &[
+            ["first one", "first two", "first three"],
+            ["second one", "second two", "second three"],
+        ],
+    );
+    let o = run_text(
+        &plan(&addr, &data, &dir, 1, "users = 1\nrequests = 5"),
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(log.lock().expect("log").len(), 5);
+    assert_eq!(o.summary.requests_ok, 5);
+    let c = o.summary.conversations.as_ref().expect("conversations");
+    assert_eq!((c.started, c.completed, c.abandoned, c.cut), (2, 1, 0, 1));
+    let turns: Vec<(u32, u64)> = c.turns.iter().map(|t| (t.turn, t.requests_ok)).collect();
+    assert_eq!(turns, vec![(1, 2), (2, 2), (3, 1)]);
+}
