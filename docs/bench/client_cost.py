@@ -12,6 +12,7 @@ alternate the tools so drift on a shared machine hits both.
     cargo install oha           # for `plain`
     python3 docs/bench/client_cost.py stream [--users 1000] [--secs 20] [--rounds 3]
     python3 docs/bench/client_cost.py plain  [--users 64] [--secs 10] [--rounds 3]
+    (--no-records: barrage without per-request records, which are on by default)
 
 `stream`: barrage vs Locust (docs/bench/locust_stream.py, FastHttpUser,
 `--processes 2`), TTFT 50 ms, ITL 50 ms, 64 tokens: CPU µs per streamed token.
@@ -70,10 +71,13 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
+ENV = dict(os.environ)
+
+
 def measure(cmd, url, field):
     """Runs `cmd` to its end: (its CPU seconds, llm-sim's `field` delta)."""
     before, cpu0 = sim_stats(url)[field], children_cpu()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=ENV)
     cpu = children_cpu() - cpu0
     if out.returncode != 0:
         sys.exit(f"{cmd[0]} failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -150,7 +154,10 @@ def main():
     p.add_argument("--users", type=int)
     p.add_argument("--secs", type=int)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-records", action="store_true", help="barrage without per-request records")
     a = p.parse_args()
+    if a.no_records:
+        ENV["BARRAGE_OUTPUT__REQUESTS"] = "false"
     if a.case == "stream":
         a.users, a.secs = a.users or 1000, a.secs or 20
         stream_case(a)
