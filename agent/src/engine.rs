@@ -18,11 +18,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Parsers, PreparedPrompt, TargetClient};
+use crate::conversation::{self, ConversationEnd, Conversations, Seat, TurnRef};
 use crate::measure::RequestMeasure;
 use crate::profile::Profile;
 use crate::recorder::Recorder;
 use crate::records::{End, Sender};
+use barrage_common::turns::TurnSample;
 use barrage_proto::agent::v1::RequestRecord;
+
+/// Mixed into the seeds of think-time draws ("think").
+const THINK_SEED: u64 = 0x0074_6869_6e6b;
 
 /// Gaps of the unit-rate arrival process.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,6 +67,8 @@ pub struct SliceSpec {
     pub shape: Shape,
     /// Requests this agent may start (None: unbounded).
     pub max_requests: Option<u64>,
+    /// Multi-turn: conversations this agent may start (None: unbounded).
+    pub max_conversations: Option<u64>,
     /// How long the step runs (None: until the budget is spent).
     pub duration: Option<Duration>,
     /// After `duration`: how long in-flight requests may still finish
@@ -89,6 +96,19 @@ pub struct Workload {
     pub warmup_intervals: u64,
     /// Per-request records (`None`: off, nothing kept per request).
     pub records: Option<crate::records::Records>,
+    /// Multi-turn: the conversations replayed turn by turn (`None`: each
+    /// prompt is one request).
+    pub conversations: Option<Conversations>,
+}
+
+/// One request to send: the prompt's index in the dataset, its body, and
+/// which conversation turn it is (multi-turn only).
+pub struct Request<'a> {
+    pub index: usize,
+    pub prompt: &'a PreparedPrompt,
+    pub turn: Option<TurnRef>,
+    /// The text a record keeps as its prompt (a turn's own user message).
+    pub text: Option<&'a str>,
 }
 
 impl Workload {
@@ -116,6 +136,7 @@ impl Workload {
             last_arrival: AtomicU64::new(0),
             warmup_intervals: 0,
             records: None,
+            conversations: None,
         }
     }
 
@@ -137,7 +158,7 @@ impl Workload {
     }
 
     /// Takes one request from the budget; false when it is spent.
-    fn claim(&self) -> bool {
+    pub(crate) fn claim(&self) -> bool {
         match &self.budget {
             None => true,
             Some(b) => b
@@ -150,6 +171,29 @@ impl Workload {
         self.budget
             .as_ref()
             .is_some_and(|b| b.load(Ordering::Acquire) == 0)
+            || self
+                .conversations
+                .as_ref()
+                .is_some_and(Conversations::budget_spent)
+    }
+
+    /// Whether the request budget is spent (no turn can start).
+    pub(crate) fn requests_spent(&self) -> bool {
+        self.budget
+            .as_ref()
+            .is_some_and(|b| b.load(Ordering::Acquire) == 0)
+    }
+
+    /// The dataset prompt a single request sends: the trace's, or the next.
+    fn pick(&self, prompt: Option<usize>) -> Request<'_> {
+        let i = prompt.unwrap_or_else(|| self.next_prompt.fetch_add(1, Ordering::Relaxed))
+            % self.prompts.len();
+        Request {
+            index: i,
+            prompt: &self.prompts[i],
+            turn: None,
+            text: None,
+        }
     }
 
     /// Sends one request and records it in `slot`'s shard. `None` when it
@@ -164,18 +208,17 @@ impl Workload {
     /// being set up is started and incomplete, and the server never saw it.
     ///
     /// `user` (the closed-loop user, 0 in open loop) is for its record only.
-    async fn one_request(
+    /// Returns whether the request succeeded.
+    pub(crate) async fn one_request(
         &self,
         slot: usize,
         user: u64,
-        prompt: Option<usize>,
+        req: Request<'_>,
         m: &mut RequestMeasure,
         p: &mut Parsers,
         cut: &CancellationToken,
-    ) -> Option<()> {
-        let i = prompt.unwrap_or_else(|| self.next_prompt.fetch_add(1, Ordering::Relaxed))
-            % self.prompts.len();
-        let prompt = &self.prompts[i];
+    ) -> Option<bool> {
+        let prompt = req.prompt;
         let started_in = self.recorder.with_shard(slot, |s| {
             s.counters.requests_started += 1;
             s.interval
@@ -183,13 +226,16 @@ impl Workload {
         let sender = self.records.as_ref().map(|r| Sender {
             claim: r.claim(),
             user,
-            prompt_index: i,
+            prompt_index: req.index,
             warmup: started_in < self.warmup_intervals,
             input: prompt.input,
+            turn: req.turn,
+            prompt_text: req.text.map(str::to_owned),
         });
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let keep_text = sender.is_some_and(|s| s.claim.keep_text);
-        m.capture_text(self.tokenizer.is_some() || keep_text);
+        let keep_text = sender.as_ref().is_some_and(|s| s.claim.keep_text);
+        // A turn's reply goes into the next turn's history.
+        m.capture_text(self.tokenizer.is_some() || keep_text || req.turn.is_some());
         let result = tokio::select! {
             biased;
             r = self.client.send(prompt.body.clone(), m, p) => Some(r),
@@ -206,6 +252,9 @@ impl Workload {
             });
             return None;
         };
+        let turn = req
+            .turn
+            .map(|t| self.turn_sample(t, m, end, &result, prompt.input));
         if let Some(tok) = &self.tokenizer {
             // Tokenizing is CPU work: let the runtime move other streams'
             // timestamping off this worker meanwhile.
@@ -228,8 +277,31 @@ impl Workload {
             if let Err(e) = &result {
                 s.counters.note_error(e);
             }
+            if let (Some(c), Some(t)) = (&self.conversations, turn) {
+                c.record(s.interval, t);
+            }
         });
-        Some(())
+        Some(result.is_ok())
+    }
+
+    /// What a finished turn adds to its turn index's figures.
+    fn turn_sample(
+        &self,
+        t: TurnRef,
+        m: &RequestMeasure,
+        end: Instant,
+        result: &Result<(), barrage_common::error_detail::RequestError>,
+        input: crate::measure::InputCount,
+    ) -> TurnSample {
+        let ok = result.is_ok();
+        let r = m.to_record(ok.then_some(end), input, end);
+        TurnSample {
+            turn: t.turn,
+            ok,
+            ttft_us: r.ttft_us,
+            e2e_us: r.e2e_us,
+            input_tokens: r.input_tokens,
+        }
     }
 
     fn build_record(
@@ -324,6 +396,12 @@ pub async fn run(
                     phase,
                 },
             };
+            // Multi-turn: arrivals are conversations, bounded by their budget.
+            let arrivals_budget = if work.conversations.is_some() {
+                slice.max_conversations
+            } else {
+                slice.max_requests
+            };
             open_loop(
                 work.clone(),
                 timing,
@@ -331,7 +409,7 @@ pub async fn run(
                 slice.seed,
                 start,
                 deadline,
-                slice.max_requests,
+                arrivals_budget,
                 &run_over,
                 &cut,
             )
@@ -382,6 +460,8 @@ async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
     let mut at = ctx.begin;
     let mut measure = RequestMeasure::default();
     let mut parsers = Parsers::default();
+    // Think times differ per user, reproducibly.
+    let mut rng = StdRng::seed_from_u64(ctx.global ^ THINK_SEED);
     loop {
         // With user stages, wait until this user is part of the load.
         if let Some(p) = &ctx.profile {
@@ -398,15 +478,34 @@ async fn user_loop(ctx: UserCtx, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
             }
         }
-        if stop.is_cancelled() || !ctx.work.claim() {
+        if stop.is_cancelled() {
             return;
         }
+        if ctx.work.conversations.is_some() {
+            let seat = Seat {
+                slot: ctx.slot,
+                user: ctx.global,
+                stop: &stop,
+                cut: &ctx.cut,
+            };
+            let end =
+                conversation::run_one(&ctx.work, seat, &mut rng, &mut measure, &mut parsers).await;
+            // A cut conversation means the run (or a budget) is over.
+            if end == ConversationEnd::Cut {
+                return;
+            }
+            continue;
+        }
+        if !ctx.work.claim() {
+            return;
+        }
+        let req = ctx.work.pick(None);
         if ctx
             .work
             .one_request(
                 ctx.slot,
                 ctx.global,
-                None,
+                req,
                 &mut measure,
                 &mut parsers,
                 &ctx.cut,
@@ -575,11 +674,13 @@ async fn open_loop(
             },
             None => None,
         };
-        if !work.claim() {
+        // Multi-turn: an arrival is a conversation, whose turns claim
+        // requests themselves.
+        if work.conversations.is_none() && !work.claim() {
             break;
         }
         while tasks.try_join_next().is_some() {}
-        let (work, cut) = (work.clone(), cut.clone());
+        let (work, cut, stop) = (work.clone(), cut.clone(), stop.clone());
         slot = slot.wrapping_add(1);
         let my_slot = slot;
         tasks.spawn(async move {
@@ -587,8 +688,20 @@ async fn open_loop(
             let mut m = RequestMeasure::default();
             m.intend(intended);
             let mut p = Parsers::default();
+            if work.conversations.is_some() {
+                let seat = Seat {
+                    slot: my_slot,
+                    user: 0,
+                    stop: &stop,
+                    cut: &cut,
+                };
+                let mut rng = StdRng::seed_from_u64(my_slot as u64 ^ THINK_SEED);
+                conversation::run_one(&work, seat, &mut rng, &mut m, &mut p).await;
+                return;
+            }
+            let req = work.pick(prompt);
             let _ = work
-                .one_request(my_slot, 0, prompt, &mut m, &mut p, &cut)
+                .one_request(my_slot, 0, req, &mut m, &mut p, &cut)
                 .await;
         });
     }

@@ -6,6 +6,7 @@ pub mod allow;
 pub mod chunk;
 pub mod cli;
 pub mod client;
+pub mod conversation;
 pub mod engine;
 pub mod failure;
 pub mod health;

@@ -53,7 +53,7 @@ pub struct Claim {
 }
 
 /// Who sent a request that ended, and when it started.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Sender {
     pub claim: Claim,
     /// Closed loop: the global user; 0 in open loop.
@@ -63,6 +63,10 @@ pub struct Sender {
     pub warmup: bool,
     /// The prompt's own input count (used when the server reports none).
     pub input: InputCount,
+    /// Multi-turn: which turn of which conversation.
+    pub turn: Option<crate::conversation::TurnRef>,
+    /// Multi-turn with text kept: the turn's own user message.
+    pub prompt_text: Option<String>,
 }
 
 /// How a request ended: at `Instant` with its result, or cut.
@@ -124,6 +128,10 @@ impl Records {
         r.user = u32::try_from(who.user).unwrap_or(u32::MAX);
         r.prompt_index = who.prompt_index as u64;
         r.warmup = who.warmup;
+        if let Some(t) = who.turn {
+            r.conversation = t.conversation;
+            r.turn = t.turn;
+        }
         r.outcome = match end {
             End::Done(_, Ok(())) => pb::RecordOutcome::Ok,
             End::Done(_, Err(e)) => {
@@ -138,7 +146,10 @@ impl Records {
             End::Cut => pb::RecordOutcome::Incomplete,
         } as i32;
         if who.claim.keep_text {
-            let prompt = self.prompt_texts.get(who.prompt_index);
+            let prompt = who
+                .prompt_text
+                .as_deref()
+                .or_else(|| self.prompt_texts.get(who.prompt_index).map(String::as_str));
             r.prompt = prompt.map(|p| truncate(p, MAX_TEXT_BYTES));
             r.response = Some(truncate(&m.response_text(), MAX_TEXT_BYTES));
         }

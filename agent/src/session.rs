@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use crate::client::{ClientError, TargetClient};
+use crate::conversation::{Conversations, Think, TurnCounter};
 use crate::engine::{self, Arrivals, Shape, SliceSpec, Workload};
 use crate::health::{LagProbe, ProcessSampler, health};
 use crate::profile::Profile;
@@ -202,6 +203,8 @@ fn prepare(
         Shape::Open { .. } => 1024,
     };
     let client = TargetClient::new(&target, concurrency, pinned)?;
+    // Multi-turn: bodies are built per turn; one per conversation is still
+    // built here, so a body the client refuses fails the prepare.
     let bodies = prompts
         .iter()
         .map(|pr| client.prepare(pr, &params))
@@ -216,6 +219,7 @@ fn prepare(
     let spec = SliceSpec {
         shape,
         max_requests: slice.max_requests,
+        max_conversations: slice.max_conversations,
         duration: (slice.duration_ms > 0).then(|| Duration::from_millis(slice.duration_ms)),
         drain: Duration::from_millis(p.drain_ms),
         seed: p.seed,
@@ -229,6 +233,9 @@ fn prepare(
             .map_err(|e| SessionError::Prepare(format!("dataset.tokenizer: {e}")))?;
         work.tokenizer = Some(Arc::new(tok));
     }
+    if let Some(c) = &p.conversation {
+        work.conversations = Some(conversations(c, &work, prompts, &params, &spec, layouts)?);
+    }
     let work = Arc::new(work);
     tracing::info!(
         run_id = %p.run_id, step = p.step, users = slice.user_indexes.len(),
@@ -240,6 +247,36 @@ fn prepare(
         slice: spec,
         layouts,
     })
+}
+
+/// Multi-turn replay of the step's conversations.
+fn conversations(
+    c: &pb::Conversation,
+    work: &Workload,
+    prompts: Vec<pb::Prompt>,
+    params: &pb::RequestParams,
+    spec: &SliceSpec,
+    layouts: Layouts,
+) -> Result<Conversations, SessionError> {
+    let think = Think {
+        mean: Duration::from_micros(c.think_time_us),
+        distribution: c.distribution(),
+    };
+    let mut convs = Conversations::new(
+        prompts,
+        params.clone(),
+        think,
+        spec.max_conversations,
+        spec.seed,
+        layouts,
+    );
+    if let (Some(tok), Some(counting)) = (&work.tokenizer, &c.counting) {
+        convs.counter = Some(
+            TurnCounter::new(tok.clone(), counting)
+                .map_err(|e| SessionError::Prepare(e.to_string()))?,
+        );
+    }
+    Ok(convs)
 }
 
 /// The engine's view of a wire slice.
@@ -329,6 +366,13 @@ impl Intervals {
         tx: Option<&Tx>,
     ) -> Result<(), SessionError> {
         let (metrics, mut counters) = work.recorder.cut()?;
+        let turns = match &work.conversations {
+            // Every shard now records into the next interval.
+            Some(c) => c
+                .cut(work.recorder.with_shard(0, |s| s.interval))?
+                .encode()?,
+            None => Vec::new(),
+        };
         // After the cut: every record of this interval goes before it.
         self.flush_records(work, tx).await;
         counters.records_sent += std::mem::take(&mut self.records_sent);
@@ -343,6 +387,7 @@ impl Intervals {
             metrics: metrics.encode()?,
             counters: Some(counters.to_proto()),
             health: Some(health),
+            turns,
         };
         self.unacked.keep(interval.clone());
         if let Some(tx) = tx {

@@ -35,6 +35,8 @@ pub struct ChatMessage<'a> {
 pub struct ChatTemplate {
     /// Boxed: an environment is large, and templates travel in enums.
     env: Box<Environment<'static>>,
+    /// The Jinja text, kept so agents can render turn histories with it.
+    source: String,
     bos_token: String,
     eos_token: String,
     origin: PathBuf,
@@ -143,10 +145,11 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(NAME, source)
+        env.add_template_owned(NAME, source.clone())
             .map_err(|e| fail(&origin, format!("not a valid Jinja template: {e}")))?;
         Ok(Self {
             env: Box::new(env),
+            source,
             bos_token,
             eos_token,
             origin,
@@ -221,6 +224,11 @@ impl ChatTemplate {
     /// The file the template came from.
     pub fn origin(&self) -> &Path {
         &self.origin
+    }
+
+    /// The Jinja text and the special tokens it is rendered with.
+    pub fn parts(&self) -> (&str, &str, &str) {
+        (&self.source, &self.bos_token, &self.eos_token)
     }
 
     /// The text a server tokenizes for `messages`, ready for the answer

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod chat_template;
 pub mod clock;
+pub mod conversation;
 pub mod dataset;
 pub mod error_detail;
 pub mod exposition;
@@ -20,3 +21,4 @@ pub mod sweep;
 pub mod template;
 pub mod thresholds;
 pub mod tls;
+pub mod turns;

@@ -20,6 +20,8 @@ pub const MIN_RATE: f64 = 0.001;
 pub const MAX_RATE: f64 = 100_000.0;
 /// Requests of one step.
 pub const MAX_REQUESTS: u64 = 1_000_000_000;
+/// User turns of one synthetic conversation (each one request).
+pub const MAX_TURNS: u64 = 10_000;
 /// Output (and input) tokens of one request: the token histograms' top.
 pub const MAX_TOKENS: u32 = 10_000_000;
 /// Distinct random prompts generated.
@@ -109,6 +111,10 @@ pub fn check(plan: &PlanFile) -> Result<(), Problem> {
     request(plan)?;
     load(&plan.load)?;
     dataset(&plan.dataset)?;
+    if let Some(c) = &plan.conversation {
+        not_longer("conversation.think_time", Some(c.think_time), MAX_WAIT)?;
+        at_most("conversation.turns", c.turns.map(u64::from), MAX_TURNS)?;
+    }
     not_longer(
         "metrics.interval",
         Some(plan.metrics.interval),
@@ -152,6 +158,7 @@ fn load(l: &LoadSection) -> Result<(), Problem> {
     at_most("load.users", l.users, MAX_USERS)?;
     at_most("load.max_concurrency", l.max_concurrency, MAX_USERS)?;
     at_most("load.requests", l.requests, MAX_REQUESTS)?;
+    at_most("load.conversations", l.conversations, MAX_REQUESTS)?;
     let positive = |v: Option<f64>| v.filter(|x| *x > 0.0);
     // Zero and negative values keep their own message (LoadSection::validate).
     within(

@@ -93,6 +93,9 @@ pub struct LoadSection {
     pub duration: Option<Duration>,
     /// Total requests to start across all users and agents.
     pub requests: Option<u64>,
+    /// Multi-turn (`[conversation]`): total conversations to start across
+    /// all users and agents; each runs all its turns.
+    pub conversations: Option<u64>,
     /// Excluded from the statistics, shown in the time series.
     #[serde(default, with = "humantime_serde")]
     pub warmup: Option<Duration>,
@@ -245,7 +248,7 @@ impl LoadSection {
                         "not used in rate mode; use load.max_concurrency to cap requests in flight",
                     );
                 }
-                if per_s.is_none() && self.requests.is_none() {
+                if per_s.is_none() && self.requests.is_none() && self.conversations.is_none() {
                     return problem(
                         "requests",
                         "rate = \"inf\" sends every request at once: give load.requests",
@@ -282,11 +285,14 @@ impl LoadSection {
             }
         }
         let duration = self.effective_duration();
-        match (duration, self.requests) {
+        if self.conversations == Some(0) {
+            return problem("conversations", "must be at least 1");
+        }
+        match (duration, self.requests.or(self.conversations)) {
             (None, None) => {
                 return problem(
                     "duration",
-                    "give load.duration, load.requests or both, so the run stops by itself",
+                    "give load.duration, load.requests (or load.conversations) or both, so the run stops by itself",
                 );
             }
             (Some(d), _) if d.is_zero() => return problem("duration", "must be greater than zero"),

@@ -636,6 +636,30 @@ pub struct Counters {
     /// Per-request records that could not be delivered.
     #[serde(default)]
     pub records_dropped: u64,
+    /// Multi-turn conversations by how they ended.
+    #[serde(default)]
+    pub conversations: ConversationCounts,
+}
+
+/// Multi-turn conversations: started, and how each ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationCounts {
+    pub started: u64,
+    /// Every turn answered.
+    pub completed: u64,
+    /// A turn failed, which ends its conversation.
+    pub abandoned: u64,
+    /// The run ended (duration, stop, request budget) before its last turn.
+    pub cut: u64,
+}
+
+impl ConversationCounts {
+    fn add(&mut self, o: &ConversationCounts) {
+        self.started = self.started.saturating_add(o.started);
+        self.completed = self.completed.saturating_add(o.completed);
+        self.abandoned = self.abandoned.saturating_add(o.abandoned);
+        self.cut = self.cut.saturating_add(o.cut);
+    }
 }
 
 impl Counters {
@@ -674,6 +698,7 @@ impl Counters {
         self.input_check.add(&o.input_check);
         self.records_sent = self.records_sent.saturating_add(o.records_sent);
         self.records_dropped = self.records_dropped.saturating_add(o.records_dropped);
+        self.conversations.add(&o.conversations);
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -728,6 +753,10 @@ impl Counters {
             output_estimated: self.output_from.estimated,
             records_sent: self.records_sent,
             records_dropped: self.records_dropped,
+            conversations_started: self.conversations.started,
+            conversations_completed: self.conversations.completed,
+            conversations_abandoned: self.conversations.abandoned,
+            conversations_cut: self.conversations.cut,
         }
     }
 
@@ -771,6 +800,12 @@ impl Counters {
             },
             records_sent: p.records_sent,
             records_dropped: p.records_dropped,
+            conversations: ConversationCounts {
+                started: p.conversations_started,
+                completed: p.conversations_completed,
+                abandoned: p.conversations_abandoned,
+                cut: p.conversations_cut,
+            },
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

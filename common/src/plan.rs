@@ -23,6 +23,7 @@ pub const SECTIONS: &[&str] = &[
     "target",
     "request",
     "dataset",
+    "conversation",
     "load",
     "cluster",
     "output",
@@ -45,6 +46,8 @@ pub struct PlanFile {
     pub request: RequestSection,
     #[serde(default)]
     pub dataset: DatasetSection,
+    /// Present: conversations are replayed turn by turn.
+    pub conversation: Option<crate::conversation::ConversationSection>,
     pub load: LoadSection,
     #[serde(default)]
     pub cluster: ClusterSection,
@@ -603,6 +606,15 @@ impl PlanFile {
         self.dataset
             .validate()
             .map_err(|(key, problem)| invalid(&format!("dataset.{key}"), problem))?;
+        if let Some(c) = &self.conversation {
+            c.validate(&self.dataset, &self.load, self.target.api)
+                .map_err(|(key, problem)| invalid(key, problem))?;
+        } else if self.load.conversations.is_some() {
+            return Err(invalid(
+                "load.conversations",
+                "counts multi-turn conversations: add a [conversation] table, or use load.requests",
+            ));
+        }
         if !(1..=5).contains(&self.metrics.sigfig) {
             return Err(invalid("metrics.sigfig", "must be between 1 and 5"));
         }

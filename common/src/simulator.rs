@@ -54,6 +54,9 @@ pub struct SimConfig {
     /// `tokenizer`, as `[dataset] chat_template`; `"none"`: each message's
     /// raw text). Needs `tokenizer`.
     pub chat_template: Option<PathBuf>,
+    /// A server prefix cache (vLLM's automatic prefix caching): prompt
+    /// tokens found in it cost no prefill time. Default disabled.
+    pub prefix_cache: PrefixCache,
     /// Faults injected on demand.
     pub faults: Faults,
     /// Seed for jitter, length and fault draws. Default 0.
@@ -80,9 +83,67 @@ impl Default for SimConfig {
             tokens_per_word: 1.0,
             tokenizer: None,
             chat_template: None,
+            prefix_cache: PrefixCache::default(),
             faults: Faults::default(),
             seed: 0,
         }
+    }
+}
+
+/// The simulated server's prefix cache: prompts are cut into blocks of
+/// `block_tokens`, each identified by its content and everything before it;
+/// a request's leading blocks already in the cache skip prefill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefixCache {
+    /// Model the cache at all. Default false.
+    pub enabled: bool,
+    /// Tokens per cache block (vLLM's `--block-size`). Default 16.
+    pub block_tokens: u32,
+    /// Tokens the cache holds, shared by all requests; least recently used
+    /// blocks are evicted beyond it. Default 262144.
+    pub capacity_tokens: u64,
+}
+
+impl Default for PrefixCache {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            block_tokens: 16,
+            capacity_tokens: 262_144,
+        }
+    }
+}
+
+/// Most blocks a prefix cache may hold (its index is in memory).
+pub const MAX_CACHE_BLOCKS: u64 = 1 << 24;
+
+impl PrefixCache {
+    fn validate(&self) -> Result<(), SimConfigError> {
+        let err = |key, problem: String| Err(SimConfigError { key, problem });
+        let block = u64::from(self.block_tokens);
+        if block == 0 {
+            return err("prefix_cache.block_tokens", "must be at least 1".into());
+        }
+        if block > u64::from(MAX_TOKENS) {
+            let problem = format!("must be at most {MAX_TOKENS} (got {block})");
+            return err("prefix_cache.block_tokens", problem);
+        }
+        if self.capacity_tokens < block {
+            let problem = format!(
+                "must hold at least one block of block_tokens = {block} (got {})",
+                self.capacity_tokens
+            );
+            return err("prefix_cache.capacity_tokens", problem);
+        }
+        if self.capacity_tokens / block > MAX_CACHE_BLOCKS {
+            let problem = format!(
+                "must be at most {MAX_CACHE_BLOCKS} blocks of block_tokens = {block} (got {})",
+                self.capacity_tokens
+            );
+            return err("prefix_cache.capacity_tokens", problem);
+        }
+        Ok(())
     }
 }
 
@@ -163,6 +224,7 @@ impl SimConfig {
             })
         };
         self.check_limits()?;
+        self.prefix_cache.validate()?;
         if self.chat_template.is_some() && self.tokenizer.is_none() {
             return err(
                 "chat_template",
@@ -315,5 +377,31 @@ mod tests {
             cfg.validate().expect_err("bad probability").key,
             "faults.cut"
         );
+    }
+
+    #[test]
+    fn prefix_cache_parses_and_rejects_unusable_sizes() {
+        let cfg: SimConfig = toml::from_str(
+            "prefix_cache = { enabled = true, block_tokens = 8, capacity_tokens = 64 }",
+        )
+        .expect("valid table");
+        assert!(cfg.prefix_cache.enabled);
+        assert!(cfg.validate().is_ok());
+        let bad = |block_tokens, capacity_tokens| {
+            let cfg = SimConfig {
+                prefix_cache: PrefixCache {
+                    enabled: true,
+                    block_tokens,
+                    capacity_tokens,
+                },
+                ..SimConfig::default()
+            };
+            cfg.validate().expect_err("refused").to_string()
+        };
+        assert!(bad(0, 64).starts_with("simulator.prefix_cache.block_tokens"));
+        assert!(bad(16, 8).starts_with("simulator.prefix_cache.capacity_tokens"));
+        assert!(bad(1, u64::MAX).starts_with("simulator.prefix_cache.capacity_tokens"));
+        let e = toml::from_str::<SimConfig>("prefix_cache = { size = 1 }").expect_err("unknown");
+        assert!(e.to_string().contains("size"), "{e}");
     }
 }

@@ -350,6 +350,8 @@ fn records_micro(n: u64, text: bool) -> (f64, f64, f64) {
                 prompt_index: 0,
                 warmup: false,
                 input: InputCount::estimated(32),
+                turn: None,
+                prompt_text: None,
             };
             let (r, bytes) = records.build(who, &m, end);
             records.added(bytes);

@@ -376,6 +376,7 @@ fn merge_only(pool: &Pool, a: &Args) -> Result<()> {
                 metrics: e.wire.clone(),
                 counters: Some(e.counters_pb.clone()),
                 health: None,
+                turns: Vec::new(),
             };
             let t = Instant::now();
             merger.add_interval(i, &iv)?;

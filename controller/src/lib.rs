@@ -26,4 +26,5 @@ pub mod store;
 pub mod summary_text;
 pub mod sweep;
 pub mod trace;
+pub mod turns;
 pub mod verdict;

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use barrage_common::metrics::{Counters, Layouts, Metric, MetricError, MetricSet, Series};
+use barrage_common::turns::TurnSets;
 use barrage_proto::agent::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +121,8 @@ pub struct Merger {
     /// over every histogram's counts per agent and interval.
     pub totals: MetricSet,
     pub counters: Counters,
+    /// Multi-turn: per-turn figures after the warmup (empty otherwise).
+    pub turns: TurnSets,
     pub agents: Vec<AgentTally>,
     pending: BTreeMap<u64, Pending>,
     pub timeline: Vec<IntervalRow>,
@@ -174,6 +177,7 @@ impl Merger {
             warmup_intervals: 0,
             totals: MetricSet::new(layouts)?,
             counters: Counters::default(),
+            turns: TurnSets::new(layouts),
             agents,
             pending: BTreeMap::new(),
             timeline: Vec::new(),
@@ -193,6 +197,8 @@ impl Merger {
         // Each histogram decoded and checked before any is added; then added
         // where it belongs (no whole set per interval: see decode_each).
         let metrics = MetricSet::decode_each(&iv.metrics, self.layouts)?;
+        let mut turns = TurnSets::new(self.layouts);
+        turns.add_proto(&iv.turns)?;
         let counters = iv
             .counters
             .as_ref()
@@ -200,6 +206,7 @@ impl Merger {
             .unwrap_or_default();
         if iv.index >= self.warmup_intervals {
             self.counters.add(&counters);
+            self.turns.add(&turns)?;
         }
         let health = iv.health.unwrap_or_default();
         let cores = self.agents.get(agent).map_or(1.0, |a| a.cores.max(1.0));
@@ -411,6 +418,7 @@ mod tests {
             metrics: set.encode().expect("encode"),
             counters: Some(counters.to_proto()),
             health: None,
+            turns: Vec::new(),
         }
     }
 

@@ -194,6 +194,9 @@ pub struct Summary {
     pub simulator: Option<barrage_llm_sim::SimStats>,
     /// How far these numbers can be trusted (crate::accuracy).
     pub accuracy: crate::accuracy::Accuracy,
+    /// Multi-turn runs (`[conversation]`): conversations and per-turn figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversations: Option<crate::turns::ConversationsReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -366,6 +369,7 @@ impl Summary {
             timeline,
             simulator: None,
             accuracy,
+            conversations: None,
         }
     }
 }
@@ -467,6 +471,9 @@ pub fn render(s: &Summary) -> String {
     }
     render_thresholds(&mut out, s);
     render_agent_problems(&mut out, s);
+    if let Some(c) = &s.conversations {
+        crate::turns::render(&mut out, c);
+    }
     crate::accuracy::render(&mut out, &s.accuracy);
     for n in &s.notes {
         let _ = writeln!(out, "  note: {n}");

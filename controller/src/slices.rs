@@ -19,6 +19,7 @@ pub fn slices(load: &LoadSection, weights: &[f64]) -> Vec<pb::Slice> {
         let stripes = split::stripe_users(load.peak_users(), weights);
         let counts: Vec<f64> = stripes.iter().map(|s| s.len() as f64).collect();
         let requests = load.requests.map(|r| split::proportional(r, &counts));
+        let conversations = load.conversations.map(|r| split::proportional(r, &counts));
         let stages: Vec<pb::Stage> = match load.mode() {
             LoadMode::Stages => load
                 .stages
@@ -37,6 +38,7 @@ pub fn slices(load: &LoadSection, weights: &[f64]) -> Vec<pb::Slice> {
                 user_indexes: users,
                 spawn_rate: load.spawn_rate.unwrap_or(0.0),
                 max_requests: requests.as_ref().map(|r| r[i]),
+                max_conversations: conversations.as_ref().map(|r| r[i]),
                 duration_ms,
                 model: pb::LoadModel::ClosedLoop as i32,
                 stages: stages.clone(),
@@ -63,6 +65,7 @@ pub fn slices(load: &LoadSection, weights: &[f64]) -> Vec<pb::Slice> {
     let total: f64 = live.iter().sum();
     let share = |i: usize| if total > 0.0 { live[i] / total } else { 0.0 };
     let requests = load.requests.map(|r| split::proportional(r, &live));
+    let conversations = load.conversations.map(|r| split::proportional(r, &live));
     let (arrival, burstiness) = match load.arrival {
         ArrivalKind::Poisson => (pb::Arrival::Poisson, 1.0),
         ArrivalKind::Constant => (pb::Arrival::Constant, 1.0),
@@ -100,6 +103,11 @@ pub fn slices(load: &LoadSection, weights: &[f64]) -> Vec<pb::Slice> {
                     Some(0)
                 } else {
                     requests.as_ref().map(|r| r[i])
+                },
+                max_conversations: if f == 0.0 {
+                    conversations.as_ref().map(|_| 0)
+                } else {
+                    conversations.as_ref().map(|r| r[i])
                 },
                 duration_ms,
                 ..pb::Slice::default()

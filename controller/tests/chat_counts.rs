@@ -549,3 +549,45 @@ fn random_lengths_in_a_range_with_a_shared_prefix_are_exact_rendered() {
         assert_eq!(&ids.get_ids()[..10], prefix, "the shared prefix");
     }
 }
+
+/// Multi-turn: each turn's history (the server's own replies included) is
+/// counted by the agent with the plan's tokenizer and template, and equals
+/// the server's count turn by turn; without usage the tokenizer's count is
+/// the one used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_turn_histories_are_counted_as_the_server_counts_them() {
+    let _serial = LOAD.lock().await;
+    let out = scratch("chat-counts-turns");
+    model_dir(&out);
+    for usage in [true, false] {
+        let text = plan(out.as_path(), "openai-chat", usage, "input_tokens = 20\nprompts = 4", None)
+            .replace(
+                "[load]\n        users = 4\n        requests = 12",
+                "[conversation]\n        turns = 3\n        [load]\n        users = 2\n        conversations = 4",
+            );
+        assert!(text.contains("[conversation]"), "plan shape changed");
+        let o = run_text(&text, RunOptions::default()).await;
+        let s = &o.summary;
+        let what = format!("usage {usage}");
+        assert_eq!(s.requests_ok, 12, "{what}: {:?}", s.errors);
+        let sim = s.simulator.clone().expect("simulator stats");
+        assert_eq!(s.input_tokens, sim.input_tokens, "{what}: totals");
+        let check = &s.accuracy.token_counts.client_server_mismatch;
+        if usage {
+            assert_eq!(
+                (check.requests_compared, check.requests_mismatched),
+                (12, 0),
+                "{what}"
+            );
+        } else {
+            assert_eq!(s.token_source.input.tokenizer_chat_template, 12, "{what}");
+        }
+        let c = s.conversations.as_ref().expect("conversations");
+        let means: Vec<f64> = c
+            .turns
+            .iter()
+            .map(|t| t.input_tokens.mean.expect("mean"))
+            .collect();
+        assert!(means.windows(2).all(|w| w[0] < w[1]), "{what}: {means:?}");
+    }
+}

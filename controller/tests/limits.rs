@@ -118,6 +118,15 @@ const REFUSED: &[(&str, &str, &[&str])] = &[
     (SIM, "simulator.output_tokens", &[U32_MAX, OVER_U32]),
     (SIM, "simulator.reasoning_tokens", &[U32_MAX]),
     (SIM, "simulator.faults.http_500", &["nan", "1e300"]),
+    (SIM, "simulator.prefix_cache.block_tokens", &["0", U32_MAX]),
+    (
+        SIM,
+        "simulator.prefix_cache.capacity_tokens",
+        &["1", HUGE_INT],
+    ),
+    (CLOSED, "conversation.turns", &["0", U32_MAX, "100001"]),
+    (CLOSED, "conversation.think_time", &[LONG, OVERFLOW]),
+    (CLOSED, "load.conversations", &["0", HUGE_INT, "1000000001"]),
     (
         CLOSED,
         "sweep.users",

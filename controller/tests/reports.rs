@@ -684,3 +684,38 @@ async fn compare_refuses_what_is_not_a_results_folder_naming_it() {
     }
     assert!(!dir.join("c.html").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_turn_report_draws_its_figures_by_turn() {
+    let _serial = LOAD.lock().await;
+    let out = scratch("report-turns");
+    let o = run(
+        &sim_plan(
+            "turns",
+            &out,
+            "users = 2\nconversations = 4",
+            "[conversation]\nturns = 3",
+        ),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(o.verdict, Verdict::Completed);
+    let (html, r) = check_report(&o.dir, "multi-turn").await;
+    assert!(html.contains("id=\"conversations\""));
+    assert!(
+        html.contains("4 started, 4 completed, 0 abandoned"),
+        "counts shown"
+    );
+    assert!(html.contains("TTFT by turn (ms)") && html.contains("e2e by turn (ms)"));
+    if let Some(r) = r {
+        assert!(
+            r.dom.contains("data-series=\"ttft p50\""),
+            "per-turn chart drawn"
+        );
+    }
+    let txt = read(&o.dir.join("summary.txt"));
+    assert!(
+        txt.contains("Conversations: 4 started, 4 completed"),
+        "{txt}"
+    );
+}

@@ -8,6 +8,7 @@ mod apis;
 mod chat_counts;
 mod cli;
 mod cluster_edges;
+mod conversations;
 mod datasets;
 mod e2e;
 mod edges;

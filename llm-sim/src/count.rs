@@ -72,24 +72,30 @@ impl Counter {
         Ok(Some(Self { tok, template }))
     }
 
-    /// Tokens of `text`, no special tokens added.
-    pub(crate) fn text(&self, text: &str) -> Result<u64, String> {
+    /// Token ids of `text`, no special tokens added.
+    pub(crate) fn ids(&self, text: &str) -> Result<Vec<u32>, String> {
         if text.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         self.tok
             .encode(text, false)
-            .map(|e| e.get_ids().len() as u64)
+            .map(|e| e.get_ids().to_vec())
             .map_err(|e| format!("tokenizing failed: {e}"))
     }
 
-    /// Tokens of a chat request: the rendered template, else each
-    /// message's text summed. A template that refuses the messages
+    /// Token ids of a chat request: the rendered template, else each
+    /// message's text in turn. A template that refuses the messages
     /// (`raise_exception`) is the client's error, as on a real server.
-    pub(crate) fn chat(&self, messages: &[ChatMessage<'_>]) -> Result<u64, String> {
+    pub(crate) fn chat_ids(&self, messages: &[ChatMessage<'_>]) -> Result<Vec<u32>, String> {
         match &self.template {
-            Some(t) => self.text(&t.render(messages).map_err(|e| e.to_string())?),
-            None => messages.iter().map(|m| self.text(m.content)).sum(),
+            Some(t) => self.ids(&t.render(messages).map_err(|e| e.to_string())?),
+            None => {
+                let mut ids = Vec::new();
+                for m in messages {
+                    ids.extend(self.ids(m.content)?);
+                }
+                Ok(ids)
+            }
         }
     }
 }

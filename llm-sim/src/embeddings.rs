@@ -49,7 +49,7 @@ pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -
         Input::Many(v) => v,
     };
     let parts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let tokens = match shared.count_texts(&parts, 0) {
+    let tokens = match shared.count_texts(&parts, &[]).map(|c| c.tokens) {
         Ok(n) => n,
         Err(msg) => {
             return (

@@ -19,7 +19,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::count::Counter;
-use crate::plan::{Ask, Finish, HttpFault, Kind, Plan, input_tokens, words};
+use crate::plan::{
+    Ask, Finish, HttpFault, Kind, Plan, TOKEN, input_tokens, token_text, words as count_words,
+};
+use crate::prefix::{Blocks, PrefixCache, id_unit, word_unit};
 use crate::stats::{Counters, InFlight, bump};
 use barrage_common::chat_template::ChatMessage;
 
@@ -30,15 +33,28 @@ pub(crate) struct Shared {
     /// Counts input tokens with `cfg.tokenizer` (None: words).
     pub counter: Option<Counter>,
     pub counters: Arc<Counters>,
+    /// The prefix cache, when enabled.
+    pub cache: Option<PrefixCache>,
     slots: Option<Arc<Semaphore>>,
     active: AtomicU64,
     next_request: AtomicU64,
+}
+
+/// A counted prompt: its input tokens and, with the prefix cache on, its
+/// cache blocks.
+#[derive(Debug)]
+pub(crate) struct Counted {
+    pub tokens: u64,
+    pub blocks: Option<Blocks>,
+    /// Tokens per cache unit: `tokens_per_word` for words, else 1.
+    pub per_unit: f64,
 }
 
 impl Shared {
     pub fn new(cfg: SimConfig, counter: Option<Counter>) -> Self {
         let slots = (cfg.max_batch > 0).then(|| Arc::new(Semaphore::new(cfg.max_batch as usize)));
         Self {
+            cache: PrefixCache::new(&cfg.prefix_cache),
             cfg,
             counter,
             counters: Arc::new(Counters::default()),
@@ -48,32 +64,105 @@ impl Shared {
         }
     }
 
-    /// Input tokens of prompt texts (plus literal token ids): with the
+    fn blocks(&self) -> Option<Blocks> {
+        self.cache.as_ref().map(|c| Blocks::new(c.block()))
+    }
+
+    /// Input tokens of prompt texts, then literal token ids: with the
     /// tokenizer, exact; else words × `tokens_per_word`.
-    pub fn count_texts(&self, texts: &[&str], ids: u64) -> Result<u64, String> {
+    pub fn count_texts(&self, texts: &[&str], ids: &[&[u64]]) -> Result<Counted, String> {
+        let mut blocks = self.blocks();
+        let mut tokens = 0;
+        let mut words = 0;
+        for text in texts {
+            match &self.counter {
+                Some(c) => {
+                    let got = c.ids(text)?;
+                    tokens += got.len() as u64;
+                    push(&mut blocks, || got.iter().map(|&i| id_unit(u64::from(i))));
+                }
+                None => {
+                    words += count_words(text);
+                    push(&mut blocks, || text.split_whitespace().map(word_unit));
+                }
+            }
+        }
+        let literal = ids.iter().map(|l| l.len() as u64).sum::<u64>();
+        push(&mut blocks, || {
+            ids.iter().copied().flatten().map(|&i| id_unit(i))
+        });
+        let (tokens, per_unit) = match self.counter {
+            Some(_) => (tokens + literal, 1.0),
+            None if words > 0 => (
+                input_tokens(words, literal, self.cfg.tokens_per_word),
+                self.cfg.tokens_per_word,
+            ),
+            None => (input_tokens(0, literal, 1.0), 1.0),
+        };
+        Ok(Counted {
+            tokens,
+            blocks,
+            per_unit,
+        })
+    }
+
+    /// Input tokens of chat messages: with the tokenizer, the rendered chat
+    /// template (when there is one); else words of the texts in turn.
+    pub fn count_chat(&self, messages: &[ChatMessage<'_>]) -> Result<Counted, String> {
         match &self.counter {
-            Some(c) => texts
-                .iter()
-                .map(|t| c.text(t))
-                .sum::<Result<u64, _>>()
-                .map(|n| n + ids),
+            Some(c) => {
+                let ids = c.chat_ids(messages)?;
+                let mut blocks = self.blocks();
+                push(&mut blocks, || ids.iter().map(|&i| id_unit(u64::from(i))));
+                Ok(Counted {
+                    tokens: ids.len() as u64,
+                    blocks,
+                    per_unit: 1.0,
+                })
+            }
             None => {
-                let w = texts.iter().map(|t| words(t)).sum();
-                Ok(input_tokens(w, ids, self.cfg.tokens_per_word))
+                let texts: Vec<&str> = messages.iter().map(|m| m.content).collect();
+                self.count_texts(&texts, &[])
             }
         }
     }
 
-    /// Input tokens of chat messages: with the tokenizer, the rendered chat
-    /// template (when there is one); else words of the texts.
-    pub fn count_chat(&self, messages: &[ChatMessage<'_>]) -> Result<u64, String> {
+    /// Looks an admitted prompt up in the prefix cache and inserts it;
+    /// returns its cached tokens (never all of them: the last is computed).
+    fn admit(&self, prompt: &Counted) -> u64 {
+        let (Some(cache), Some(blocks)) = (&self.cache, &prompt.blocks) else {
+            return 0;
+        };
+        let got = cache.admit(blocks);
+        let units = (got.hit_blocks * blocks.size()) as f64;
+        // `as` saturates; per_unit is finite and positive.
+        let cached =
+            ((units * prompt.per_unit).floor() as u64).min(prompt.tokens.saturating_sub(1));
+        self.counters
+            .record_cache_lookup(prompt.tokens, cached, got.evicted);
+        cached
+    }
+
+    /// Inserts a completed sequence: the prompt's blocks followed by the
+    /// output's (its text, `"tok "` × `completion`, as the next turn's
+    /// history will carry it).
+    fn cache_output(&self, mut blocks: Blocks, completion: u64) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let n = u32::try_from(completion).unwrap_or(u32::MAX);
         match &self.counter {
-            Some(c) => c.chat(messages),
+            Some(c) => match c.ids(&token_text(n)) {
+                Ok(ids) => ids.iter().for_each(|&i| blocks.push(id_unit(u64::from(i)))),
+                Err(e) => tracing::debug!("output not cached: {e}"),
+            },
             None => {
-                let texts: Vec<&str> = messages.iter().map(|m| m.content).collect();
-                self.count_texts(&texts, 0)
+                let unit = word_unit(TOKEN.trim_end());
+                (0..completion).for_each(|_| blocks.push(unit));
             }
         }
+        let evicted = cache.insert(&blocks);
+        self.counters.record_cache_evictions(evicted);
     }
 
     /// The next request's sequence number (seeds its random draws).
@@ -93,6 +182,13 @@ impl Shared {
             _permit: permit,
             shared: Arc::clone(self),
         }
+    }
+}
+
+/// Appends units to a prompt's cache blocks (made only when there are blocks).
+fn push<I: Iterator<Item = u64>>(blocks: &mut Option<Blocks>, units: impl FnOnce() -> I) {
+    if let Some(b) = blocks {
+        units().for_each(|u| b.push(u));
     }
 }
 
@@ -121,6 +217,8 @@ impl Drop for Slot {
 pub(crate) struct Usage {
     pub prompt: u64,
     pub completion: u64,
+    /// Prompt tokens found in the prefix cache (None: no cache modelled).
+    pub cached: Option<u64>,
 }
 
 /// One token-bearing chunk to render.
@@ -179,6 +277,8 @@ pub(crate) struct Call<W> {
     pub number: u64,
     pub wire: W,
     pub ask: Ask,
+    /// The prompt's cache blocks (None without a prefix cache).
+    pub prompt: Counted,
     pub stream: bool,
     /// Running usage in every chunk.
     pub continuous: bool,
@@ -190,6 +290,8 @@ pub(crate) struct Job<W> {
     pub shared: Arc<Shared>,
     pub wire: W,
     pub plan: Plan,
+    /// The prompt's cache blocks, inserted with the output on completion.
+    pub blocks: Option<Blocks>,
     pub continuous: bool,
     /// When the request body was parsed: the origin of the TTFT.
     pub t0: Instant,
@@ -210,6 +312,18 @@ impl<W> Job<W> {
         Usage {
             prompt: self.plan.input_tokens,
             completion,
+            cached: self.shared.cache.as_ref().map(|_| self.plan.cached_tokens),
+        }
+    }
+
+    /// Records a completed response: counters, and the prefix cache learns
+    /// prompt + output.
+    pub fn complete(&mut self) {
+        let completion = self.plan.completion_tokens();
+        let counters = &self.shared.counters;
+        counters.record_completed(self.plan.input_tokens, completion);
+        if let Some(blocks) = self.blocks.take() {
+            self.shared.cache_output(blocks, completion);
         }
     }
 }
@@ -247,7 +361,7 @@ pub(crate) async fn respond<W: Wire>(
     t0: Instant,
     call: Call<W>,
 ) -> Response {
-    let plan = match Plan::draw(&shared.cfg, call.number, call.ask) {
+    let mut plan = match Plan::draw(&shared.cfg, call.number, call.ask) {
         Ok(plan) => plan,
         Err(HttpFault::Status500) => {
             bump(&shared.counters.http_500);
@@ -264,10 +378,12 @@ pub(crate) async fn respond<W: Wire>(
             return r;
         }
     };
+    plan.use_cache(shared.admit(&call.prompt));
     let job = Job {
         shared,
         wire: call.wire,
         plan,
+        blocks: call.prompt.blocks,
         continuous: call.continuous,
         t0,
         _in_flight: in_flight,
@@ -302,7 +418,7 @@ async fn whole<W: Wire>(mut job: Job<W>) -> Response {
         sleep_until(deadline).await;
     }
     drop(slot);
-    let counters = &job.shared.counters;
+    let counters = Arc::clone(&job.shared.counters);
     if job.plan.stall {
         bump(&counters.stalled);
     }
@@ -331,7 +447,7 @@ async fn whole<W: Wire>(mut job: Job<W>) -> Response {
         return (json, Body::from_stream(body)).into_response();
     }
     counters.output_tokens_sent.fetch_add(completion, Relaxed);
-    counters.record_completed(job.plan.input_tokens, completion);
+    job.complete();
     if job.plan.malformed {
         bump(&counters.malformed);
         return (json, Bytes::from_static(b"{not json")).into_response();

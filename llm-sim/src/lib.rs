@@ -8,8 +8,9 @@
 //! `POST /v1/chat/completions`, `POST /v1/completions` (SSE when
 //! `"stream": true`), `GET /v1/models`, `POST /api/generate`, `POST /api/chat`
 //! (NDJSON unless `"stream": false`), `GET /api/tags`, `GET /health`,
-//! `GET /sim/stats` (a [`SimStats`] as JSON) and `POST /sim/reset` (zeroes the
-//! counters, answers with their values just before).
+//! `GET /sim/stats` (a [`SimStats`] as JSON, the `prefix_cache_*` counters
+//! included) and `POST /sim/reset` (zeroes the counters, answers with their
+//! values just before).
 //!
 //! # Tokens
 //! * Input tokens: whitespace-separated words of every prompt / message text
@@ -42,14 +43,49 @@
 //!   role-only delta; other APIs: an empty-text chunk) is written at once.
 //! * The request then waits FIFO for one of `max_batch` slots (0 = no limit).
 //! * The first token-bearing chunk is due at slot + `ttft` +
-//!   `prefill_per_token` × input tokens + `ttft_jitter`; the intended TTFT
-//!   (queue wait included) is what `ttft_injected_*` sums.
+//!   `prefill_per_token` × uncached input tokens + `ttft_jitter` (all input
+//!   tokens are uncached without `prefix_cache`); the intended TTFT (queue
+//!   wait included) is what `ttft_injected_*` sums.
 //! * Each next chunk of k tokens is due k × step later, step = `itl` ×
 //!   (1 + `batch_slowdown` × (A − 1)) + `itl_jitter` per token, A = the
 //!   sequences holding a slot at that moment. Deadlines are absolute, so
 //!   lateness never accumulates. The end events (usage chunk, `[DONE]`,
 //!   `done: true`) follow the last chunk at once.
 //! * A non-streaming body is sent when the last chunk would have been.
+//!
+//! # Prefix cache
+//! `prefix_cache = { enabled = true, block_tokens = 16, capacity_tokens = 262144 }`
+//! (`--prefix-cache`, `--prefix-cache-block-tokens`,
+//! `--prefix-cache-capacity-tokens`): vLLM's automatic prefix caching,
+//! reduced to what a client can see.
+//! * Units: the prompt's token ids with `tokenizer` (of the rendered chat
+//!   template, when there is one) or of a token-id prompt; else its words
+//!   (one word = `tokens_per_word` tokens), a chat request's messages read in
+//!   order, role names left out.
+//! * The units are cut into full blocks of `block_tokens`, each named by a
+//!   hash chained over all earlier blocks, so a block matches only after the
+//!   same whole prefix. A request's cached tokens are its longest run of
+//!   leading blocks in the cache, within its first `len − 1` units (the last
+//!   prompt token is always computed, as in vLLM); they cost no prefill time.
+//! * Inserted: the prompt's full blocks when the request is admitted (after
+//!   any injected HTTP fault); those of the prompt followed by the output
+//!   (`"tok "` × completion tokens, reasoning first) when it completes (not
+//!   when it is cut).
+//! * So without a tokenizer, a conversation's next turn (history, the reply's
+//!   text as an assistant message, a new user message) hits every full block
+//!   of its history, reply included. With a chat template it hits up to the
+//!   end of the reply: the template's tokens after it (end-of-turn marker,
+//!   next role header) are new, as on a real server. As the simulator's
+//!   reasoning and answer are the same `tok` text, a next turn carrying only
+//!   the answer still matches that many output tokens (a real server's would
+//!   stop at the prompt).
+//! * One LRU of `capacity_tokens / block_tokens` blocks serves every request;
+//!   a sequence's blocks are touched last-first, so its tail is evicted
+//!   before its head; blocks of running requests are not pinned.
+//! * OpenAI responses report `usage.prompt_tokens_details.cached_tokens`
+//!   (only with the cache enabled, as vLLM with
+//!   `--enable-prompt-tokens-details`); Ollama responses report nothing new,
+//!   their `prompt_eval_duration` is shorter.
 //!
 //! # Faults (drawn per request from `StdRng(seed, request number)`)
 //! Request numbers count parsed generation requests in arrival order, so N
@@ -71,6 +107,7 @@ mod ollama;
 mod openai;
 mod plan;
 mod precise;
+mod prefix;
 mod server;
 mod stats;
 mod stream;

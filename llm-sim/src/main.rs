@@ -64,6 +64,15 @@ struct Args {
     /// (default: the one beside --tokenizer; "none": raw message text).
     #[arg(long)]
     chat_template: Option<PathBuf>,
+    /// Model a server prefix cache: cached prompt tokens cost no prefill.
+    #[arg(long)]
+    prefix_cache: bool,
+    /// Tokens per prefix cache block (default 16).
+    #[arg(long)]
+    prefix_cache_block_tokens: Option<u32>,
+    /// Tokens the prefix cache holds, LRU beyond (default 262144).
+    #[arg(long)]
+    prefix_cache_capacity_tokens: Option<u64>,
 }
 
 impl Args {
@@ -112,6 +121,14 @@ impl Args {
         }
         if self.chat_template.is_some() {
             cfg.chat_template.clone_from(&self.chat_template);
+        }
+        let cache = &mut cfg.prefix_cache;
+        cache.enabled |= self.prefix_cache;
+        if let Some(n) = self.prefix_cache_block_tokens {
+            cache.block_tokens = n;
+        }
+        if let Some(n) = self.prefix_cache_capacity_tokens {
+            cache.capacity_tokens = n;
         }
         cfg.validate()?;
         Ok(cfg)

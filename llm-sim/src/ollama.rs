@@ -75,7 +75,8 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
         t.as_deref().unwrap_or_default()
     }
     let counted = match api {
-        Api::Generate => shared.count_texts(&[text(&req.prompt), text(&req.system)], 0),
+        // The system text comes first, as Ollama's templates put it.
+        Api::Generate => shared.count_texts(&[text(&req.system), text(&req.prompt)], &[]),
         Api::Chat => {
             let msgs: Vec<ChatMessage<'_>> = (req.messages.iter().flatten())
                 .map(|m| ChatMessage {
@@ -86,8 +87,8 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
             shared.count_chat(&msgs)
         }
     };
-    let input_tokens = match counted {
-        Ok(n) => n,
+    let prompt = match counted {
+        Ok(prompt) => prompt,
         Err(e) => return Ollama::error(StatusCode::BAD_REQUEST, &e),
     };
     // num_predict <= 0 means "no limit" (-1) or "fill the context" (-2) in Ollama.
@@ -105,10 +106,11 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
         number: shared.next_request(),
         wire,
         ask: Ask {
-            input_tokens,
+            input_tokens: prompt.tokens,
             max_tokens,
             reasoning: true,
         },
+        prompt,
         stream: req.stream.unwrap_or(true),
         continuous: false,
     };

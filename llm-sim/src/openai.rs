@@ -13,7 +13,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::engine::{Call, Piece, Shared, Summary, Usage, Wire, respond, unix_now, write_json};
+use crate::engine::{
+    Call, Counted, Piece, Shared, Summary, Usage, Wire, respond, unix_now, write_json,
+};
 use crate::plan::{Ask, Kind, token_text};
 use crate::stats::InFlight;
 use barrage_common::chat_template::ChatMessage;
@@ -88,28 +90,8 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
         Err(e) => return bad_request(&format!("invalid request body: {e}")),
     };
     let t0 = Instant::now();
-    let counted = match (api, &req.messages, &req.prompt) {
-        (Api::Chat, Some(messages), _) => {
-            let texts: Vec<String> = messages.iter().map(Message::text).collect();
-            let msgs: Vec<ChatMessage<'_>> = messages
-                .iter()
-                .zip(&texts)
-                .map(|(m, t)| ChatMessage {
-                    role: &m.role,
-                    content: t,
-                })
-                .collect();
-            shared.count_chat(&msgs)
-        }
-        (Api::Completions, _, Some(prompt)) => {
-            let (texts, ids) = prompt.parts();
-            shared.count_texts(&texts, ids)
-        }
-        (Api::Chat, None, _) => return bad_request("`messages` is required"),
-        (Api::Completions, _, None) => return bad_request("`prompt` is required"),
-    };
-    let input_tokens = match counted {
-        Ok(n) => n,
+    let prompt = match count(&shared, api, &req) {
+        Ok(prompt) => prompt,
         Err(e) => return bad_request(&e),
     };
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
@@ -134,14 +116,39 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
         number,
         wire,
         ask: Ask {
-            input_tokens,
+            input_tokens: prompt.tokens,
             max_tokens,
             reasoning: api == Api::Chat,
         },
+        prompt,
         stream: req.stream.unwrap_or(false),
         continuous: shared.cfg.continuous_usage || flag(|o| o.continuous_usage_stats),
     };
     respond(shared, in_flight, t0, call).await
+}
+
+/// The request's prompt, counted (and cut into cache blocks) as the server does.
+fn count(shared: &Shared, api: Api, req: &Request) -> Result<Counted, String> {
+    match (api, &req.messages, &req.prompt) {
+        (Api::Chat, Some(messages), _) => {
+            let texts: Vec<String> = messages.iter().map(Message::text).collect();
+            let msgs: Vec<ChatMessage<'_>> = messages
+                .iter()
+                .zip(&texts)
+                .map(|(m, t)| ChatMessage {
+                    role: &m.role,
+                    content: t,
+                })
+                .collect();
+            shared.count_chat(&msgs)
+        }
+        (Api::Completions, _, Some(prompt)) => {
+            let (texts, ids) = prompt.parts();
+            shared.count_texts(&texts, &ids)
+        }
+        (Api::Chat, None, _) => Err("`messages` is required".to_owned()),
+        (Api::Completions, _, None) => Err("`prompt` is required".to_owned()),
+    }
 }
 
 impl Message {
@@ -160,13 +167,13 @@ impl Message {
 }
 
 impl Prompt {
-    /// The prompt texts and the number of literal token ids.
-    fn parts(&self) -> (Vec<&str>, u64) {
+    /// The prompt texts and the lists of literal token ids.
+    fn parts(&self) -> (Vec<&str>, Vec<&[u64]>) {
         match self {
-            Prompt::Text(text) => (vec![text.as_str()], 0),
-            Prompt::Texts(texts) => (texts.iter().map(String::as_str).collect(), 0),
-            Prompt::Ids(ids) => (Vec::new(), ids.len() as u64),
-            Prompt::IdLists(lists) => (Vec::new(), lists.iter().map(|l| l.len() as u64).sum()),
+            Prompt::Text(text) => (vec![text.as_str()], Vec::new()),
+            Prompt::Texts(texts) => (texts.iter().map(String::as_str).collect(), Vec::new()),
+            Prompt::Ids(ids) => (Vec::new(), vec![ids.as_slice()]),
+            Prompt::IdLists(lists) => (Vec::new(), lists.iter().map(Vec::as_slice).collect()),
         }
     }
 }
@@ -203,6 +210,15 @@ struct UsageOut {
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
+    /// Only with the prefix cache modelled (vLLM sends it with
+    /// `--enable-prompt-tokens-details`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Serialize)]
+struct PromptDetails {
+    cached_tokens: u64,
 }
 
 impl From<Usage> for UsageOut {
@@ -211,6 +227,9 @@ impl From<Usage> for UsageOut {
             prompt_tokens: u.prompt,
             completion_tokens: u.completion,
             total_tokens: u.prompt + u.completion,
+            prompt_tokens_details: u
+                .cached
+                .map(|cached_tokens| PromptDetails { cached_tokens }),
         }
     }
 }

@@ -63,6 +63,8 @@ pub(crate) struct Ask {
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub input_tokens: u64,
+    /// Input tokens found in the prefix cache: no prefill time.
+    pub cached_tokens: u64,
     pub reasoning: u32,
     pub answer: u32,
     pub per_chunk: u32,
@@ -73,6 +75,7 @@ pub(crate) struct Plan {
     pub malformed: bool,
     pub stall: bool,
     pub stall_duration: Duration,
+    prefill_ns: u64,
     itl_ns: u64,
     itl_jitter: Jitter,
     slowdown: f64,
@@ -110,6 +113,7 @@ impl Plan {
             .saturating_add(jitter_ns(&mut rng, &cfg.ttft_jitter));
         Ok(Plan {
             input_tokens: ask.input_tokens,
+            cached_tokens: 0,
             reasoning: if ask.reasoning {
                 cfg.reasoning_tokens
             } else {
@@ -123,11 +127,21 @@ impl Plan {
             malformed,
             stall,
             stall_duration: f.stall_duration,
+            prefill_ns: nanos(cfg.prefill_per_token),
             itl_ns: nanos(cfg.itl),
             itl_jitter: cfg.itl_jitter.clone(),
             slowdown: cfg.batch_slowdown,
             rng,
         })
+    }
+
+    /// Takes `cached` input tokens off the prefill: TTFT = ttft +
+    /// prefill_per_token × uncached tokens + jitter.
+    pub fn use_cache(&mut self, cached: u64) {
+        let cached = cached.min(self.input_tokens);
+        self.cached_tokens = cached;
+        let saved = Duration::from_nanos(self.prefill_ns.saturating_mul(cached));
+        self.ttft = self.ttft.saturating_sub(saved);
     }
 
     /// Completion tokens: reasoning plus answer.

@@ -51,6 +51,23 @@ pub struct SimStats {
     pub emit_late_p99_us: u64,
     #[serde(default)]
     pub emit_late_max_us: u64,
+    /// Requests looked up in the prefix cache (all admitted generation
+    /// requests while it is enabled).
+    #[serde(default)]
+    pub prefix_cache_lookups: u64,
+    /// Lookups that found at least one block.
+    #[serde(default)]
+    pub prefix_cache_hits: u64,
+    /// Prompt tokens of the looked-up requests.
+    #[serde(default)]
+    pub prefix_cache_query_tokens: u64,
+    /// Prompt tokens found in the cache (what `cached_tokens` reported):
+    /// `prefix_cache_hit_tokens / prefix_cache_query_tokens` is the hit rate.
+    #[serde(default)]
+    pub prefix_cache_hit_tokens: u64,
+    /// Blocks evicted (least recently used) to make room.
+    #[serde(default)]
+    pub prefix_cache_evicted_blocks: u64,
 }
 
 /// Lateness histogram: 50 µs buckets up to 20 ms, then an overflow bucket.
@@ -136,6 +153,11 @@ pub(crate) struct Counters {
     pub ttft_injected_count: AtomicU64,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    pub prefix_cache_lookups: AtomicU64,
+    pub prefix_cache_hits: AtomicU64,
+    pub prefix_cache_query_tokens: AtomicU64,
+    pub prefix_cache_hit_tokens: AtomicU64,
+    pub prefix_cache_evicted_blocks: AtomicU64,
     pub lateness: Lateness,
 }
 
@@ -187,6 +209,11 @@ impl Counters {
             ttft_injected_count: read(&self.ttft_injected_count),
             in_flight: read(&self.in_flight),
             max_in_flight: read(&self.max_in_flight),
+            prefix_cache_lookups: read(&self.prefix_cache_lookups),
+            prefix_cache_hits: read(&self.prefix_cache_hits),
+            prefix_cache_query_tokens: read(&self.prefix_cache_query_tokens),
+            prefix_cache_hit_tokens: read(&self.prefix_cache_hit_tokens),
+            prefix_cache_evicted_blocks: read(&self.prefix_cache_evicted_blocks),
             ..SimStats::default()
         }
     }
@@ -196,6 +223,21 @@ impl Counters {
         let us = u64::try_from(intended.as_micros()).unwrap_or(u64::MAX);
         self.ttft_injected_sum_us.fetch_add(us, Relaxed);
         bump(&self.ttft_injected_count);
+    }
+
+    /// Records a prefix cache lookup of a prompt of `tokens`, `cached` of them found.
+    pub fn record_cache_lookup(&self, tokens: u64, cached: u64, evicted: u64) {
+        bump(&self.prefix_cache_lookups);
+        if cached > 0 {
+            bump(&self.prefix_cache_hits);
+        }
+        self.prefix_cache_query_tokens.fetch_add(tokens, Relaxed);
+        self.prefix_cache_hit_tokens.fetch_add(cached, Relaxed);
+        self.record_cache_evictions(evicted);
+    }
+
+    pub fn record_cache_evictions(&self, evicted: u64) {
+        self.prefix_cache_evicted_blocks.fetch_add(evicted, Relaxed);
     }
 
     /// Records a response that was sent whole.

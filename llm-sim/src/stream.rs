@@ -189,7 +189,6 @@ async fn end<W: Wire>(mut st: State<W>) -> (Item, State<W>) {
         total: now.saturating_duration_since(st.job.t0),
     };
     let bytes = st.job.wire.end(&summary);
-    let counters = &st.job.shared.counters;
-    counters.record_completed(plan.input_tokens, plan.completion_tokens());
+    st.job.complete();
     (Ok(bytes), st)
 }

@@ -380,6 +380,7 @@ impl FakeAgent {
             index,
             metrics: e.wire.clone(),
             counters: Some(e.counters_pb.clone()),
+            turns: Vec::new(),
             health: Some(pb::GeneratorHealth {
                 cpu_percent: 150.0,
                 rss_bytes: 1 << 30,

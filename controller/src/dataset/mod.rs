@@ -6,6 +6,7 @@
 //! the list element) and the problem.
 
 mod chat;
+pub mod conversations;
 mod counting;
 mod random;
 mod records;
@@ -177,6 +178,19 @@ impl CountInfo {
 pub struct Loaded {
     pub prompts: Vec<pb::Prompt>,
     pub counted: Option<CountInfo>,
+}
+
+impl Loaded {
+    /// Multi-turn: how agents count each turn with the plan's tokenizer.
+    pub fn turn_counting(
+        d: &DatasetSection,
+        plan_dir: Option<&Path>,
+        api: ApiKind,
+    ) -> Result<Option<pb::TurnCounting>, DatasetError> {
+        Ok(InputCounter::for_plan(d, plan_dir, Some(api))?
+            .as_ref()
+            .map(conversations::turn_counting))
+    }
 }
 
 /// Loads the prompts for a target of `api`, counted as its server will count

@@ -261,6 +261,26 @@ pub(super) fn tokens(
         .collect())
 }
 
+/// Multi-turn: user turns of exactly their drawn length as raw text (each
+/// turn's own tokens; the history around it is counted by the agent).
+pub(super) fn turn_items(
+    d: &DatasetSection,
+    tok: &PromptTokenizer,
+) -> Result<Vec<Item>, DatasetError> {
+    let lens = lengths(d);
+    let pool = tok.word_pool(d.seed)?;
+    let raw = |t: &str| tok.count(t);
+    let texts = fit_all(tok, &raw, "", &lens, &pool, d.seed)?;
+    Ok(texts
+        .into_iter()
+        .zip(lens)
+        .map(|(text, n)| Item {
+            length: Some(n),
+            ..Item::user(text)
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ pub mod page;
 pub mod step;
 pub mod sweep;
 mod timeline;
+mod turns;
 
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::page::{Page, esc, num, series, spec, table};
-use super::{accuracy, definitions, get_f, get_str, get_u, timeline};
+use super::{accuracy, definitions, get_f, get_str, get_u, timeline, turns};
 
 /// Distributions in the percentile table (open-loop and server rows only
 /// when they have samples).
@@ -62,6 +62,7 @@ pub fn page(s: &Value, plan_toml: Option<&str>) -> String {
     timeline::charts(&mut p, s);
     p.push("</section>");
     distributions(&mut p, s);
+    turns::section(&mut p, s);
     errors(&mut p, s);
     agents(&mut p, s);
     monitor(&mut p, s);

@@ -306,6 +306,12 @@ pub(super) async fn finish_step(
     if load.open_loop() {
         summary.open_loop = Some(open_loop_report(merger, offered_rate, achieved_rate));
     }
+    if plan.conversation.is_some() {
+        summary.conversations = Some(crate::turns::ConversationsReport::of(
+            &merger.counters.conversations,
+            &merger.turns,
+        ));
+    }
     (summary, verdict)
 }
 

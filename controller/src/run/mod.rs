@@ -228,6 +228,8 @@ struct Loaded {
     prompts: Vec<pb::Prompt>,
     /// How the prompts' input tokens were counted (with a tokenizer).
     counted: Option<dataset::CountInfo>,
+    /// Multi-turn replay: think times and how agents count each turn.
+    conversation: Option<pb::Conversation>,
 }
 
 fn load(plan: &PlanFile, opts: &RunOptions) -> Result<Loaded, RunError> {
@@ -241,12 +243,25 @@ fn load(plan: &PlanFile, opts: &RunOptions) -> Result<Loaded, RunError> {
     // Agents count output with the plan's tokenizer when the server reports
     // no usage: they get the file's bytes, not its path.
     let tokenizer_json = dataset::tokenizer_bytes(&plan.dataset, opts.plan_dir.as_deref())?;
-    let (prompts, counted) = match &trace {
-        Some(t) => (t.prompts.clone(), t.counted.clone()),
-        None => {
-            let d = dataset::load_for(&plan.dataset, opts.plan_dir.as_deref(), api)?;
+    let dir = opts.plan_dir.as_deref();
+    let (prompts, counted) = match (&trace, &plan.conversation) {
+        (Some(t), _) => (t.prompts.clone(), t.counted.clone()),
+        (None, Some(c)) => {
+            let d = dataset::conversations::load(&plan.dataset, c, dir, plan.target.api)?;
             (d.prompts, d.counted)
         }
+        (None, None) => {
+            let d = dataset::load_for(&plan.dataset, dir, api)?;
+            (d.prompts, d.counted)
+        }
+    };
+    let conversation = match &plan.conversation {
+        Some(c) => Some(pb::Conversation {
+            think_time_us: u64::try_from(c.think_time.as_micros()).unwrap_or(u64::MAX),
+            distribution: think_time_proto(c.think_time_distribution) as i32,
+            counting: dataset::Loaded::turn_counting(&plan.dataset, dir, plan.target.api)?,
+        }),
+        None => None,
     };
     Ok(Loaded {
         plan_toml,
@@ -256,7 +271,17 @@ fn load(plan: &PlanFile, opts: &RunOptions) -> Result<Loaded, RunError> {
         tokenizer_json,
         prompts,
         counted,
+        conversation,
     })
+}
+
+fn think_time_proto(d: barrage_common::conversation::ThinkTimeDistribution) -> pb::ThinkTime {
+    use barrage_common::conversation::ThinkTimeDistribution as D;
+    match d {
+        D::Constant => pb::ThinkTime::Constant,
+        D::Exponential => pb::ThinkTime::Exponential,
+        D::Uniform => pb::ThinkTime::Uniform,
+    }
 }
 
 /// One step: load, resolve the target and the agents, drive the load,

@@ -110,6 +110,7 @@ pub(super) fn common_prepare(
             enabled: plan.output.requests,
             save_text: plan.output.save_text.per_agent(),
         }),
+        conversation: None,
     }
 }
 
@@ -360,6 +361,10 @@ pub(super) async fn prepare_step(
         (hard_deadline(plan, trace, drain), drain),
         &loaded.tokenizer_json,
     );
+    let common = pb::Prepare {
+        conversation: loaded.conversation.clone(),
+        ..common
+    };
     // The dataset in ≤ 1 MiB chunks: encoded once when every agent gets it all.
     let (chunks, lens): (Vec<Vec<pb::DatasetChunk>>, Vec<u64>) = match &per_agent {
         Some(parts) => (

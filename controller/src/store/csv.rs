@@ -14,7 +14,7 @@ use crate::store::rows::RequestRow;
 pub const FILE: &str = "requests.csv";
 
 /// The header line (documented in docs/results.md).
-pub const HEADER: &str = "step,agent,seq,user,prompt_index,intended_offset_us,start_offset_us,ttft_us,ttfo_us,e2e_us,tpot_us,chunk_gap_mean_us,chunk_gap_p50_us,chunk_gap_max_us,chunks,chunk_gaps_us,input_tokens,output_tokens,input_source,output_source,outcome,error_class,http_status,error,warmup,prompt,response";
+pub const HEADER: &str = "step,agent,seq,user,prompt_index,intended_offset_us,start_offset_us,ttft_us,ttfo_us,e2e_us,tpot_us,chunk_gap_mean_us,chunk_gap_p50_us,chunk_gap_max_us,chunks,chunk_gaps_us,input_tokens,output_tokens,input_source,output_source,outcome,error_class,http_status,error,warmup,prompt,response,conversation,turn";
 
 #[derive(Default)]
 pub struct RequestsCsv {
@@ -117,11 +117,13 @@ pub fn row(out: &mut String, row: &RequestRow<'_>) {
     );
     let _ = writeln!(
         out,
-        "{},{},{},{}",
+        "{},{},{},{},{},{}",
         quote(&r.error),
         u8::from(r.warmup),
         r.prompt.as_deref().map(quote).unwrap_or_default(),
         r.response.as_deref().map(quote).unwrap_or_default(),
+        r.conversation,
+        r.turn,
     );
 }
 

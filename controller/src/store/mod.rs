@@ -341,6 +341,8 @@ impl Db {
             metrics: iv.metrics.encode()?,
             counters: Some(iv.counters.to_proto()),
             health: None,
+            // Per-turn figures are in summary.json; rows carry conversation and turn.
+            turns: Vec::new(),
         }
         .encode_to_vec();
         let r = &iv.row;
@@ -440,7 +442,7 @@ fn wal_path(path: &Path, suffix: &str) -> PathBuf {
 fn insert_request(conn: &Connection, row: &RequestRow<'_>) -> Result<(), rusqlite::Error> {
     let r = row.r;
     let mut st = conn.prepare_cached(
-        "INSERT INTO requests VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+        "INSERT INTO requests VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
     )?;
     st.execute(params![
         row.step,
@@ -470,6 +472,8 @@ fn insert_request(conn: &Connection, row: &RequestRow<'_>) -> Result<(), rusqlit
         r.warmup,
         r.prompt,
         r.response,
+        int(r.conversation),
+        r.turn,
     ])?;
     Ok(())
 }

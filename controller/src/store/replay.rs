@@ -405,6 +405,9 @@ pub fn request_record(r: &Row<'_>) -> rusqlite::Result<(usize, pb::RequestRecord
         warmup: r.get("warmup")?,
         prompt: r.get("prompt")?,
         response: r.get("response")?,
+        // Absent from stores written before multi-turn replay.
+        conversation: r.get::<_, i64>("conversation").map_or(0, |v| v as u64),
+        turn: r.get::<_, u32>("turn").unwrap_or(0),
     };
     Ok((u("agent")? as usize, rec))
 }

@@ -105,7 +105,9 @@ CREATE TABLE requests (
     error TEXT NOT NULL,
     warmup INTEGER NOT NULL,
     prompt TEXT,
-    response TEXT
+    response TEXT,
+    conversation INTEGER NOT NULL DEFAULT 0,
+    turn INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX requests_step ON requests (step, agent, seq);
 CREATE INDEX requests_outcome ON requests (step, outcome);

@@ -69,6 +69,7 @@ mod control;
 mod counting;
 mod faults;
 mod ollama;
+mod prefix;
 mod shapes;
 mod soak;
 mod support;
