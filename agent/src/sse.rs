@@ -42,7 +42,7 @@ impl SseParser {
                 input = rest;
             }
         }
-        while let Some(end) = input.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', input) {
             let (head, tail) = input.split_at(end);
             let consumed = match tail {
                 [b'\r', b'\n', ..] => 2,
@@ -52,6 +52,10 @@ impl SseParser {
                 }
                 _ => 1,
             };
+            if let Some(rest) = self.whole_event(head, &tail[consumed..], on_data)? {
+                input = rest;
+                continue;
+            }
             if self.line.is_empty() {
                 self.line_done(head, on_data)?;
             } else {
@@ -76,6 +80,37 @@ impl SseParser {
         }
         self.dispatch(on_data);
         Ok(())
+    }
+
+    /// The common case, a one-line event read whole (`data: {...}` and its
+    /// blank line, nothing of it buffered before): hands the value out from
+    /// the input without copying it, and returns the input after the blank
+    /// line. Anything else (`None`) takes the general path.
+    fn whole_event<'a>(
+        &mut self,
+        line: &[u8],
+        rest: &'a [u8],
+        on_data: &mut impl FnMut(&[u8]),
+    ) -> Result<Option<&'a [u8]>, SseError> {
+        if !self.line.is_empty() || self.has_data {
+            return Ok(None);
+        }
+        let Some(value) = line.strip_prefix(b"data:") else {
+            return Ok(None);
+        };
+        let blank = match rest {
+            [b'\n', ..] => 1,
+            [b'\r', b'\n', ..] => 2,
+            _ => return Ok(None),
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        if value.len() + 1 > MAX_EVENT_BYTES {
+            return Err(SseError::TooLarge);
+        }
+        if !value.is_empty() {
+            on_data(value);
+        }
+        Ok(Some(&rest[blank..]))
     }
 
     fn extend_line(&mut self, bytes: &[u8]) -> Result<(), SseError> {
@@ -146,6 +181,23 @@ mod tests {
             assert_eq!(parse_split(input, cut), want, "split at {cut}");
         }
         // Every byte on its own.
+        let mut out = Vec::new();
+        let mut p = SseParser::new();
+        let mut f = |d: &[u8]| out.push(String::from_utf8_lossy(d).into_owned());
+        for b in input.chunks(1) {
+            p.push(b, &mut f).expect("ok");
+        }
+        p.finish(&mut f).expect("ok");
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn events_read_whole_match_events_read_byte_by_byte() {
+        // Every kind of line end after a one-line event, an empty `data:`,
+        // a field without a space, and an event split over lines.
+        let input = b"data: {\"a\":1}\n\ndata:x\r\n\r\ndata:\n\ndata: y\r\r\ndata: z\n\rdata: p\ndata: q\n\ndata: [DONE]\n\n";
+        let want = vec!["{\"a\":1}", "x", "y", "z", "p\nq", "[DONE]"];
+        assert_eq!(parse_split(input, input.len()), want);
         let mut out = Vec::new();
         let mut p = SseParser::new();
         let mut f = |d: &[u8]| out.push(String::from_utf8_lossy(d).into_owned());

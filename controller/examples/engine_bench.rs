@@ -5,9 +5,14 @@
 //! cargo build --release -p barrage-llm-sim
 //! cargo run --release -p barrage-controller --example engine_bench [-- 100 1000 5000]
 //! cargo run --release -p barrage-controller --example engine_bench -- open   # open-loop schedule lag
+//! target/release/examples/engine_bench floor [streams]  # bare reqwest streaming vs the client path
+//! target/release/examples/engine_bench hold [streams]   # one agent, ITL 1 s (default 20,000 streams)
 //! cargo build --release -p barrage-agent
 //! cargo run --release -p barrage-controller --example engine_bench -- records [runs]  # per-request records: agent CPU
 //! ```
+//!
+//! `BENCH_RECORDS=off` turns per-request records off (they are on by
+//! default, as in a user's run).
 //!
 //! Prints achieved vs ideal completed requests, output chunks/s, client and
 //! simulator CPU seconds per million chunks, measured-minus-injected `ttft`
@@ -32,6 +37,25 @@ struct Case {
     itl_ms: u64,
     /// Full request rounds each user should complete.
     rounds: u64,
+    /// Output tokens per request.
+    tokens: u64,
+    /// How long all users take to start.
+    ramp_ms: u64,
+    /// Embedded agents (None: the default, one per core).
+    agents: Option<usize>,
+}
+
+impl Case {
+    fn new(streams: u64, itl_ms: u64, rounds: u64) -> Self {
+        Self {
+            streams,
+            itl_ms,
+            rounds,
+            tokens: TOKENS,
+            ramp_ms: 2000,
+            agents: None,
+        }
+    }
 }
 
 fn start_sim(itl_ms: u64) -> Result<(Child, String)> {
@@ -62,10 +86,22 @@ fn child_cpu_secs(pid: u32) -> f64 {
 
 async fn run_case(c: &Case) -> Result<()> {
     let (mut sim, url) = start_sim(c.itl_ms)?;
-    let per_request_ms = TTFT_MS + (TOKENS - 1) * c.itl_ms;
-    // Ramp 2 s, then `rounds` full requests, and half a request to spare.
-    let spawn_rate = c.streams as f64 / 2.0;
-    let duration_ms = 2000 + c.rounds * per_request_ms + per_request_ms / 2;
+    let r = run_case_on(c, &mut sim, &url).await;
+    let _ = sim.kill();
+    let _ = sim.wait();
+    r
+}
+
+/// One case against a running simulator.
+async fn run_case_on(c: &Case, sim: &mut Child, url: &str) -> Result<()> {
+    let per_request_ms = TTFT_MS + (c.tokens - 1) * c.itl_ms;
+    // Ramp, then `rounds` full requests, and half a request to spare.
+    let spawn_rate = c.streams as f64 * 1000.0 / c.ramp_ms as f64;
+    let duration_ms = c.ramp_ms + c.rounds * per_request_ms + per_request_ms / 2;
+    let cluster = match c.agents {
+        Some(n) => format!("[cluster]\n        embedded_agents = {n}"),
+        None => String::new(),
+    };
     let ideal: u64 = (0..c.streams)
         .map(|i| {
             let start_ms = i as f64 * 1000.0 / spawn_rate;
@@ -78,19 +114,24 @@ async fn run_case(c: &Case) -> Result<()> {
         [target]
         url = "{url}"
         [request]
-        max_tokens = {TOKENS}
+        max_tokens = {tokens}
         [dataset]
         kind = "random"
         input_words = 32
         prompts = 64
+        {cluster}
         [load]
         users = {streams}
         spawn_rate = {spawn_rate}
         duration = "{duration_ms}ms"
+        drain = "0s"
         [output]
         dir = "{out}"
+        requests = {records}
         "#,
+        records = std::env::var("BENCH_RECORDS").map_or(true, |v| v != "off"),
         streams = c.streams,
+        tokens = c.tokens,
         out = std::env::temp_dir().join("barrage-bench").display(),
     );
     let plan = bench_support::plan(&plan)?;
@@ -99,15 +140,13 @@ async fn run_case(c: &Case) -> Result<()> {
     let cpu0 = process_cpu_time(100.0).unwrap_or_default();
     let sim0 = child_cpu_secs(sim.id());
     let outcome = execute(plan, RunOptions::default(), CancellationToken::new()).await?;
-    let sim_stats = sim_stats(&url).await;
+    let sim_stats = sim_stats(url).await;
     let client_cpu = process_cpu_time(100.0)
         .unwrap_or_default()
         .saturating_sub(cpu0)
         .as_secs_f64();
     let sim_cpu = child_cpu_secs(sim.id()) - sim0;
     let (_, rss_growth) = rss.finish();
-    let _ = sim.kill();
-    let _ = sim.wait();
 
     let s = &outcome.summary;
     let q = |m: &str, p: &str| s.metrics[m].percentiles.get(p).copied().unwrap_or(f64::NAN);
@@ -395,10 +434,148 @@ async fn records_run(output: &str) -> Result<(u64, f64)> {
     ))
 }
 
+/// llm-sim's count of completion tokens written so far.
+async fn sim_tokens(url: &str) -> u64 {
+    let Ok(r) = reqwest::get(format!("{url}/sim/stats")).await else {
+        return 0;
+    };
+    r.json::<barrage_llm_sim::SimStats>()
+        .await
+        .map_or(0, |s| s.output_tokens_sent)
+}
+
+/// The floor under the client path: `streams` users that only stream the
+/// same requests with reqwest (same client settings as the agent's) and
+/// stamp each read, nothing parsed or recorded; then the real client path at
+/// the same load, in the same process. Both figures are process CPU per
+/// token llm-sim wrote, so they compare directly.
+async fn floor_case(streams: u64) -> Result<()> {
+    let case = Case::new(streams, 50, 4);
+    let per_request_ms = TTFT_MS + (case.tokens - 1) * case.itl_ms;
+    let run_ms = case.ramp_ms + case.rounds * per_request_ms + per_request_ms / 2;
+    let (mut sim, url) = start_sim(case.itl_ms)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(streams as usize)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let body = format!(
+        r#"{{"model":"m","stream":true,"max_tokens":{},"messages":[{{"role":"user","content":"{}"}}],"stream_options":{{"include_usage":true}}}}"#,
+        case.tokens,
+        "word ".repeat(32).trim_end()
+    );
+    let endpoint = format!("{url}/v1/chat/completions");
+    let t0 = std::time::Instant::now();
+    let end = t0 + Duration::from_millis(run_ms);
+    let (cpu0, tok0) = (
+        process_cpu_time(100.0).unwrap_or_default(),
+        sim_tokens(&url).await,
+    );
+    let mut users = tokio::task::JoinSet::new();
+    for i in 0..streams {
+        let (client, endpoint, body) = (client.clone(), endpoint.clone(), body.clone());
+        let begin = t0 + Duration::from_millis(i * case.ramp_ms / streams);
+        users.spawn(async move {
+            tokio::time::sleep_until(begin.into()).await;
+            let _ = tokio::time::timeout_at(end.into(), bare_user(client, endpoint, body)).await;
+        });
+    }
+    while users.join_next().await.is_some() {}
+    let cpu = process_cpu_time(100.0)
+        .unwrap_or_default()
+        .saturating_sub(cpu0)
+        .as_secs_f64();
+    let tokens = sim_tokens(&url).await - tok0;
+    let _ = sim.kill();
+    let _ = sim.wait();
+    println!(
+        "bare reqwest, {streams} streams: {:.2} µs CPU / token ({tokens} tokens)",
+        cpu / tokens as f64 * 1e6
+    );
+    let (mut sim, url) = start_sim(case.itl_ms)?;
+    let tok0 = sim_tokens(&url).await;
+    let cpu0 = process_cpu_time(100.0).unwrap_or_default();
+    println!("{HEADER}\n|---|---|---|---|---|---|---|---|---|---|");
+    run_case_on(&case, &mut sim, &url).await?;
+    let cpu = process_cpu_time(100.0)
+        .unwrap_or_default()
+        .saturating_sub(cpu0)
+        .as_secs_f64();
+    let tokens = sim_tokens(&url).await - tok0;
+    let _ = sim.kill();
+    let _ = sim.wait();
+    println!(
+        "barrage, {streams} streams: {:.2} µs CPU / token ({tokens} tokens)",
+        cpu / tokens as f64 * 1e6
+    );
+    Ok(())
+}
+
+/// One user of `floor_case`: request after request, every read stamped.
+async fn bare_user(client: reqwest::Client, endpoint: String, body: String) {
+    use futures::StreamExt;
+    loop {
+        let Ok(resp) = client
+            .post(&endpoint)
+            .header("content-type", "application/json")
+            .timeout(Duration::from_secs(60))
+            .body(body.clone())
+            .send()
+            .await
+        else {
+            return;
+        };
+        let mut pieces = resp.bytes_stream();
+        while let Some(Ok(piece)) = pieces.next().await {
+            std::hint::black_box((std::time::Instant::now(), piece.len()));
+        }
+    }
+}
+
+/// The soft open-files limit, from /proc/self/limits.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// One agent (one load thread) holding `streams` streams against llm-sim at
+/// ITL 1 s (16 tokens), users started over 20 s, one full request each.
+async fn hold_case(streams: u64) -> Result<()> {
+    // One socket per stream, plus the process's own files and gRPC.
+    let need = streams + 200;
+    if let Some(limit) = open_files_limit()
+        && limit < need
+    {
+        anyhow::bail!(
+            "{streams} streams need about {need} open files, and `ulimit -n` is {limit} here: \
+             raise it (`ulimit -n {need}`) or ask for fewer streams"
+        );
+    }
+    let case = Case {
+        tokens: 16,
+        ramp_ms: 20_000,
+        agents: Some(1),
+        ..Case::new(streams, 1000, 1)
+    };
+    println!("{HEADER}\n|---|---|---|---|---|---|---|---|---|---|");
+    run_case(&case).await
+}
+
+const HEADER: &str = "| streams | itl | completed / ideal | output chunks/s | client CPU s / M chunks | sim CPU s / M chunks | ttft err p50 / p99 (ms) | chunk_gap err p50 / p99 (ms) | peak RSS KiB / stream | sim wake lateness p50 / p99 (ms) |";
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("open") => return open_loop_case().await,
+        Some("floor") => {
+            let streams = std::env::args().nth(2).and_then(|r| r.parse().ok());
+            return floor_case(streams.unwrap_or(1000)).await;
+        }
+        Some("hold") => {
+            let streams = std::env::args().nth(2).and_then(|r| r.parse().ok());
+            return hold_case(streams.unwrap_or(20_000)).await;
+        }
         Some("records") => {
             let runs = std::env::args().nth(2).and_then(|r| r.parse().ok());
             return records_case(runs.unwrap_or(3)).await;
@@ -410,26 +587,11 @@ async fn main() -> Result<()> {
         .filter_map(|a| a.parse().ok())
         .collect();
     let cases = [
-        Case {
-            streams: 100,
-            itl_ms: 10,
-            rounds: 15,
-        },
-        Case {
-            streams: 1000,
-            itl_ms: 50,
-            rounds: 4,
-        },
-        Case {
-            streams: 5000,
-            itl_ms: 250,
-            rounds: 1,
-        },
+        Case::new(100, 10, 15),
+        Case::new(1000, 50, 4),
+        Case::new(5000, 250, 1),
     ];
-    println!(
-        "| streams | itl | completed / ideal | output chunks/s | client CPU s / M chunks | sim CPU s / M chunks | ttft err p50 / p99 (ms) | chunk_gap err p50 / p99 (ms) | peak RSS KiB / stream | sim wake lateness p50 / p99 (ms) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("{HEADER}\n|---|---|---|---|---|---|---|---|---|---|");
     for c in cases
         .iter()
         .filter(|c| args.is_empty() || args.contains(&c.streams))
