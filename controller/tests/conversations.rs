@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use barrage_common::simulator::SimConfig;
 use barrage_controller::run::{RunOptions, Verdict};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{LOAD, run_text, scratch, sim_with};
@@ -65,7 +65,7 @@ async fn answer(
     counter: Arc<std::sync::atomic::AtomicU64>,
 ) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
-    let body = read_body(&mut sock).await?;
+    let body = crate::support::read_http_body(&mut sock).await?;
     let arrived = Instant::now();
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let messages = req["messages"].as_array().cloned().unwrap_or_default();
@@ -117,31 +117,6 @@ async fn answer(
         status: 200,
     });
     sock.shutdown().await
-}
-
-/// The body of one HTTP/1.1 request (content-length).
-async fn read_body(sock: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let len = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if buf.len() >= end + 4 + len {
-            return Ok(buf[end + 4..end + 4 + len].to_vec());
-        }
-    }
 }
 
 /// A `messages` dataset: conversations of three user turns, each with a

@@ -12,7 +12,7 @@ use std::time::Duration;
 use barrage_controller::report::Summary;
 use barrage_controller::run::{RunOptions, Verdict};
 use tokenizers::Tokenizer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{LOAD, run_text, scratch, word_level_tokenizer};
@@ -39,7 +39,7 @@ async fn scripted(pieces: Vec<&'static [u8]>) -> String {
 
 async fn answer(mut sock: TcpStream, pieces: &[&[u8]]) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
-    read_request(&mut sock).await?;
+    crate::support::read_http_body(&mut sock).await?;
     sock.write_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
     )
@@ -50,31 +50,6 @@ async fn answer(mut sock: TcpStream, pieces: &[&[u8]]) -> std::io::Result<()> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     sock.shutdown().await
-}
-
-/// Reads one request whole (headers, then a content-length body).
-async fn read_request(sock: &mut TcpStream) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let len = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if buf.len() >= end + 4 + len {
-            return Ok(());
-        }
-    }
 }
 
 /// A plan against `addr` (openai-chat, streamed), with `extra` TOML lines

@@ -11,7 +11,7 @@ use barrage_common::plan::ApiKind;
 use barrage_proto::agent::v1 as pb;
 
 use super::counting::{InputCounter, Way};
-use super::{DatasetError, Item, Loaded, random, read, resolve, steps};
+use super::{DatasetError, Item, Loaded, random, steps};
 
 /// Loads the conversations of `d` for turn-by-turn replay. Input tokens are
 /// left to the agents (a turn's history holds replies not known yet), so
@@ -28,15 +28,8 @@ pub fn load(
     let items = match d.kind {
         DatasetKind::Random => synthetic(d, conv, counter.as_ref())?,
         kind => {
-            let Some(p) = &d.path else {
-                return Err(DatasetError::Invalid {
-                    key: "path",
-                    reason: format!("required for kind = \"{}\"", kind.name()),
-                });
-            };
-            let path = resolve(plan_dir, p);
-            let text = read("path", &path)?;
-            let items: Vec<Item> = super::from_file(kind, &path, &text)?
+            let (path, items) = super::file_items(d, kind, plan_dir)?;
+            let items: Vec<Item> = items
                 .into_iter()
                 .filter_map(|it| user_turns(it, conv.turns))
                 .collect();

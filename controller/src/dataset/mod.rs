@@ -215,15 +215,7 @@ pub fn load_for(
             vec![text::prompt(text, |f| resolve(plan_dir, Path::new(f)))?]
         }
         kind => {
-            let Some(p) = &d.path else {
-                return Err(DatasetError::Invalid {
-                    key: "path",
-                    reason: format!("required for kind = \"{}\"", kind.name()),
-                });
-            };
-            let path = resolve(plan_dir, p);
-            let text = read("path", &path)?;
-            let items = from_file(kind, &path, &text)?;
+            let (path, items) = file_items(d, kind, plan_dir)?;
             if items.is_empty() {
                 return Err(DatasetError::Read {
                     key: "path",
@@ -241,6 +233,25 @@ pub fn load_for(
         prompts,
         counted: counter.as_ref().map(|c| CountInfo::of(c, api)),
     })
+}
+
+/// The items of a file kind's `path` (resolved against `plan_dir`), and
+/// the path, for errors.
+fn file_items(
+    d: &DatasetSection,
+    kind: DatasetKind,
+    plan_dir: Option<&Path>,
+) -> Result<(PathBuf, Vec<Item>), DatasetError> {
+    let Some(p) = &d.path else {
+        return Err(DatasetError::Invalid {
+            key: "path",
+            reason: format!("required for kind = \"{}\"", kind.name()),
+        });
+    };
+    let path = resolve(plan_dir, p);
+    let text = read("path", &path)?;
+    let items = from_file(kind, &path, &text)?;
+    Ok((path, items))
 }
 
 fn from_file(kind: DatasetKind, path: &Path, text: &str) -> Result<Vec<Item>, DatasetError> {

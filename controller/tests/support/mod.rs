@@ -121,4 +121,30 @@ pub fn word_level_tokenizer<S: Into<String>>(words: impl IntoIterator<Item = S>)
     t.with_pre_tokenizer(Some(WhitespaceSplit));
     t
 }
+/// The body of one HTTP/1.1 request (headers, then a content-length
+/// body); empty when the peer closed first. For the test servers.
+pub async fn read_http_body(sock: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = tokio::io::AsyncReadExt::read(sock, &mut chunk).await?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            return Ok(buf[end + 4..end + 4 + len].to_vec());
+        }
+    }
+}
+
 pub mod service;
