@@ -199,10 +199,7 @@ impl Conversations {
     /// Takes one conversation from the budget: its id and prompt index;
     /// `None` when the budget is spent.
     pub fn claim(&self) -> Option<(u64, usize)> {
-        if let Some(b) = &self.budget
-            && b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                .is_err()
-        {
+        if !crate::engine::take_one(self.budget.as_ref()) {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.prompts.len().max(1);

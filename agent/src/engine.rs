@@ -26,6 +26,14 @@ use crate::records::{End, Sender};
 use barrage_common::turns::TurnSample;
 use barrage_proto::agent::v1::RequestRecord;
 
+/// Takes one from a budget (None: unbounded); false when it is spent.
+pub(crate) fn take_one(budget: Option<&AtomicU64>) -> bool {
+    budget.is_none_or(|b| {
+        b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    })
+}
+
 /// Mixed into the seeds of think-time draws ("think").
 const THINK_SEED: u64 = 0x0074_6869_6e6b;
 
@@ -159,12 +167,7 @@ impl Workload {
 
     /// Takes one request from the budget; false when it is spent.
     pub(crate) fn claim(&self) -> bool {
-        match &self.budget {
-            None => true,
-            Some(b) => b
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                .is_ok(),
-        }
+        take_one(self.budget.as_ref())
     }
 
     fn budget_spent(&self) -> bool {
@@ -294,13 +297,13 @@ impl Workload {
         input: crate::measure::InputCount,
     ) -> TurnSample {
         let ok = result.is_ok();
-        let r = m.to_record(ok.then_some(end), input, end);
+        let (ttft_us, e2e_us, input_tokens) = m.ttft_e2e_input(ok.then_some(end), input);
         TurnSample {
             turn: t.turn,
             ok,
-            ttft_us: r.ttft_us,
-            e2e_us: r.e2e_us,
-            input_tokens: r.input_tokens,
+            ttft_us,
+            e2e_us,
+            input_tokens,
         }
     }
 

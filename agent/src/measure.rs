@@ -461,6 +461,29 @@ impl RequestMeasure {
         }
     }
 
+    /// A finished request's `ttft` and `e2e` (µs from the hand-off; `e2e`
+    /// None when `end` is None) and input tokens, as its record gives them,
+    /// without building the record (per-turn figures).
+    pub fn ttft_e2e_input(
+        &self,
+        end: Option<Instant>,
+        prompt_input: InputCount,
+    ) -> (Option<u64>, Option<u64>, u64) {
+        let Some(start) = self.start else {
+            return (None, None, self.input_count(prompt_input).0);
+        };
+        let since = |t: Instant| micros(t.saturating_duration_since(start));
+        let first_output = match end {
+            Some(end) if self.unstreamed => self.first_output.map(|_| end),
+            _ => self.first_output,
+        };
+        (
+            first_output.map(since),
+            end.map(since),
+            self.input_count(prompt_input).0,
+        )
+    }
+
     /// The timing and token fields of this request's record: offsets from
     /// `origin` (the agreed start), latencies from the hand-off, counts from
     /// the same sources the counters use. `end` is `None` for a cut request

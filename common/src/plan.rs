@@ -606,15 +606,7 @@ impl PlanFile {
         self.dataset
             .validate()
             .map_err(|(key, problem)| invalid(&format!("dataset.{key}"), problem))?;
-        if let Some(c) = &self.conversation {
-            c.validate(&self.dataset, &self.load, self.target.api)
-                .map_err(|(key, problem)| invalid(key, problem))?;
-        } else if self.load.conversations.is_some() {
-            return Err(invalid(
-                "load.conversations",
-                "counts multi-turn conversations: add a [conversation] table, or use load.requests",
-            ));
-        }
+        self.check_conversation()?;
         if !(1..=5).contains(&self.metrics.sigfig) {
             return Err(invalid("metrics.sigfig", "must be between 1 and 5"));
         }
@@ -639,6 +631,11 @@ impl PlanFile {
             .checks()
             .map_err(|(key, problem)| invalid(&format!("thresholds.{key}"), problem))?;
         self.refuse_unobservable_limits()?;
+        self.check_cluster()
+    }
+
+    /// `[cluster]`: TLS files that go together, and agent counts.
+    fn check_cluster(&self) -> Result<(), PlanError> {
         let c = &self.cluster;
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             return Err(invalid(
@@ -659,6 +656,21 @@ impl PlanFile {
             return Err(invalid("cluster.embedded_agents", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// `[conversation]` against the dataset, load and API; without it,
+    /// `load.conversations` has nothing to count.
+    fn check_conversation(&self) -> Result<(), PlanError> {
+        match &self.conversation {
+            Some(c) => c
+                .validate(&self.dataset, &self.load, self.target.api)
+                .map_err(|(key, problem)| invalid(key, problem)),
+            None if self.load.conversations.is_some() => Err(invalid(
+                "load.conversations",
+                "counts multi-turn conversations: add a [conversation] table, or use load.requests",
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Renders the body with sample values, as the agent will.
