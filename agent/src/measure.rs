@@ -51,6 +51,13 @@ pub struct RequestMeasure {
     first_answer: Option<Instant>,
     last_output: Option<Instant>,
     gaps: Vec<Gap>,
+    /// Per piece of response read: read time − arrival time (µs), the
+    /// agent's own scheduling lag (0 where arrival is the read time).
+    read_lags: Vec<u64>,
+    /// When the latest piece of response arrived.
+    last_arrival: Option<Instant>,
+    /// Arrival times came from the kernel's receive timestamps.
+    pub kernel_arrivals: bool,
     /// The last completion-token count the server reported in the stream,
     /// and the tokens given to output chunks since (usage may come on any
     /// chunk, or start late: each report covers the chunks before it).
@@ -258,6 +265,8 @@ impl RequestMeasure {
     /// Starts a request at its hand-off to the HTTP client.
     pub fn begin(&mut self, handoff: Instant) {
         let gaps = std::mem::take(&mut self.gaps);
+        let mut read_lags = std::mem::take(&mut self.read_lags);
+        read_lags.clear();
         let texts = std::mem::take(&mut self.texts);
         let text_ends = std::mem::take(&mut self.text_ends);
         let intended = self.next_intended.take();
@@ -265,6 +274,7 @@ impl RequestMeasure {
             start: Some(handoff),
             intended,
             gaps,
+            read_lags,
             capture: self.capture,
             texts,
             text_ends,
@@ -275,7 +285,22 @@ impl RequestMeasure {
         self.text_ends.clear();
     }
 
-    /// One chunk, stamped with the time its bytes were read.
+    /// A piece of response read: `at` stamps its chunks; the read lag is kept.
+    pub fn on_piece(&mut self, a: crate::wire::Arrival) {
+        if self.kernel_arrivals {
+            self.read_lags
+                .push(micros(a.read.saturating_duration_since(a.at)));
+        }
+        self.last_arrival = Some(a.at);
+    }
+
+    /// When the response ended: the arrival of its last piece, or `now`
+    /// when none arrived (a failure).
+    pub fn end_or(&self, now: Instant) -> Instant {
+        self.last_arrival.map_or(now, |t| t.min(now))
+    }
+
+    /// One chunk, stamped with the time its bytes arrived.
     pub fn on_chunk(&mut self, at: Instant, info: &ChunkInfo) {
         self.chunks += 1;
         if info.done {
@@ -446,6 +471,14 @@ impl RequestMeasure {
         counters.chunks += self.chunks;
         counters.chunk_tokens_assumed += self.chunks_assumed;
         counters.reasoning_chunks += self.reasoning_chunks;
+        if self.kernel_arrivals {
+            counters.arrivals_kernel += 1;
+        } else if self.start.is_some() && self.last_arrival.is_some() {
+            counters.arrivals_read += 1;
+        }
+        for &lag in &self.read_lags {
+            metrics.record(Metric::ReadLag, lag);
+        }
         if let Some(t) = first_output {
             metrics.record(Metric::Ttft, since(t));
         }
