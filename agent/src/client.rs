@@ -11,9 +11,7 @@ use barrage_common::redact::redact_url;
 use barrage_proto::agent::v1::{self as pb, Api};
 use bytes::Bytes;
 use futures::StreamExt;
-use reqwest::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION,
-};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
 use serde_json::{Map, Value, json};
 
 use crate::chunk;
@@ -310,6 +308,12 @@ impl TargetClient {
         let resp = self.post(body, handoff, deadline, m).await?;
         m.http_status = resp.status();
         m.kernel_arrivals = resp.kernel_stamped();
+        if let Response::Direct(x) = &resp
+            && let Some(sent) = x.sent
+            && m.connection_retries == 0
+        {
+            m.on_sent(sent);
+        }
         if !(200..300).contains(&m.http_status) {
             return Err(resp.failure().await);
         }
@@ -360,7 +364,9 @@ impl TargetClient {
                     tracing::debug!(error = %e, "resending on a new connection");
                     m.connection_retries += 1;
                     self.note_stale_retry();
-                    Ok(Response::Direct(send(body, false).await?.map_err(|e| direct_error(e, 0))?))
+                    Ok(Response::Direct(
+                        send(body, false).await?.map_err(|e| direct_error(e, 0))?,
+                    ))
                 }
                 r => Ok(Response::Direct(r.map_err(|e| direct_error(e, 0))?)),
             };
@@ -474,6 +480,7 @@ impl TargetClient {
 }
 
 /// A response whose status is known, from whichever client sent it.
+#[allow(clippy::large_enum_variant)] // as `Body`
 enum Response {
     Reqwest(reqwest::Response),
     Direct(Exchange),
@@ -518,6 +525,9 @@ impl Response {
 }
 
 /// A response body, piece by piece, each with when it arrived.
+// One per request in flight, on its task's stack: boxing the large variant
+// would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Body {
     /// TLS or HTTP/2 through reqwest: arrival is the read time.
     Reqwest(std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<Bytes>> + Send>>),

@@ -131,6 +131,8 @@ pub struct Exchange {
     max_idle: usize,
     /// Whether this connection's arrivals are kernel-stamped.
     pub kernel: bool,
+    /// On a reused connection: when the request's last write returned.
+    pub sent: Option<std::time::Instant>,
 }
 
 impl DirectClient {
@@ -149,7 +151,10 @@ impl DirectClient {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let host_value = HeaderValue::from_str(&authority).map_err(|e| e.to_string())?;
         headers.insert(HOST, host_value);
         headers
@@ -179,9 +184,9 @@ impl DirectClient {
     /// Sends `body` as a POST. `pooled`: try an idle connection first and
     /// keep the connection afterwards; else a new one, closed after.
     pub async fn post(&self, body: Bytes, pooled: bool) -> Result<Exchange, DirectError> {
-        let mut conn = match self.idle_conn(pooled).await {
-            Some(c) => c,
-            None => self.connect().await?,
+        let (mut conn, reused) = match self.idle_conn(pooled).await {
+            Some(c) => (c, true),
+            None => (self.connect().await?, false),
         };
         let mut req = Request::post(self.path.clone())
             .body(Full::new(body))
@@ -193,7 +198,10 @@ impl DirectClient {
             .await
             .map_err(DirectError::Send)?;
         let (parts, body) = resp.into_parts();
+        // The last write before the response is the request's end.
+        let sent = reused.then(|| conn.stamps.last_write()).flatten();
         Ok(Exchange {
+            sent,
             status: parts.status,
             headers: parts.headers,
             body,

@@ -149,9 +149,9 @@ impl hyper::rt::Read for StampedTcp {
                 }
                 let room = buf.remaining().min(scratch.len());
                 let dst = &mut scratch[..room];
-                let got = this
-                    .tcp
-                    .try_io(tokio::io::Interest::READABLE, || sys::recv(&this.tcp, dst, kernel));
+                let got = this.tcp.try_io(tokio::io::Interest::READABLE, || {
+                    sys::recv(&this.tcp, dst, kernel)
+                });
                 if let Ok((n, _)) = &got {
                     buf.put_slice(&scratch[..*n]);
                 }
@@ -343,7 +343,10 @@ mod tests {
                 "the wait before the read is the lag: {lag:?}"
             );
             let off = a.at.max(sent) - a.at.min(sent);
-            assert!(off < Duration::from_millis(5), "arrival {off:?} from the send");
+            assert!(
+                off < Duration::from_millis(5),
+                "arrival {off:?} from the send"
+            );
         } else {
             assert_eq!(a.at, a.read);
         }
