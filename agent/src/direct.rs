@@ -314,3 +314,104 @@ impl Exchange {
             .unwrap_or(Arrival { at: now, read: now })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A keep-alive server answering every request with "ok"; it keeps
+    /// each request's head and counts connections.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let conns = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (c, h) = (conns.clone(), heads.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::Relaxed);
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = sock.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                        h.lock().expect("heads").push(text);
+                        let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if sock.write_all(reply.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns, heads)
+    }
+
+    async fn body_of(mut x: Exchange) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(piece) = x.next().await {
+            out.extend_from_slice(&piece.expect("piece").0);
+        }
+        out
+    }
+
+    fn client(addr: SocketAddr, pinned: bool) -> DirectClient {
+        let url = reqwest::Url::parse(&format!("http://localhost:{}/v1/x?k=v", addr.port()))
+            .expect("url");
+        DirectClient::new(
+            &url,
+            HeaderMap::new(),
+            pinned.then(|| vec![addr]),
+            4,
+            Duration::from_secs(2),
+        )
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn pooled_requests_reuse_one_connection_and_carry_path_query_and_host() {
+        let (addr, conns, heads) = server().await;
+        let c = client(addr, true);
+        for _ in 0..3 {
+            let x = c.post(Bytes::from_static(b"{}"), true).await.expect("post");
+            assert_eq!(x.status, StatusCode::OK);
+            assert_eq!(body_of(x).await, b"ok");
+        }
+        assert_eq!(conns.load(Ordering::Relaxed), 1, "one connection reused");
+        let x = c
+            .post(Bytes::from_static(b"{}"), false)
+            .await
+            .expect("post");
+        assert!(x.sent.is_none(), "a new connection has no reused write");
+        assert_eq!(body_of(x).await, b"ok");
+        assert_eq!(conns.load(Ordering::Relaxed), 2, "unpooled: a new one");
+        let heads = heads.lock().expect("heads").clone();
+        assert!(
+            heads[0].starts_with("POST /v1/x?k=v HTTP/1.1\r\n"),
+            "{heads:?}"
+        );
+        let host = format!("host: localhost:{}\r\n", addr.port());
+        assert!(heads[0].to_lowercase().contains(&host), "{heads:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error_naming_the_address() {
+        // Bind then drop: nothing listens on this port any more.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("addr");
+        let e = match client(addr, true).post(Bytes::new(), true).await {
+            Err(e) => e,
+            Ok(_) => panic!("nothing listens on {addr}"),
+        };
+        assert!(e.is_connect() && !e.is_stale_connection(), "{e:?}");
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+    }
+}
