@@ -141,6 +141,10 @@ impl hyper::rt::Read for StampedTcp {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let kernel = this.stamps.kernel();
+        if buf.remaining() == 0 {
+            // Nothing to read into (as tokio's own streams answer).
+            return Poll::Ready(Ok(()));
+        }
         loop {
             ready!(this.tcp.poll_read_ready(cx))?;
             let got = SCRATCH.with_borrow_mut(|scratch| {
