@@ -114,7 +114,7 @@ impl TargetClient {
         // One connection per in-flight request: never cap concurrency silently.
         let http = http_client(target, &headers, pinned.clone(), timeout, users.max(1))?;
         let unpooled = http_client(target, &headers, pinned.clone(), timeout, 0)?;
-        let direct = if url.scheme() == "http" && !target.http2 {
+        let direct = if url.scheme() == "http" && !target.http2 && direct_client_allowed() {
             let addrs = pinned.map(|(_, addrs)| addrs);
             let connect = connect_timeout(target, timeout);
             Some(
@@ -305,7 +305,9 @@ impl TargetClient {
         m.begin(handoff);
         m.unstreamed = !self.stream;
         let deadline = handoff + self.timeout;
-        let resp = self.post(body, handoff, deadline, m).await?;
+        // Boxed: the sending state is large and short-lived; inline it would
+        // stay in every stream's task for the whole response.
+        let resp = Box::pin(self.post(body, handoff, deadline, m)).await?;
         m.http_status = resp.status();
         m.kernel_arrivals = resp.kernel_stamped();
         if let Response::Direct(x) = &resp
@@ -315,7 +317,7 @@ impl TargetClient {
             m.on_sent(sent);
         }
         if !(200..300).contains(&m.http_status) {
-            return Err(resp.failure().await);
+            return Err(Box::pin(resp.failure()).await);
         }
         let mut body = resp.into_body(deadline, self.timeout);
         if !self.stream {
@@ -515,8 +517,12 @@ impl Response {
     fn into_body(self, deadline: Instant, timeout: Duration) -> Body {
         match self {
             Response::Reqwest(r) => Body::Reqwest(Box::pin(r.bytes_stream())),
-            Response::Direct(x) => Body::Direct {
-                exchange: x,
+            Response::Direct(mut x) => Body::Direct {
+                exchange: {
+                    // Not needed once the status passed: free them for the stream.
+                    x.headers = HeaderMap::new();
+                    x
+                },
                 deadline,
                 timeout,
             },
@@ -684,5 +690,40 @@ fn connect_timeout(target: &pb::Target, timeout: Duration) -> Duration {
         Duration::from_millis(target.connect_timeout_ms)
     } else {
         timeout.min(Duration::from_secs(10))
+    }
+}
+
+/// `BARRAGE_DIRECT_CLIENT=off` in the agent's environment sends plain
+/// `http://` through reqwest too (read-time arrivals): a switch for
+/// comparing the two clients, and a way around the direct one.
+fn direct_client_allowed() -> bool {
+    std::env::var("BARRAGE_DIRECT_CLIENT").map_or(true, |v| v != "off")
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn print_future_sizes() {
+        let target = super::pb::Target {
+            url: "http://127.0.0.1:1/v1/chat/completions".into(),
+            api: super::pb::Api::OpenaiChat as i32,
+            ..Default::default()
+        };
+        let c = super::TargetClient::new(&target, 1, None).expect("client");
+        let mut m = crate::measure::RequestMeasure::default();
+        let mut p = super::Parsers::default();
+        let f = c.send(bytes::Bytes::new(), &mut m, &mut p);
+        eprintln!("send future: {} bytes", std::mem::size_of_val(&f));
+        let d = c.direct.as_ref().expect("direct");
+        let g = d.post(bytes::Bytes::new(), true);
+        eprintln!("direct post future: {} bytes", std::mem::size_of_val(&g));
+        let h = d.connect();
+        eprintln!("connect future: {} bytes", std::mem::size_of_val(&h));
+        eprintln!(
+            "Exchange {} Response {} Body {}",
+            std::mem::size_of::<crate::direct::Exchange>(),
+            std::mem::size_of::<super::Response>(),
+            std::mem::size_of::<super::Body>()
+        );
     }
 }

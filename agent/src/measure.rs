@@ -53,7 +53,7 @@ pub struct RequestMeasure {
     gaps: Vec<Gap>,
     /// Per piece of response read: read time − arrival time (µs), the
     /// agent's own scheduling lag (0 where arrival is the read time).
-    read_lags: Vec<u64>,
+    read_lags: Vec<u32>,
     /// When the latest piece of response arrived.
     last_arrival: Option<Instant>,
     /// On a reused kernel-stamped connection: when the write of the request
@@ -293,8 +293,8 @@ impl RequestMeasure {
     /// A piece of response read: `at` stamps its chunks; the read lag is kept.
     pub fn on_piece(&mut self, a: crate::wire::Arrival) {
         if self.kernel_arrivals {
-            self.read_lags
-                .push(micros(a.read.saturating_duration_since(a.at)));
+            let lag = micros(a.read.saturating_duration_since(a.at));
+            self.read_lags.push(u32::try_from(lag).unwrap_or(u32::MAX));
         }
         self.last_arrival = Some(a.at);
     }
@@ -497,7 +497,7 @@ impl RequestMeasure {
             counters.arrivals_read += 1;
         }
         for &lag in &self.read_lags {
-            metrics.record(Metric::ReadLag, lag);
+            metrics.record(Metric::ReadLag, u64::from(lag));
         }
         if let Some(t) = first_output {
             metrics.record(Metric::Ttft, since(t));
