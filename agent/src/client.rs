@@ -11,14 +11,16 @@ use barrage_common::redact::redact_url;
 use barrage_proto::agent::v1::{self as pb, Api};
 use bytes::Bytes;
 use futures::StreamExt;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
 use serde_json::{Map, Value, json};
 
 use crate::chunk;
+use crate::direct::{DirectClient, DirectError, Exchange};
 use crate::failure::{self, from_reqwest};
 use crate::measure::{InputCount, RequestMeasure};
 use crate::ndjson::NdjsonSplitter;
 use crate::sse::SseParser;
+use crate::wire::Arrival;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -60,6 +62,9 @@ pub struct TargetClient {
     /// Same settings, but never reuses a connection: for retries, and for
     /// every request once the target proved to close pooled connections.
     unpooled: reqwest::Client,
+    /// Plain `http://` over HTTP/1.1: the direct client, whose arrival
+    /// times come from the kernel. None for TLS and HTTP/2 (reqwest).
+    direct: Option<DirectClient>,
     stale_retries: AtomicU64,
     no_pool: AtomicBool,
     url: reqwest::Url,
@@ -108,7 +113,17 @@ impl TargetClient {
         let timeout = Duration::from_millis(target.timeout_ms.max(1));
         // One connection per in-flight request: never cap concurrency silently.
         let http = http_client(target, &headers, pinned.clone(), timeout, users.max(1))?;
-        let unpooled = http_client(target, &headers, pinned, timeout, 0)?;
+        let unpooled = http_client(target, &headers, pinned.clone(), timeout, 0)?;
+        let direct = if url.scheme() == "http" && !target.http2 {
+            let addrs = pinned.map(|(_, addrs)| addrs);
+            let connect = connect_timeout(target, timeout);
+            Some(
+                DirectClient::new(&url, headers, addrs, users.max(1), connect)
+                    .map_err(|e| ClientError::Url(redact_url(&target.url), e))?,
+            )
+        } else {
+            None
+        };
         let template = target.template.clone().map(std::sync::Arc::new);
         let (reader, ndjson, stream) = match (&template, api) {
             (Some(t), Api::Template) => {
@@ -130,6 +145,7 @@ impl TargetClient {
         Ok(Self {
             http,
             unpooled,
+            direct,
             stale_retries: AtomicU64::new(0),
             no_pool: AtomicBool::new(false),
             url,
@@ -288,22 +304,30 @@ impl TargetClient {
         let handoff = Instant::now();
         m.begin(handoff);
         m.unstreamed = !self.stream;
-        let resp = self.post(body, handoff, m).await?;
-        m.http_status = resp.status().as_u16();
-        if !resp.status().is_success() {
-            return Err(failure::from_status(resp).await);
+        let deadline = handoff + self.timeout;
+        let resp = self.post(body, handoff, deadline, m).await?;
+        m.http_status = resp.status();
+        m.kernel_arrivals = resp.kernel_stamped();
+        if let Response::Direct(x) = &resp
+            && let Some(sent) = x.sent
+            && m.connection_retries == 0
+        {
+            m.on_sent(sent);
         }
+        if !(200..300).contains(&m.http_status) {
+            return Err(resp.failure().await);
+        }
+        let mut body = resp.into_body(deadline, self.timeout);
         if !self.stream {
-            let bytes = resp.bytes().await.map_err(|e| from_reqwest(e, 0))?;
-            let at = Instant::now();
-            m.response_bytes += bytes.len() as u64;
+            let (bytes, arrival) = body.whole(m).await?;
+            m.on_piece(arrival);
             let info = self.reader.parse_body(&bytes).map_err(|e| {
                 failure::stream(
                     "malformed response body",
                     format!("{e}: {}", failure::lossy(&bytes)),
                 )
             })?;
-            m.on_chunk(at, &info);
+            m.on_chunk(arrival.at, &info);
             m.keep_text(&bytes, &info);
             return if info.error {
                 Err(failure::stream(
@@ -314,7 +338,7 @@ impl TargetClient {
                 Ok(())
             };
         }
-        self.read_stream(resp, m, parsers).await
+        self.read_stream(body, m, parsers).await
     }
 
     /// Sends the request on a pooled connection; when that connection turns
@@ -325,12 +349,31 @@ impl TargetClient {
         &self,
         body: Bytes,
         handoff: Instant,
+        deadline: Instant,
         m: &mut RequestMeasure,
-    ) -> Result<reqwest::Response, RequestError> {
+    ) -> Result<Response, RequestError> {
         let pooled = !self.no_pool.load(Ordering::Relaxed);
+        if let Some(direct) = &self.direct {
+            let send = |body, pooled| async move {
+                tokio::time::timeout_at(deadline.into(), direct.post(body, pooled))
+                    .await
+                    .map_err(|_| whole_request_timeout(self.timeout, 0))
+            };
+            return match send(body.clone(), pooled).await? {
+                Err(e) if pooled && e.is_stale_connection() => {
+                    tracing::debug!(error = %e, "resending on a new connection");
+                    m.connection_retries += 1;
+                    self.note_stale_retry();
+                    Ok(Response::Direct(
+                        send(body, false).await?.map_err(|e| direct_error(e, 0))?,
+                    ))
+                }
+                r => Ok(Response::Direct(r.map_err(|e| direct_error(e, 0))?)),
+            };
+        }
         let http = if pooled { &self.http } else { &self.unpooled };
         let first = self.request(http, body.clone(), self.timeout).await;
-        match first {
+        let resp = match first {
             Err(e) if pooled && failure::is_stale_connection(&e) => {
                 tracing::debug!(error = %from_reqwest(e, 0), "resending on a new connection");
                 m.connection_retries += 1;
@@ -341,7 +384,8 @@ impl TargetClient {
                     .map_err(|e| from_reqwest(e, 0))
             }
             r => r.map_err(|e| from_reqwest(e, 0)),
-        }
+        }?;
+        Ok(Response::Reqwest(resp))
     }
 
     async fn request(
@@ -371,12 +415,11 @@ impl TargetClient {
 
     async fn read_stream(
         &self,
-        resp: reqwest::Response,
+        mut body: Body,
         m: &mut RequestMeasure,
         parsers: &mut Parsers,
     ) -> Result<(), RequestError> {
         let reader = &self.reader;
-        let mut body = resp.bytes_stream();
         // The first event the server marked as an error, or that did not parse.
         let mut bad_event: BadEvent = None;
         let ndjson = self.ndjson;
@@ -384,21 +427,24 @@ impl TargetClient {
         parsers.ndjson = NdjsonSplitter::new();
         loop {
             let next = match self.idle_timeout {
-                Some(idle) => tokio::time::timeout(idle, body.next()).await.map_err(|_| {
-                    RequestError::new(
-                        ErrorClass::Timeout,
-                        format!(
-                            "no data for {idle:?} (target.idle_timeout) after {} response bytes",
-                            m.response_bytes
-                        ),
-                    )
-                })?,
-                None => body.next().await,
+                Some(idle) => tokio::time::timeout(idle, body.next(m.response_bytes))
+                    .await
+                    .map_err(|_| {
+                        RequestError::new(
+                            ErrorClass::Timeout,
+                            format!(
+                                "no data for {idle:?} (target.idle_timeout) after {} response bytes",
+                                m.response_bytes
+                            ),
+                        )
+                    })?,
+                None => body.next(m.response_bytes).await,
             };
             let Some(piece) = next else { break };
-            let piece = piece.map_err(|e| from_reqwest(e, m.response_bytes))?;
-            let at = Instant::now();
+            let (piece, arrival) = piece?;
+            m.on_piece(arrival);
             m.response_bytes += piece.len() as u64;
+            let at = arrival.at;
             let mut on_event = |data: &[u8]| take_event(reader, m, &mut bad_event, at, data);
             let r = if ndjson {
                 parsers.ndjson.push(&piece, &mut on_event)
@@ -407,8 +453,9 @@ impl TargetClient {
             };
             r.map_err(|e| failure::stream("event too large", e.to_string()))?;
         }
-        let at = Instant::now();
-        // The parsers' unfinished tail (a last event without its blank line).
+        // The parsers' unfinished tail (a last event without its blank line)
+        // ended with the body: it counts from the last piece.
+        let at = m.end_or(Instant::now());
         let mut on_event = |data: &[u8]| take_event(reader, m, &mut bad_event, at, data);
         if ndjson {
             parsers.ndjson.finish(&mut on_event);
@@ -430,6 +477,143 @@ impl TargetClient {
         }
         Ok(())
     }
+}
+
+/// A response whose status is known, from whichever client sent it.
+#[allow(clippy::large_enum_variant)] // as `Body`
+enum Response {
+    Reqwest(reqwest::Response),
+    Direct(Exchange),
+}
+
+impl Response {
+    fn status(&self) -> u16 {
+        match self {
+            Response::Reqwest(r) => r.status().as_u16(),
+            Response::Direct(x) => x.status.as_u16(),
+        }
+    }
+
+    /// Whether the body's arrival times come from the kernel.
+    fn kernel_stamped(&self) -> bool {
+        matches!(self, Response::Direct(x) if x.kernel)
+    }
+
+    /// The error of a response that is not a success.
+    async fn failure(self) -> RequestError {
+        match self {
+            Response::Reqwest(r) => failure::from_status(r).await,
+            Response::Direct(x) => {
+                let status = x.status.as_u16();
+                let location = x.headers.get(LOCATION).cloned();
+                let sample = failure::first_bytes(x.into_stream()).await;
+                failure::status_error(status, location.as_ref(), &sample)
+            }
+        }
+    }
+
+    fn into_body(self, deadline: Instant, timeout: Duration) -> Body {
+        match self {
+            Response::Reqwest(r) => Body::Reqwest(Box::pin(r.bytes_stream())),
+            Response::Direct(x) => Body::Direct {
+                exchange: x,
+                deadline,
+                timeout,
+            },
+        }
+    }
+}
+
+/// A response body, piece by piece, each with when it arrived.
+// One per request in flight, on its task's stack: boxing the large variant
+// would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Body {
+    /// TLS or HTTP/2 through reqwest: arrival is the read time.
+    Reqwest(std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<Bytes>> + Send>>),
+    /// The direct client; reqwest's whole-request timeout is kept by hand.
+    Direct {
+        exchange: Exchange,
+        deadline: Instant,
+        timeout: Duration,
+    },
+}
+
+impl Body {
+    /// The next piece; `after`: response bytes so far, for error messages.
+    async fn next(&mut self, after: u64) -> Option<Result<(Bytes, Arrival), RequestError>> {
+        match self {
+            Body::Reqwest(s) => {
+                let piece = s.next().await?;
+                let now = Instant::now();
+                Some(
+                    piece
+                        .map(|b| (b, Arrival { at: now, read: now }))
+                        .map_err(|e| from_reqwest(e, after)),
+                )
+            }
+            Body::Direct {
+                exchange,
+                deadline,
+                timeout,
+            } => match tokio::time::timeout_at((*deadline).into(), exchange.next()).await {
+                Err(_) => Some(Err(whole_request_timeout(*timeout, after))),
+                Ok(piece) => Some(piece?.map_err(|e| direct_error(e, after))),
+            },
+        }
+    }
+
+    /// A whole (not streamed) body and the arrival of its last piece.
+    async fn whole(&mut self, m: &mut RequestMeasure) -> Result<(Bytes, Arrival), RequestError> {
+        let now = Instant::now();
+        let mut last = Arrival { at: now, read: now };
+        let mut first: Option<Bytes> = None;
+        let mut more = bytes::BytesMut::new();
+        while let Some(piece) = self.next(m.response_bytes).await {
+            let (piece, arrival) = piece?;
+            m.response_bytes += piece.len() as u64;
+            last = arrival;
+            match &first {
+                None => first = Some(piece),
+                Some(f) => {
+                    if more.is_empty() {
+                        more.extend_from_slice(f);
+                    }
+                    more.extend_from_slice(&piece);
+                }
+            }
+        }
+        let bytes = if more.is_empty() {
+            first.unwrap_or_default()
+        } else {
+            more.freeze()
+        };
+        Ok((bytes, last))
+    }
+}
+
+/// The whole-request timeout (`target.timeout`) ran out.
+fn whole_request_timeout(timeout: Duration, after_bytes: u64) -> RequestError {
+    let mut message = format!("no complete response within {timeout:?} (target.timeout)");
+    if after_bytes > 0 {
+        message.push_str(&format!(" (after {after_bytes} response bytes)"));
+    }
+    RequestError::new(ErrorClass::Timeout, message)
+}
+
+/// A direct client's error, classified as METRICS.md does.
+fn direct_error(e: DirectError, after_bytes: u64) -> RequestError {
+    let class = if e.is_timeout() {
+        ErrorClass::Timeout
+    } else if e.is_connect() {
+        ErrorClass::Connect
+    } else if matches!(e, DirectError::Request(_)) {
+        ErrorClass::Other
+    } else {
+        // Reset, closed or unparsable mid-exchange, as with reqwest.
+        ErrorClass::Stream
+    };
+    failure::from_chain(class, &e, after_bytes)
 }
 
 /// A client of the target with barrage's settings; `max_idle` = 0 never
@@ -489,11 +673,16 @@ fn http_client(
         .pool_max_idle_per_host(max_idle)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
-        .connect_timeout(if target.connect_timeout_ms > 0 {
-            Duration::from_millis(target.connect_timeout_ms)
-        } else {
-            timeout.min(Duration::from_secs(10))
-        })
+        .connect_timeout(connect_timeout(target, timeout))
         .build()
         .map_err(|e| ClientError::Build(e.to_string()))
+}
+
+/// `target.connect_timeout`, or the whole-request timeout up to 10 s.
+fn connect_timeout(target: &pb::Target, timeout: Duration) -> Duration {
+    if target.connect_timeout_ms > 0 {
+        Duration::from_millis(target.connect_timeout_ms)
+    } else {
+        timeout.min(Duration::from_secs(10))
+    }
 }

@@ -244,7 +244,8 @@ impl Workload {
             r = self.client.send(prompt.body.clone(), m, p) => Some(r),
             _ = cut.cancelled() => None,
         };
-        let end = Instant::now();
+        // The response's last bytes arrived before the client returned.
+        let end = m.end_or(Instant::now());
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Some(result) = result else {
             let record = self.build_record(sender, m, End::Cut);

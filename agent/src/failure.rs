@@ -8,7 +8,7 @@ use std::time::Duration;
 use barrage_common::error_detail::RequestError;
 use barrage_common::metrics::ErrorClass;
 use futures::StreamExt;
-use reqwest::header::LOCATION;
+use reqwest::header::{HeaderValue, LOCATION};
 
 /// Bytes of a failed response's body kept in its error message.
 pub const BODY_BYTES: usize = 200;
@@ -39,6 +39,17 @@ pub fn classify(e: &reqwest::Error) -> ErrorClass {
 pub fn from_reqwest(e: reqwest::Error, after_bytes: u64) -> RequestError {
     let class = classify(&e);
     let e = e.without_url();
+    let mut r = from_chain(class, &e, after_bytes);
+    r.status = e.status().map(|s| s.as_u16());
+    r
+}
+
+/// Any error with its whole `source()` chain, classified as `class`.
+pub fn from_chain(
+    class: ErrorClass,
+    e: &(dyn std::error::Error + 'static),
+    after_bytes: u64,
+) -> RequestError {
     let mut message = e.to_string();
     let mut cause = None;
     let mut source = e.source();
@@ -57,7 +68,7 @@ pub fn from_reqwest(e: reqwest::Error, after_bytes: u64) -> RequestError {
     }
     RequestError {
         class,
-        status: e.status().map(|s| s.as_u16()),
+        status: None,
         cause,
         message,
     }
@@ -70,7 +81,13 @@ pub fn is_stale_connection(e: &reqwest::Error) -> bool {
     if e.is_timeout() || e.is_connect() || e.status().is_some() {
         return false;
     }
-    let mut source = e.source();
+    e.source().is_some_and(stale_in_chain)
+}
+
+/// True when `e` or one of its sources says the connection was closed
+/// under the request (see `is_stale_connection`).
+pub fn stale_in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>()
             && (h.is_incomplete_message() || h.is_canceled())
@@ -96,30 +113,39 @@ pub fn is_stale_connection(e: &reqwest::Error) -> bool {
 /// A response that is not a success: its status, `Location` for a redirect
 /// (never followed), and the first bytes of its body.
 pub async fn from_status(resp: reqwest::Response) -> RequestError {
-    let status = resp.status();
-    let class = ErrorClass::from_status(status.as_u16());
-    let mut message = format!("HTTP {status}");
-    if let Some(loc) = resp.headers().get(LOCATION) {
+    let status = resp.status().as_u16();
+    let location = resp.headers().get(LOCATION).cloned();
+    let sample = first_bytes(resp.bytes_stream()).await;
+    status_error(status, location.as_ref(), &sample)
+}
+
+/// The error of a response with a failing `status`.
+pub fn status_error(status: u16, location: Option<&HeaderValue>, body: &[u8]) -> RequestError {
+    let class = ErrorClass::from_status(status);
+    let mut message = match reqwest::StatusCode::from_u16(status) {
+        Ok(s) => format!("HTTP {s}"),
+        Err(_) => format!("HTTP {status}"),
+    };
+    if let Some(loc) = location {
         message.push_str(&format!(
             "; Location: {}",
             String::from_utf8_lossy(loc.as_bytes())
         ));
     }
-    let body = first_bytes(resp).await;
     if !body.is_empty() {
-        message.push_str(&format!("; body: {}", lossy(&body)));
+        message.push_str(&format!("; body: {}", lossy(body)));
     }
     RequestError {
         class,
-        status: Some(status.as_u16()),
+        status: Some(status),
         cause: None,
         message,
     }
 }
 
-/// Up to `BODY_BYTES` of the body, read for at most `BODY_WAIT`.
-async fn first_bytes(resp: reqwest::Response) -> Vec<u8> {
-    let mut body = resp.bytes_stream();
+/// Up to `BODY_BYTES` of a body, read for at most `BODY_WAIT`.
+pub async fn first_bytes<E>(body: impl futures::Stream<Item = Result<bytes::Bytes, E>>) -> Vec<u8> {
+    let mut body = std::pin::pin!(body);
     let mut out = Vec::new();
     let read = async {
         while out.len() < BODY_BYTES {

@@ -7,6 +7,7 @@ pub mod chunk;
 pub mod cli;
 pub mod client;
 pub mod conversation;
+pub mod direct;
 pub mod engine;
 pub mod failure;
 pub mod health;
@@ -21,6 +22,7 @@ pub mod service;
 mod session;
 pub mod sse;
 pub mod template;
+pub mod wire;
 
 pub use service::{AgentOptions, AgentService};
 pub use session::SessionError;

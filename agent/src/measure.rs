@@ -51,6 +51,18 @@ pub struct RequestMeasure {
     first_answer: Option<Instant>,
     last_output: Option<Instant>,
     gaps: Vec<Gap>,
+    /// Per piece of response read: read time − arrival time (µs), the
+    /// agent's own scheduling lag (0 where arrival is the read time).
+    read_lags: Vec<u64>,
+    /// When the latest piece of response arrived.
+    last_arrival: Option<Instant>,
+    /// On a reused kernel-stamped connection: when the write of the request
+    /// returned. Latencies run from here instead of the hand-off, so a busy
+    /// agent's delay between hand-off and write stays out of them (there is
+    /// no connection setup to include).
+    sent: Option<Instant>,
+    /// Arrival times came from the kernel's receive timestamps.
+    pub kernel_arrivals: bool,
     /// The last completion-token count the server reported in the stream,
     /// and the tokens given to output chunks since (usage may come on any
     /// chunk, or start late: each report covers the chunks before it).
@@ -258,6 +270,8 @@ impl RequestMeasure {
     /// Starts a request at its hand-off to the HTTP client.
     pub fn begin(&mut self, handoff: Instant) {
         let gaps = std::mem::take(&mut self.gaps);
+        let mut read_lags = std::mem::take(&mut self.read_lags);
+        read_lags.clear();
         let texts = std::mem::take(&mut self.texts);
         let text_ends = std::mem::take(&mut self.text_ends);
         let intended = self.next_intended.take();
@@ -265,6 +279,7 @@ impl RequestMeasure {
             start: Some(handoff),
             intended,
             gaps,
+            read_lags,
             capture: self.capture,
             texts,
             text_ends,
@@ -275,7 +290,35 @@ impl RequestMeasure {
         self.text_ends.clear();
     }
 
-    /// One chunk, stamped with the time its bytes were read.
+    /// A piece of response read: `at` stamps its chunks; the read lag is kept.
+    pub fn on_piece(&mut self, a: crate::wire::Arrival) {
+        if self.kernel_arrivals {
+            self.read_lags
+                .push(micros(a.read.saturating_duration_since(a.at)));
+        }
+        self.last_arrival = Some(a.at);
+    }
+
+    /// The request went out at `at` on a reused connection (see `sent`).
+    pub fn on_sent(&mut self, at: Instant) {
+        if self.start.is_some_and(|s| at >= s) {
+            self.sent = Some(at);
+        }
+    }
+
+    /// Where latencies run from: the write on a reused connection, else the
+    /// hand-off.
+    fn latency_start(&self, start: Instant) -> Instant {
+        self.sent.unwrap_or(start)
+    }
+
+    /// When the response ended: the arrival of its last piece, or `now`
+    /// when none arrived (a failure).
+    pub fn end_or(&self, now: Instant) -> Instant {
+        self.last_arrival.map_or(now, |t| t.min(now))
+    }
+
+    /// One chunk, stamped with the time its bytes arrived.
     pub fn on_chunk(&mut self, at: Instant, info: &ChunkInfo) {
         self.chunks += 1;
         if info.done {
@@ -335,7 +378,8 @@ impl RequestMeasure {
         counters: &mut Counters,
     ) {
         let Some(start) = self.start else { return };
-        let since = |t: Instant| micros(t.saturating_duration_since(start));
+        let t0 = self.latency_start(start);
+        let since = |t: Instant| micros(t.saturating_duration_since(t0));
         // Not streamed: the output arrived when the response ended.
         let (first_output, first_answer) = if self.unstreamed {
             (
@@ -441,11 +485,20 @@ impl RequestMeasure {
         metrics: &mut MetricSet,
         counters: &mut Counters,
     ) {
-        let since = |t: Instant| micros(t.saturating_duration_since(start));
+        let t0 = self.latency_start(start);
+        let since = |t: Instant| micros(t.saturating_duration_since(t0));
         counters.response_bytes += self.response_bytes;
         counters.chunks += self.chunks;
         counters.chunk_tokens_assumed += self.chunks_assumed;
         counters.reasoning_chunks += self.reasoning_chunks;
+        if self.kernel_arrivals {
+            counters.arrivals_kernel += 1;
+        } else if self.start.is_some() && self.last_arrival.is_some() {
+            counters.arrivals_read += 1;
+        }
+        for &lag in &self.read_lags {
+            metrics.record(Metric::ReadLag, lag);
+        }
         if let Some(t) = first_output {
             metrics.record(Metric::Ttft, since(t));
         }
@@ -472,7 +525,8 @@ impl RequestMeasure {
         let Some(start) = self.start else {
             return (None, None, self.input_count(prompt_input).0);
         };
-        let since = |t: Instant| micros(t.saturating_duration_since(start));
+        let t0 = self.latency_start(start);
+        let since = |t: Instant| micros(t.saturating_duration_since(t0));
         let first_output = match end {
             Some(end) if self.unstreamed => self.first_output.map(|_| end),
             _ => self.first_output,
@@ -495,7 +549,8 @@ impl RequestMeasure {
         origin: Instant,
     ) -> pb::RequestRecord {
         let start = self.start.unwrap_or(origin);
-        let since = |t: Instant| micros(t.saturating_duration_since(start));
+        let t0 = self.latency_start(start);
+        let since = |t: Instant| micros(t.saturating_duration_since(t0));
         let (first_output, first_answer) = match end {
             Some(end) if self.unstreamed => (
                 self.first_output.map(|_| end),
@@ -681,6 +736,45 @@ mod tests {
             (0, 1, 1)
         );
         assert_eq!(c.failed_output_tokens, 1);
+    }
+
+    #[test]
+    fn on_a_reused_connection_latencies_run_from_the_write_and_lag_is_kept() {
+        let (t0, mut m) = begun();
+        let ms = |n: u64| t0 + ms(n);
+        m.kernel_arrivals = true;
+        // The busy agent wrote the request 5 ms after its hand-off, and read
+        // the first chunk 7 ms after the kernel received it.
+        m.on_sent(ms(5));
+        let first = crate::wire::Arrival {
+            at: ms(55),
+            read: ms(62),
+        };
+        m.on_piece(first);
+        m.on_chunk(first.at, &out(None));
+        let end = crate::wire::Arrival {
+            at: ms(75),
+            read: ms(76),
+        };
+        m.on_piece(end);
+        m.on_chunk(end.at, &out(None));
+        assert_eq!(m.end_or(ms(80)), ms(75));
+        let (set, c) = recorded(&m, m.end_or(ms(80)), Ok(()));
+        assert_eq!(set.get(Metric::Ttft).max, 50_000);
+        assert_eq!(set.get(Metric::E2e).max, 70_000);
+        assert_eq!(set.get(Metric::ChunkGap).max, 20_000);
+        let lag = set.get(Metric::ReadLag);
+        assert_eq!((lag.count, lag.min, lag.max), (2, 1_000, 7_000));
+        assert_eq!(c.arrivals_kernel, 1);
+        // A write stamped before the hand-off (a stale stamp) is ignored.
+        let mut m2 = RequestMeasure::default();
+        m2.begin(ms(10));
+        m2.on_sent(ms(5));
+        m2.on_chunk(ms(30), &out(None));
+        assert_eq!(
+            m2.ttft_e2e_input(None, InputCount::estimated(1)).0,
+            Some(20_000)
+        );
     }
 
     #[test]

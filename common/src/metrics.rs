@@ -35,10 +35,13 @@ pub enum Metric {
     ServerPromptEval,
     /// Server-reported (Ollama `eval_duration`).
     ServerEval,
+    /// The agent's own scheduling lag: per piece of response, the time it
+    /// was read − the time the kernel received it (kernel-stamped only).
+    ReadLag,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 16] = [
         Metric::Ttft,
         Metric::Ttfo,
         Metric::ChunkGap,
@@ -54,6 +57,7 @@ impl Metric {
         Metric::ServerLoad,
         Metric::ServerPromptEval,
         Metric::ServerEval,
+        Metric::ReadLag,
     ];
 
     /// The one name used in proto fields, JSON keys and report labels.
@@ -74,6 +78,7 @@ impl Metric {
             Metric::ServerLoad => "server_load",
             Metric::ServerPromptEval => "server_prompt_eval",
             Metric::ServerEval => "server_eval",
+            Metric::ReadLag => "read_lag",
         }
     }
 
@@ -748,6 +753,12 @@ pub struct Counters {
     /// Multi-turn conversations by how they ended.
     #[serde(default)]
     pub conversations: ConversationCounts,
+    /// Requests whose arrival times came from kernel receive timestamps.
+    #[serde(default)]
+    pub arrivals_kernel: u64,
+    /// Requests whose arrival times are the agent's read times.
+    #[serde(default)]
+    pub arrivals_read: u64,
 }
 
 /// Multi-turn conversations: started, and how each ended.
@@ -808,6 +819,8 @@ impl Counters {
         self.records_sent = self.records_sent.saturating_add(o.records_sent);
         self.records_dropped = self.records_dropped.saturating_add(o.records_dropped);
         self.conversations.add(&o.conversations);
+        self.arrivals_kernel = self.arrivals_kernel.saturating_add(o.arrivals_kernel);
+        self.arrivals_read = self.arrivals_read.saturating_add(o.arrivals_read);
     }
 
     pub fn error(&self, c: ErrorClass) -> u64 {
@@ -866,6 +879,8 @@ impl Counters {
             conversations_completed: self.conversations.completed,
             conversations_abandoned: self.conversations.abandoned,
             conversations_cut: self.conversations.cut,
+            arrivals_kernel: self.arrivals_kernel,
+            arrivals_read: self.arrivals_read,
         }
     }
 
@@ -915,6 +930,8 @@ impl Counters {
                 abandoned: p.conversations_abandoned,
                 cut: p.conversations_cut,
             },
+            arrivals_kernel: p.arrivals_kernel,
+            arrivals_read: p.arrivals_read,
         };
         for e in &p.errors {
             let class = ErrorClass::from_name(&e.class).unwrap_or(ErrorClass::Other);

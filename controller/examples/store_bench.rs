@@ -144,6 +144,7 @@ fn interval(index: u64, empty: &MetricSet) -> IntervalEvent {
             max_agent_cpu_percent: 0.0,
             max_agent_cpu_share: 0.0,
             max_scheduler_lag_ms: 0.0,
+            read_lag_p99_ms: None,
             in_flight: 0,
             monitor: Default::default(),
         },

@@ -7,7 +7,7 @@
 //! clocks are uncertain, the histograms' own resolution, token counts that
 //! were estimated, and requests cut by the stop. The verdict names the worst.
 
-use barrage_common::metrics::{Counters, Layout, SourceCounts};
+use barrage_common::metrics::{Counters, Layout, Series, SourceCounts};
 use serde::{Deserialize, Serialize};
 
 use crate::merge::IntervalRow;
@@ -20,6 +20,11 @@ pub const CPU_BOUND_SHARE: f64 = 0.9;
 /// interval makes it generator-bound: its timestamps, and its sends, were
 /// that late. One period of the agent's lag probe (50 ms).
 pub const LAG_BOUND_MS: f64 = 50.0;
+/// An agent reading its responses more than this after the kernel received
+/// them (`read_lag` p99 of an interval) makes the interval generator-bound:
+/// kernel timestamps keep each chunk's time, but an agent this far behind
+/// gets several chunks in one read and sends its next requests late.
+pub const READ_LAG_BOUND_MS: f64 = 10.0;
 /// Start skew or clock uncertainty above this is worth a warning (the same
 /// bound as the late-start note).
 pub const TIMING_BOUND_MS: f64 = 50.0;
@@ -36,6 +41,9 @@ pub struct Accuracy {
     /// Every concern found, worst first (empty when trustworthy).
     pub concerns: Vec<String>,
     pub generator: GeneratorLoad,
+    /// Where response arrival times came from, and the agents' read lag.
+    #[serde(default)]
+    pub arrivals: Arrivals,
     pub timing: Timing,
     pub histograms: Precision,
     pub token_counts: TokenCounts,
@@ -67,6 +75,54 @@ pub struct GeneratorLoad {
     pub bound_count: u64,
     /// Generator-bound intervals / intervals assessed (0 when none).
     pub bound_share: f64,
+}
+
+/// Where the times of response bytes came from. With kernel receive
+/// timestamps a chunk is timed when it reached the agent's socket, however
+/// late the busy agent read it; with read times that wait is inside TTFT,
+/// ITL and e2e.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Arrivals {
+    /// Requests timed by the kernel's receive timestamps (plain http://
+    /// targets on Linux).
+    pub kernel_requests: u64,
+    /// Requests timed by the agent's read time (TLS, HTTP/2, other systems).
+    pub read_requests: u64,
+    /// The agents' own scheduling lag over the step (ms): read time −
+    /// kernel receive time, per piece of response read (`read_lag`).
+    pub read_lag_ms_p50: Option<f64>,
+    pub read_lag_ms_p99: Option<f64>,
+    pub read_lag_ms_max: Option<f64>,
+    pub note: String,
+}
+
+impl Arrivals {
+    fn of(c: &Counters, read_lag: &Series) -> Self {
+        let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
+        let (k, r) = (c.arrivals_kernel, c.arrivals_read);
+        let note = match (k, r) {
+            (0, 0) => "no response arrived".to_owned(),
+            (_, 0) => "every response timed by the kernel's receive timestamps: a chunk that \
+                       waited for a busy agent counts when it arrived, not when it was read"
+                .to_owned(),
+            (0, _) => "every response timed when the agent read it (no kernel receive \
+                       timestamps: TLS, HTTP/2 or not Linux): a busy agent's own delay is \
+                       inside the latencies"
+                .to_owned(),
+            _ => format!(
+                "{k} responses timed by the kernel's receive timestamps, {r} when the agent \
+                 read them (TLS, HTTP/2 or not Linux)"
+            ),
+        };
+        Self {
+            kernel_requests: k,
+            read_requests: r,
+            read_lag_ms_p50: ms(read_lag.quantile(0.5)),
+            read_lag_ms_p99: ms(read_lag.quantile(0.99)),
+            read_lag_ms_max: ms((!read_lag.is_empty()).then_some(read_lag.max)),
+            note,
+        }
+    }
 }
 
 /// How well the agents' timing lines up.
@@ -189,10 +245,12 @@ pub fn assess(
     timeline: &[IntervalRow],
     timing: Timing,
     c: &Counters,
+    read_lag: &Series,
     latency: Layout,
     tokens: Layout,
 ) -> Accuracy {
     let generator = generator_load(timeline);
+    let arrivals = Arrivals::of(c, read_lag);
     let histograms = Precision {
         sigfig: latency.sigfig,
         relative_error: relative_error(latency.sigfig),
@@ -218,6 +276,7 @@ pub fn assess(
         verdict: String::new(),
         concerns: Vec::new(),
         generator,
+        arrivals,
         timing,
         histograms,
         token_counts,
@@ -237,7 +296,9 @@ pub fn assess(
 
 /// True when the interval's generator could not keep up (see the bounds).
 pub fn generator_bound(r: &IntervalRow) -> bool {
-    r.max_agent_cpu_share > CPU_BOUND_SHARE || r.max_scheduler_lag_ms > LAG_BOUND_MS
+    r.max_agent_cpu_share > CPU_BOUND_SHARE
+        || r.max_scheduler_lag_ms > LAG_BOUND_MS
+        || r.read_lag_p99_ms.is_some_and(|ms| ms > READ_LAG_BOUND_MS)
 }
 
 fn generator_load(timeline: &[IntervalRow]) -> GeneratorLoad {
@@ -261,7 +322,9 @@ fn generator_load(timeline: &[IntervalRow]) -> GeneratorLoad {
         scheduler_lag_ms_p50: median(&lag),
         scheduler_lag_ms_max: max(&lag),
         rule: format!(
-            "an agent above {:.0} % of its cores, or its load runtime waking more than {LAG_BOUND_MS:.0} ms late",
+            "an agent above {:.0} % of its cores, its load runtime waking more than \
+             {LAG_BOUND_MS:.0} ms late, or its reads trailing the kernel's receive time by more \
+             than {READ_LAG_BOUND_MS:.0} ms at p99",
             CPU_BOUND_SHARE * 100.0
         ),
         bound_intervals,
@@ -419,6 +482,16 @@ pub fn render(out: &mut String, a: &Accuracy) {
         opt(g.scheduler_lag_ms_p50, 1.0, 1),
         opt(g.scheduler_lag_ms_max, 1.0, 1),
     );
+    let ar = &a.arrivals;
+    let _ = writeln!(
+        out,
+        "  {:<13} {}; agent read lag p50 {} / p99 {} / max {} ms",
+        "arrivals",
+        ar.note,
+        opt(ar.read_lag_ms_p50, 1.0, 2),
+        opt(ar.read_lag_ms_p99, 1.0, 2),
+        opt(ar.read_lag_ms_max, 1.0, 2),
+    );
     let _ = writeln!(
         out,
         "  {:<13} start skew max {} ms, clock uncertainty max {} ms",
@@ -504,6 +577,7 @@ mod tests {
                 max_clock_uncertainty_ms: Some(0.02),
             },
             c,
+            &Series::new(l.latency).expect("layout"),
             l.latency,
             l.tokens,
         )
@@ -520,6 +594,40 @@ mod tests {
         assert_eq!(a.generator.cpu_share_p50, Some(0.2));
         assert_eq!(a.token_counts.output.server, 1.0);
         assert!(!a.token_counts.client_server_mismatch.measured);
+    }
+
+    #[test]
+    fn reads_trailing_the_kernel_flag_their_interval_and_arrivals_say_where_times_came_from() {
+        let mut rows: Vec<IntervalRow> = (0..4).map(|i| row(i, 0.2, 1.0)).collect();
+        rows[2].read_lag_p99_ms = Some(READ_LAG_BOUND_MS + 5.0);
+        let mut c = counted(40);
+        c.arrivals_kernel = 30;
+        c.arrivals_read = 10;
+        let l = Layouts::default();
+        let mut lag = Series::new(l.latency).expect("layout");
+        for us in [100, 200, 300, 15_000] {
+            lag.record(us);
+        }
+        let a = assess(
+            &rows,
+            Timing {
+                max_start_skew_ms: None,
+                max_clock_uncertainty_ms: None,
+            },
+            &c,
+            &lag,
+            l.latency,
+            l.tokens,
+        );
+        assert_eq!(a.generator.bound_intervals, vec![2]);
+        assert!(a.generator.rule.contains("kernel's receive time"));
+        assert_eq!(a.arrivals.kernel_requests, 30);
+        assert_eq!(a.arrivals.read_requests, 10);
+        assert!(a.arrivals.note.contains("30 responses timed by the kernel"));
+        assert_eq!(a.arrivals.read_lag_ms_max, Some(15.0));
+        let mut out = String::new();
+        render(&mut out, &a);
+        assert!(out.contains("agent read lag p50 0.20"), "{out}");
     }
 
     #[test]
@@ -610,6 +718,7 @@ mod tests {
                 max_clock_uncertainty_ms: None,
             },
             &counted(1),
+            &Series::new(l.latency).expect("layout"),
             coarse,
             l.tokens,
         );

@@ -33,6 +33,10 @@ pub struct IntervalRow {
     /// core busy); `max_agent_cpu_percent` counts 100 per core.
     pub max_agent_cpu_share: f64,
     pub max_scheduler_lag_ms: f64,
+    /// The agents' own scheduling lag at p99 (`read_lag`: read time −
+    /// kernel receive time of each piece of response), when kernel-stamped.
+    #[serde(default)]
+    pub read_lag_p99_ms: Option<f64>,
     pub in_flight: u64,
     /// GPU and server-metric averages of the interval (when monitored).
     #[serde(flatten)]
@@ -61,6 +65,7 @@ impl IntervalRow {
             max_agent_cpu_percent: 20.0,
             max_agent_cpu_share: 0.1,
             max_scheduler_lag_ms: 1.0,
+            read_lag_p99_ms: Some(0.1),
             in_flight: 4,
             monitor: crate::monitor::IntervalMonitor::default(),
         }
@@ -368,6 +373,7 @@ impl Merger {
             max_agent_cpu_percent: p.max_cpu,
             max_agent_cpu_share: p.max_cpu_share,
             max_scheduler_lag_ms: p.max_lag_us as f64 / 1000.0,
+            read_lag_p99_ms: q(Metric::ReadLag, 0.99),
             in_flight: p.in_flight,
             monitor: crate::monitor::IntervalMonitor::default(),
         };

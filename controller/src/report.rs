@@ -289,6 +289,7 @@ impl Summary {
                 max_clock_uncertainty_ms: max_uncertainty,
             },
             c,
+            totals.get(Metric::ReadLag),
             totals.get(Metric::Ttft).layout(),
             totals.get(Metric::OutputTokens).layout(),
         );

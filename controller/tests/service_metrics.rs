@@ -140,6 +140,7 @@ fn row(index: u64, warmup: bool, in_flight: u64) -> IntervalRow {
         max_agent_cpu_percent: 0.0,
         max_agent_cpu_share: 0.0,
         max_scheduler_lag_ms: 0.0,
+        read_lag_p99_ms: None,
         in_flight,
         monitor: IntervalMonitor::default(),
     }

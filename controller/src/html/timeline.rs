@@ -144,10 +144,13 @@ pub fn charts(p: &mut Page, s: &Value) {
     chart(
         p,
         &t,
-        "Scheduler lag (max)",
+        "Agent lag: runtime wake-up (max), reads after arrival (p99)",
         "ms",
         "ms",
-        vec![t.series("max scheduler lag", |r| get_f(r, "max_scheduler_lag_ms"))],
+        vec![
+            t.series("max scheduler lag", |r| get_f(r, "max_scheduler_lag_ms")),
+            t.series("read lag p99", |r| get_f(r, "read_lag_p99_ms")),
+        ],
     );
     monitored(p, &t);
     p.push("</div>");

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use barrage_common::metrics::{Counters, Layouts, MetricSet};
+use barrage_common::metrics::{Counters, Layouts, Metric, MetricSet};
 use barrage_proto::agent::v1 as pb;
 use prost::Message as _;
 use rusqlite::{Connection, OpenFlags, Row, params};
@@ -293,13 +293,19 @@ impl Reader<'_> {
             let (row, blob, counters, totals) = interval_row(r).map_err(self.sql())?;
             let iv = pb::Interval::decode(blob.as_slice())
                 .map_err(|e| self.bad(format!("interval {} of step {step}: {e}", row.row.index)))?;
+            let metrics = MetricSet::decode(&iv.metrics, layouts)?;
+            let read_lag_p99_ms = metrics
+                .get(Metric::ReadLag)
+                .quantile(0.99)
+                .map(|us| us as f64 / 1000.0);
             events.emit(RunEvent::Interval(IntervalEvent {
                 step,
-                metrics: MetricSet::decode(&iv.metrics, layouts)?,
+                metrics,
                 counters: serde_json::from_str::<Counters>(&counters)?,
                 totals: serde_json::from_str::<Counters>(&totals)?,
                 row: IntervalRow {
                     monitor: serde_json::from_str(&row.monitor_json)?,
+                    read_lag_p99_ms,
                     ..row.row
                 },
             }));
@@ -363,6 +369,8 @@ fn interval_row(r: &Row<'_>) -> rusqlite::Result<(StoredRow, Vec<u8>, String, St
         max_agent_cpu_percent: r.get("max_agent_cpu_percent")?,
         max_agent_cpu_share: r.get("max_agent_cpu_share")?,
         max_scheduler_lag_ms: r.get("max_scheduler_lag_ms")?,
+        // From the interval's histograms, below.
+        read_lag_p99_ms: None,
         in_flight: r.get::<_, i64>("in_flight")? as u64,
         monitor: Default::default(),
     };

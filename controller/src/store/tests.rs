@@ -36,6 +36,7 @@ fn row(index: u64, ok: u64) -> IntervalRow {
         max_agent_cpu_percent: 12.5,
         max_agent_cpu_share: 0.125,
         max_scheduler_lag_ms: 0.25,
+        read_lag_p99_ms: None,
         in_flight: 2,
         monitor: Default::default(),
     }
