@@ -141,6 +141,10 @@ impl hyper::rt::Read for StampedTcp {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let kernel = this.stamps.kernel();
+        if buf.remaining() == 0 {
+            // Nothing to read into (as tokio's own streams answer).
+            return Poll::Ready(Ok(()));
+        }
         loop {
             ready!(this.tcp.poll_read_ready(cx))?;
             let got = SCRATCH.with_borrow_mut(|scratch| {
@@ -308,15 +312,20 @@ mod tests {
         buf.filled().to_vec()
     }
 
-    #[tokio::test]
-    async fn a_read_that_waited_is_stamped_when_its_bytes_arrived() {
+    /// A stamped client stream and the server's end of it, on loopback.
+    async fn pair() -> (StampedTcp, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let client = TcpStream::connect(addr).await.expect("connect");
-        let (mut server, _) = listener.accept().await.expect("accept");
-        let mut s = StampedTcp::new(client);
+        let (server, _) = listener.accept().await.expect("accept");
+        (StampedTcp::new(client), server)
+    }
+
+    #[tokio::test]
+    async fn a_read_that_waited_is_stamped_when_its_bytes_arrived() {
+        let (mut s, mut server) = pair().await;
         // The kernel turns receive stamping on a moment after the first
         // socket asks (a deferred switch): wait until a read is stamped.
         for _ in 0..100 {
@@ -354,13 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_are_stamped_when_they_return() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let _server = listener.accept().await.expect("accept");
-        let mut s = StampedTcp::new(client);
+        let (mut s, _server) = pair().await;
         assert!(s.stamps().last_write().is_none());
         let before = Instant::now();
         let n = poll_fn(|cx| hyper::rt::Write::poll_write(Pin::new(&mut s), cx, b"hello"))

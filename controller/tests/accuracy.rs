@@ -2,7 +2,7 @@
 //! has no generator-bound interval and its token counts come from the
 //! server; a run cut at its stop says how many requests were cut.
 
-use barrage_controller::accuracy::{CPU_BOUND_SHARE, LAG_BOUND_MS};
+use barrage_controller::accuracy::{CPU_BOUND_SHARE, LAG_BOUND_MS, READ_LAG_BOUND_MS};
 use barrage_controller::run::RunOptions;
 
 use crate::support::{LOAD, run_text, scratch};
@@ -30,6 +30,18 @@ fn plan(load: &str, itl_ms: u64, out: &std::path::Path) -> String {
         ttft = "20ms"
         itl = "{itl_ms}ms"
         "#,
+        out.display()
+    )
+}
+
+/// The same plan on an llm-sim of its own, `http_version` "1.1" or "2".
+fn plan_on(sim: std::net::SocketAddr, http_version: &str, out: &std::path::Path) -> String {
+    format!(
+        "name = \"arrivals\"\n[target]\nurl = \"http://{sim}\"\napi = \"openai-chat\"\n\
+         http_version = \"{http_version}\"\n[request]\nmax_tokens = 8\n\
+         [dataset]\nkind = \"random\"\ninput_words = 8\nprompts = 10\n\
+         [load]\nusers = 2\nrequests = 6\n[cluster]\nembedded_agents = 1\n\
+         [output]\ndir = \"{}\"\n",
         out.display()
     )
 }
@@ -90,7 +102,11 @@ async fn a_calm_run_has_no_generator_bound_interval_and_server_counted_tokens() 
     let late: Vec<u64> = s
         .timeline
         .iter()
-        .filter(|r| !r.warmup && r.max_scheduler_lag_ms > LAG_BOUND_MS)
+        .filter(|r| {
+            !r.warmup
+                && (r.max_scheduler_lag_ms > LAG_BOUND_MS
+                    || r.read_lag_p99_ms.is_some_and(|ms| ms > READ_LAG_BOUND_MS))
+        })
         .map(|r| r.index)
         .collect();
     assert_eq!(g.bound_intervals, late, "{g:?}");
@@ -135,4 +151,53 @@ async fn requests_cut_at_stop_are_in_the_budget_and_its_verdict() {
     assert!(a.verdict.starts_with("read with care: "), "{}", a.verdict);
     let json = written_json(&out);
     assert_eq!(json["accuracy"]["cut_at_stop"]["requests_incomplete"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_says_where_arrival_times_came_from() {
+    let _serial = LOAD.lock().await;
+    let sim = crate::support::sim_with(barrage_common::simulator::SimConfig {
+        ttft: std::time::Duration::from_millis(5),
+        itl: std::time::Duration::from_millis(2),
+        ..Default::default()
+    })
+    .await;
+    // HTTP/1.1 on plain http:// goes through the direct client: on Linux
+    // every response is timed by the kernel's receive timestamps.
+    let out = scratch("arrivals-h1");
+    let s = run_text(&plan_on(sim.addr(), "1.1", &out), RunOptions::default())
+        .await
+        .summary;
+    let a = &s.accuracy.arrivals;
+    assert_eq!(s.requests_ok, 6);
+    if cfg!(target_os = "linux") {
+        assert_eq!((a.kernel_requests, a.read_requests), (6, 0), "{a:?}");
+        assert!(a.note.contains("kernel's receive timestamps"), "{a:?}");
+        assert!(s.metrics["read_lag"].count > 0);
+        assert!(a.read_lag_ms_p99.is_some() && a.read_lag_ms_max.is_some());
+    }
+    let text = barrage_controller::report::render(&s);
+    assert!(
+        text.contains("arrivals") && text.contains("agent read lag"),
+        "{text}"
+    );
+    let json = written_json(&out);
+    assert_eq!(
+        json["accuracy"]["arrivals"]["kernel_requests"],
+        a.kernel_requests
+    );
+
+    // HTTP/2 goes through reqwest: read times, and the summary says so.
+    let out = scratch("arrivals-h2");
+    let s = run_text(&plan_on(sim.addr(), "2", &out), RunOptions::default())
+        .await
+        .summary;
+    let a = &s.accuracy.arrivals;
+    assert_eq!(s.requests_ok, 6);
+    assert_eq!((a.kernel_requests, a.read_requests), (0, 6), "{a:?}");
+    assert!(a.note.contains("when the agent read it"), "{a:?}");
+    assert_eq!(
+        s.metrics["read_lag"].count, 0,
+        "no kernel time, no read lag"
+    );
 }
