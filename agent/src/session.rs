@@ -214,7 +214,7 @@ fn prepare(
         latency: layout(p.latency_layout.as_ref(), Layout::LATENCY_US),
         tokens: layout(p.count_layout.as_ref(), Layout::TOKENS),
     };
-    let shards = inner.options.load_threads.max(1) * 4;
+    let shards = Recorder::shards_for(inner.options.load_threads);
     let recorder = Arc::new(Recorder::new(layouts, shards)?);
     let spec = SliceSpec {
         shape,

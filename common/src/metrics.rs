@@ -3,6 +3,7 @@
 //! edges), counters by error class, and their exact merge and wire encoding.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use barrage_proto::agent::v1 as pb;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
@@ -374,60 +375,168 @@ impl Series {
     }
 }
 
-/// One `Series` per `Metric`, indexed without hashing (hot path).
-#[derive(Clone, Debug)]
+/// One `Series` per `Metric`, indexed without hashing (hot path). A series
+/// gets its histogram at its first sample or merge: a histogram is ~188 KB
+/// at 1 µs–1 h, every counter written when made, and most sets see a few
+/// metrics only (an agent's shards, each interval's cut, the controller's
+/// per-interval sums).
 pub struct MetricSet {
-    series: Vec<Series>,
+    layouts: Layouts,
+    series: Vec<Option<Series>>,
+    /// What `get` shows for a metric never seen, one per layout (latency,
+    /// tokens): made on the first such `get`, never written to.
+    unseen: [OnceLock<Series>; 2],
+}
+
+impl Clone for MetricSet {
+    fn clone(&self) -> Self {
+        Self {
+            layouts: self.layouts,
+            series: self.series.clone(),
+            unseen: Default::default(),
+        }
+    }
+}
+
+impl fmt::Debug for MetricSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seen = Metric::ALL
+            .iter()
+            .filter_map(|m| self.seen(*m).map(|s| (m.name(), s)));
+        f.debug_map().entries(seen).finish()
+    }
+}
+
+/// Checks a layout as `Histogram::new_with_bounds` does, without making the
+/// full counts array. Of its checks only `highest >= 2 * lowest` looks at
+/// `highest` (the array's length always fits a 64-bit usize), so a probe
+/// capped at `2 * lowest` (16 KB at 3 digits) gives the same verdict.
+fn check_layout(l: Layout) -> Result<(), MetricError> {
+    let probe_high = l.highest.min(l.lowest.saturating_mul(2));
+    Histogram::<u64>::new_with_bounds(l.lowest, probe_high, l.sigfig)
+        .map(drop)
+        .map_err(|e| MetricError::Layout(l, e))
+}
+
+/// An empty series of a layout `MetricSet::new` has checked.
+fn checked_series(layout: Layout) -> Series {
+    Series::new(layout).expect("MetricSet::new checked this layout")
 }
 
 impl MetricSet {
+    /// An empty set of these layouts, checked now; no histogram is made yet.
     pub fn new(layouts: Layouts) -> Result<Self, MetricError> {
-        let series = Metric::ALL
-            .iter()
-            .map(|m| Series::new(layouts.for_metric(*m)))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { series })
+        check_layout(layouts.latency)?;
+        check_layout(layouts.tokens)?;
+        Ok(Self {
+            layouts,
+            series: Metric::ALL.iter().map(|_| None).collect(),
+            unseen: Default::default(),
+        })
+    }
+
+    /// The series of `m` if it has a histogram (it may be empty after a reset).
+    fn seen(&self, m: Metric) -> Option<&Series> {
+        self.series[m.slot()].as_ref()
+    }
+
+    #[inline]
+    fn series_mut(&mut self, m: Metric) -> &mut Series {
+        let layout = self.layouts.for_metric(m);
+        self.series[m.slot()].get_or_insert_with(|| checked_series(layout))
     }
 
     #[inline]
     pub fn record(&mut self, m: Metric, v: u64) {
-        self.series[m.slot()].record(v);
+        self.series_mut(m).record(v);
     }
 
     #[inline]
     pub fn record_n(&mut self, m: Metric, v: u64, n: u64) {
-        self.series[m.slot()].record_n(v, n);
+        if n > 0 {
+            self.series_mut(m).record_n(v, n);
+        }
     }
 
     pub fn get(&self, m: Metric) -> &Series {
-        &self.series[m.slot()]
+        if let Some(s) = self.seen(m) {
+            return s;
+        }
+        let layout = self.layouts.for_metric(m);
+        let i = usize::from(layout != self.layouts.latency);
+        self.unseen[i].get_or_init(|| checked_series(layout))
     }
 
     pub fn add(&mut self, other: &MetricSet) -> Result<(), MetricError> {
         for m in Metric::ALL {
-            self.series[m.slot()].add(&other.series[m.slot()], m)?;
+            if let Some(s) = other.seen(m) {
+                self.add_series(m, s)?;
+            }
         }
         Ok(())
     }
 
+    /// Exact merge of one series; an unseen metric takes a copy (what adding
+    /// into an empty histogram gives), checked against the set's layout.
     pub fn add_series(&mut self, m: Metric, s: &Series) -> Result<(), MetricError> {
-        self.series[m.slot()].add(s, m)
+        if s.is_empty() {
+            return Ok(());
+        }
+        if let Some(mine) = &mut self.series[m.slot()] {
+            return mine.add(s, m);
+        }
+        self.check_fits(m, s)?;
+        self.series[m.slot()] = Some(s.clone());
+        Ok(())
     }
 
+    /// As `add_series`, moving a series into an unseen metric.
+    fn add_owned(&mut self, m: Metric, s: Series) -> Result<(), MetricError> {
+        if s.is_empty() || self.series[m.slot()].is_some() {
+            return self.add_series(m, &s);
+        }
+        self.check_fits(m, &s)?;
+        self.series[m.slot()] = Some(s);
+        Ok(())
+    }
+
+    fn check_fits(&self, m: Metric, s: &Series) -> Result<(), MetricError> {
+        let want = self.layouts.for_metric(m);
+        if s.layout() == want {
+            return Ok(());
+        }
+        Err(MetricError::LayoutMismatch {
+            metric: m.name().to_owned(),
+            got: s.layout(),
+            want,
+        })
+    }
+
+    /// Empties the set. Only series that hold samples are cleared (clearing
+    /// writes every counter); their histograms are kept for the next samples.
     pub fn reset(&mut self) {
-        self.series.iter_mut().for_each(Series::reset);
+        for s in self.series.iter_mut().flatten() {
+            if !s.is_empty() || !s.hist.is_empty() {
+                s.reset();
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.iter().all(Series::is_empty)
+        self.series.iter().flatten().all(Series::is_empty)
+    }
+
+    /// Metrics that hold a histogram now (each costs its full counts array).
+    pub fn allocated(&self) -> usize {
+        self.series.iter().flatten().count()
     }
 
     /// Encodes the non-empty metrics (empty histograms are omitted on the wire).
     pub fn encode(&self) -> Result<Vec<pb::MetricHistogram>, MetricError> {
         Metric::ALL
             .iter()
-            .filter(|m| !self.get(**m).is_empty())
-            .map(|m| self.get(*m).encode(*m))
+            .filter_map(|m| self.seen(*m).filter(|s| !s.is_empty()).map(|s| (m, s)))
+            .map(|(m, s)| s.encode(*m))
             .collect()
     }
 
@@ -435,16 +544,16 @@ impl MetricSet {
     pub fn decode(msgs: &[pb::MetricHistogram], layouts: Layouts) -> Result<Self, MetricError> {
         let mut set = MetricSet::new(layouts)?;
         for (m, s) in Self::decode_each(msgs, layouts)? {
-            set.add_series(m, &s)?;
+            set.add_owned(m, s)?;
         }
         Ok(set)
     }
 
     /// Decodes each wire histogram on its own, every one checked against
     /// the run's layouts before any is returned. The controller adds these
-    /// straight into its sums: a whole set per interval would allocate and
-    /// zero every metric's counts (~184 KB each at 1 µs–1 h) and copy the
-    /// decoded ones into it, a third of the merge's time at 200 agents.
+    /// straight into its sums: a set per interval would copy each decoded
+    /// histogram (~184 KB at 1 µs–1 h) into it, a third of the merge's time
+    /// at 200 agents.
     pub fn decode_each(
         msgs: &[pb::MetricHistogram],
         layouts: Layouts,
@@ -865,6 +974,134 @@ mod tests {
         );
         for q in [0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
             assert_eq!(merged.quantile(q), whole.quantile(q));
+        }
+    }
+
+    #[test]
+    fn a_set_makes_histograms_only_for_metrics_it_sees() {
+        let mut set = MetricSet::new(Layouts::default()).expect("layouts");
+        assert_eq!(set.allocated(), 0, "a new set holds no histogram");
+        assert!(set.get(Metric::Ttft).is_empty());
+        assert_eq!(set.allocated(), 0, "reading an unseen metric makes none");
+        set.record_n(Metric::Itl, 5, 0);
+        assert_eq!(set.allocated(), 0, "zero samples make none");
+        set.record(Metric::Ttft, 1_000);
+        set.record(Metric::OutputTokens, 7);
+        assert_eq!(set.allocated(), 2);
+        let mut sum = MetricSet::new(Layouts::default()).expect("layouts");
+        sum.add(&set).expect("same layouts");
+        sum.add(&MetricSet::new(Layouts::default()).expect("layouts"))
+            .expect("empty");
+        assert_eq!(sum.allocated(), 2);
+        set.reset();
+        assert!(set.is_empty());
+        assert_eq!(set.allocated(), 2, "kept for the next interval");
+        assert!(set.encode().expect("encode").is_empty());
+    }
+
+    #[test]
+    fn reset_then_record_equals_a_fresh_series() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut set = MetricSet::new(Layouts::default()).expect("layouts");
+        for _ in 0..1000 {
+            set.record(Metric::E2e, rng.random_range(1..3_600_000_000));
+        }
+        set.reset();
+        let e2e = set.get(Metric::E2e);
+        assert_eq!((e2e.count, e2e.sum, e2e.hist.len()), (0, 0, 0));
+        assert_eq!((e2e.exact_min(), e2e.quantile(0.5)), (None, None));
+        let mut fresh = Series::new(Layout::LATENCY_US).expect("layout");
+        for v in [3, 70_000, 70_001, 2_000_000] {
+            set.record(Metric::E2e, v);
+            fresh.record(v);
+        }
+        let e2e = set.get(Metric::E2e);
+        assert_eq!(e2e.hist, fresh.hist, "bucket-for-bucket equal");
+        assert_eq!(
+            (e2e.count, e2e.sum, e2e.min, e2e.max),
+            (fresh.count, fresh.sum, fresh.min, fresh.max)
+        );
+        let wire = set.encode().expect("encode");
+        assert_eq!(wire, vec![fresh.encode(Metric::E2e).expect("encode")]);
+    }
+
+    #[test]
+    fn unseen_metrics_show_the_sets_layouts() {
+        let layouts = Layouts {
+            latency: Layout {
+                lowest: 10,
+                highest: 60_000_000,
+                sigfig: 2,
+            },
+            tokens: Layout {
+                lowest: 1,
+                highest: 1_000,
+                sigfig: 3,
+            },
+        };
+        let set = MetricSet::new(layouts).expect("layouts");
+        assert_eq!(set.get(Metric::Ttft).layout(), layouts.latency);
+        assert_eq!(set.get(Metric::InputTokens).layout(), layouts.tokens);
+        let mut other = Series::new(Layout::LATENCY_US).expect("layout");
+        other.record(5);
+        let mut set = set;
+        let err = set.add_series(Metric::Ttft, &other).expect_err("layout");
+        assert!(matches!(err, MetricError::LayoutMismatch { .. }), "{err}");
+        assert_eq!(set.allocated(), 0, "nothing half-added");
+    }
+
+    #[test]
+    fn bad_layouts_are_refused_as_histograms_refuse_them() {
+        let bad = [
+            (0, 100, 3),
+            (10, 15, 3),
+            (1, 100, 6),
+            (1 << 60, u64::MAX, 5),
+        ];
+        for (lowest, highest, sigfig) in bad {
+            let l = Layout {
+                lowest,
+                highest,
+                sigfig,
+            };
+            assert!(Series::new(l).is_err(), "{l:?}");
+            let set = MetricSet::new(Layouts {
+                latency: l,
+                tokens: Layout::TOKENS,
+            });
+            assert!(
+                matches!(set, Err(MetricError::Layout(got, _)) if got == l),
+                "{l:?}"
+            );
+        }
+        let odd = Layout {
+            lowest: 1000,
+            highest: 2000,
+            sigfig: 5,
+        };
+        let mut set = MetricSet::new(Layouts {
+            latency: odd,
+            tokens: odd,
+        })
+        .expect("valid");
+        set.record(Metric::Ttft, 1500);
+        set.record(Metric::OutputTokens, 9_999);
+        assert_eq!(set.get(Metric::Ttft).layout(), odd);
+        assert_eq!(set.get(Metric::OutputTokens).max, 9_999);
+    }
+
+    #[test]
+    fn decode_restores_the_encoded_set() {
+        let mut set = MetricSet::new(Layouts::default()).expect("layouts");
+        set.record(Metric::Ttft, 50_000);
+        set.record_n(Metric::Itl, 20_000, 4);
+        set.record(Metric::InputTokens, 32);
+        let wire = set.encode().expect("encode");
+        let back = MetricSet::decode(&wire, Layouts::default()).expect("decode");
+        assert_eq!(back.allocated(), 3);
+        assert_eq!(back.encode().expect("encode"), wire);
+        for m in Metric::ALL {
+            assert_eq!(back.get(m).hist, set.get(m).hist, "{m}");
         }
     }
 
