@@ -80,7 +80,7 @@ enum Dest {
 }
 
 /// One open connection, ready for its next request.
-pub(crate) struct Conn {
+struct Conn {
     send: http1::SendRequest<Full<Bytes>>,
     stamps: Arc<Stamps>,
 }
@@ -222,7 +222,7 @@ impl DirectClient {
         Some(c)
     }
 
-    pub(crate) async fn connect(&self) -> Result<Conn, DirectError> {
+    async fn connect(&self) -> Result<Conn, DirectError> {
         let addrs = match &self.dest {
             Dest::Pinned(a) => a.clone(),
             Dest::Lookup { host, port } => tokio::net::lookup_host((host.as_str(), *port))
