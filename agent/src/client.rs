@@ -310,9 +310,9 @@ impl TargetClient {
         let resp = Box::pin(self.post(body, handoff, deadline, m)).await?;
         m.http_status = resp.status();
         m.kernel_arrivals = resp.kernel_stamped();
+        // Only a reused connection has one (a resend goes on a new one).
         if let Response::Direct(x) = &resp
             && let Some(sent) = x.sent
-            && m.connection_retries == 0
         {
             m.on_sent(sent);
         }
@@ -523,7 +523,8 @@ impl Response {
                     x.headers = HeaderMap::new();
                     x
                 },
-                deadline,
+                // One timer for the whole response, not one per piece.
+                expires: Box::pin(tokio::time::sleep_until(deadline.into())),
                 timeout,
             },
         }
@@ -540,7 +541,7 @@ enum Body {
     /// The direct client; reqwest's whole-request timeout is kept by hand.
     Direct {
         exchange: Exchange,
-        deadline: Instant,
+        expires: std::pin::Pin<Box<tokio::time::Sleep>>,
         timeout: Duration,
     },
 }
@@ -560,12 +561,16 @@ impl Body {
             }
             Body::Direct {
                 exchange,
-                deadline,
+                expires,
                 timeout,
-            } => match tokio::time::timeout_at((*deadline).into(), exchange.next()).await {
-                Err(_) => Some(Err(whole_request_timeout(*timeout, after))),
-                Ok(piece) => Some(piece?.map_err(|e| direct_error(e, after))),
-            },
+            } => {
+                let piece = tokio::select! {
+                    biased;
+                    piece = exchange.next() => piece,
+                    () = expires.as_mut() => return Some(Err(whole_request_timeout(*timeout, after))),
+                };
+                Some(piece?.map_err(|e| direct_error(e, after)))
+            }
         }
     }
 
@@ -702,6 +707,64 @@ fn direct_client_allowed() -> bool {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers with a stream's head and one event, then
+    /// stalls (the socket stays open) until the test ends.
+    async fn stalling_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let _ = sock.read(&mut buf).await;
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                                transfer-encoding: chunked\r\n\r\n";
+                    let event = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(chunk.as_bytes()).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// The direct client keeps reqwest's whole-request timeout by hand: a
+    /// stream that stalls after its first event fails as a timeout.
+    #[tokio::test]
+    async fn a_stream_that_stalls_past_the_whole_request_timeout_fails_as_a_timeout() {
+        let addr = stalling_server().await;
+        let target = super::pb::Target {
+            url: format!("http://{addr}/v1/chat/completions"),
+            api: super::pb::Api::OpenaiChat as i32,
+            stream: true,
+            timeout_ms: 300,
+            ..Default::default()
+        };
+        let c = super::TargetClient::new(&target, 1, None).expect("client");
+        let mut m = crate::measure::RequestMeasure::default();
+        let mut p = super::Parsers::default();
+        let started = std::time::Instant::now();
+        let e = c
+            .send(bytes::Bytes::from_static(b"{}"), &mut m, &mut p)
+            .await
+            .expect_err("the stream never ends");
+        let took = started.elapsed();
+        assert_eq!(e.class, super::ErrorClass::Timeout, "{e:?}");
+        assert!(e.message.contains("target.timeout"), "{e:?}");
+        assert!(m.response_bytes > 0, "the first event arrived");
+        assert!(
+            took >= std::time::Duration::from_millis(290)
+                && took < std::time::Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
     /// Every stream in flight holds one `send` future for its whole
     /// response: the sending and error states are boxed so it stays small
     /// (memory per stream is a goal; this catches a large state inlined).

@@ -21,7 +21,7 @@ use rand_distr::{Distribution, Exp1};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Parsers, PreparedPrompt};
-use crate::engine::{Request, Workload};
+use crate::engine::{Request, Workload, first_prompt};
 use crate::measure::{InputCount, RequestMeasure};
 
 /// Which turn of which conversation a request is.
@@ -178,11 +178,7 @@ impl Conversations {
         seed: u64,
         layouts: Layouts,
     ) -> Self {
-        let start = if prompts.is_empty() {
-            0
-        } else {
-            (seed % prompts.len() as u64) as usize
-        };
+        let start = first_prompt(seed, prompts.len());
         Self {
             prompts,
             params,

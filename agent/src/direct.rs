@@ -307,11 +307,13 @@ impl Exchange {
     /// hyper the bytes just taken (hyper reads no further while a frame
     /// waits to be taken).
     fn arrival(&self) -> Arrival {
-        let now = std::time::Instant::now();
         self.conn
             .as_ref()
             .and_then(|c| c.stamps.last_arrival())
-            .unwrap_or(Arrival { at: now, read: now })
+            .unwrap_or_else(|| {
+                let now = std::time::Instant::now();
+                Arrival { at: now, read: now }
+            })
     }
 }
 

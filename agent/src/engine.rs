@@ -127,11 +127,7 @@ impl Workload {
         seed: u64,
         max_requests: Option<u64>,
     ) -> Self {
-        let start = if prompts.is_empty() {
-            0
-        } else {
-            (seed % prompts.len() as u64) as usize
-        };
+        let start = first_prompt(seed, prompts.len());
         Self {
             client,
             prompts,
@@ -723,6 +719,16 @@ async fn open_loop(
     }
     // Requests in flight drain; a cut ends them (recorded as incomplete).
     while tasks.join_next().await.is_some() {}
+}
+
+/// Where a user's walk through the prompts starts: the seed picks it, so
+/// runs differ by seed and repeat with it.
+pub(crate) fn first_prompt(seed: u64, prompts: usize) -> usize {
+    if prompts == 0 {
+        0
+    } else {
+        (seed % prompts as u64) as usize
+    }
 }
 
 #[cfg(test)]

@@ -251,14 +251,19 @@ pub(super) fn tokens(
             *text = fit(tok, &count, &prefix, n, &pool, &mut rng)?;
         }
     }
-    Ok(texts
+    Ok(sized_items(texts, lens))
+}
+
+/// User items of the given texts, each with its drawn length.
+fn sized_items(texts: Vec<String>, lens: Vec<usize>) -> Vec<Item> {
+    texts
         .into_iter()
         .zip(lens)
         .map(|(text, n)| Item {
             length: Some(n),
             ..Item::user(text)
         })
-        .collect())
+        .collect()
 }
 
 /// Multi-turn: user turns of exactly their drawn length as raw text (each
@@ -271,14 +276,7 @@ pub(super) fn turn_items(
     let pool = tok.word_pool(d.seed)?;
     let raw = |t: &str| tok.count(t);
     let texts = fit_all(tok, &raw, "", &lens, &pool, d.seed)?;
-    Ok(texts
-        .into_iter()
-        .zip(lens)
-        .map(|(text, n)| Item {
-            length: Some(n),
-            ..Item::user(text)
-        })
-        .collect())
+    Ok(sized_items(texts, lens))
 }
 
 #[cfg(test)]
