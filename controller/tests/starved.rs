@@ -1,12 +1,17 @@
 //! A starved agent still times what the server did (issue 11): the agent,
 //! the controller and a busy-looping CPU hog share one core, the simulator
-//! has another to itself. Timed by the kernel's receive timestamps,
-//! `chunk_gap` stays within 1 ms at p10/p50/p99 and TTFT at p50 of the
-//! simulator's injected values (plus the simulator's own lateness), while
-//! the agent's reads trail the arrivals by milliseconds: what read-time
-//! figures (the way barrage timed before, and TLS targets still are) would
-//! have added. TTFT's p95 and p99 are printed, not asserted: on this
-//! loopback setup a few requests now and then run 3–5 ms over.
+//! has another to itself. Timed by the kernel's receive timestamps, TTFT
+//! and `chunk_gap` stay within 1 ms at p50/p95/p99 (plus the simulator's
+//! own lateness) of the simulator's injected values, while the agent's
+//! reads trail the arrivals by milliseconds. The same run repeated with
+//! read times (`BARRAGE_DIRECT_CLIENT=off`, the way barrage timed before
+//! and TLS targets still are) shows the drift the kernel's times remove.
+//!
+//! The users are started apart (`spawn_rate`) so that their requests never
+//! reach the single-threaded simulator together: eight at once queue
+//! behind each other there for ~0.3 ms each (a debug build), which a
+//! client rightly measures as TTFT but which is the server's, not the
+//! client's, error.
 //!
 //! Linux only, with at least 2 cores (it says so and returns otherwise).
 
@@ -26,9 +31,7 @@ mod linux {
 
     const TTFT_MS: f64 = 60.0;
     const ITL_MS: f64 = 25.0;
-    /// Busy loops sharing the agent's core (with 3, the TTFT tail grows:
-    /// on loopback the server's receive processing of each request runs
-    /// on the sender's starved core).
+    /// Busy loops sharing the agent's core.
     const HOGS: usize = 1;
     /// Every thread of this test stops by itself after this.
     const LIMIT: Duration = Duration::from_secs(60);
@@ -103,13 +106,15 @@ mod linux {
             api = "openai-chat"
             stream = true
             [request]
-            max_tokens = 12
+            max_tokens = 4
             [dataset]
             kind = "random"
             input_words = 16
             prompts = 16
             [load]
             users = 8
+            # one user every 17 ms: 8 users spread over one request (135 ms)
+            spawn_rate = 59
             warmup = "1s"
             duration = "5s"
             drain = "5s"
@@ -161,22 +166,106 @@ mod linux {
         s.metrics[metric].percentiles[p]
     }
 
+    /// Set in the child process that repeats the run timed by read times.
+    const READ_TIMES_CHILD: &str = "BARRAGE_STARVED_READ_TIMES";
+    const TEST_NAME: &str =
+        "linux::kernel_timestamps_keep_ttft_and_itl_exact_when_the_agent_is_starved";
+    /// The line the child prints its figures on.
+    const READ_TIMES_LINE: &str = "read-time figures:";
+
+    /// One starved run: the summary and the simulator's own statistics.
+    fn starved_run() -> (Summary, SimStats) {
+        let (sim, sim_stop, sim_thread) = sim_on(0);
+        pin(1);
+        let s = run_starved(sim);
+        sim_stop.store(true, Ordering::Relaxed);
+        (s, sim_thread.join().expect("sim thread"))
+    }
+
+    const FIGURES: [&str; 6] = [
+        "ttft p50",
+        "ttft p95",
+        "ttft p99",
+        "chunk_gap p10",
+        "chunk_gap p50",
+        "chunk_gap p99",
+    ];
+
+    /// [`FIGURES`] of a run, in ms.
+    fn figures(s: &Summary) -> [f64; 6] {
+        [
+            pct(s, "ttft", "p50"),
+            pct(s, "ttft", "p95"),
+            pct(s, "ttft", "p99"),
+            pct(s, "chunk_gap", "p10"),
+            pct(s, "chunk_gap", "p50"),
+            pct(s, "chunk_gap", "p99"),
+        ]
+    }
+
+    fn show(f: &[f64; 6]) -> String {
+        format!(
+            "ttft p50 {:.2} / p95 {:.2} / p99 {:.2} ms (injected {TTFT_MS}); \
+             chunk_gap p10 {:.2} / p50 {:.2} / p99 {:.2} ms (injected {ITL_MS})",
+            f[0], f[1], f[2], f[3], f[4], f[5]
+        )
+    }
+
+    /// The same run again in a child process whose agent times by read
+    /// times (`BARRAGE_DIRECT_CLIENT=off`, read once per run from the
+    /// environment, which this process cannot safely change): its figures
+    /// and its count of kernel-timed requests.
+    fn read_time_figures() -> ([f64; 6], u64) {
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
+            .env("BARRAGE_DIRECT_CLIENT", "off")
+            .env(READ_TIMES_CHILD, "1")
+            .output()
+            .expect("run the read-time child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once(READ_TIMES_LINE).map(|(_, figures)| figures))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the read-time child printed no figures: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .map(|x| x.parse().expect("a figure"))
+            .collect();
+        assert_eq!(v.len(), 7, "{line}");
+        ([v[0], v[1], v[2], v[3], v[4], v[5]], v[6] as u64)
+    }
+
     #[test]
     fn kernel_timestamps_keep_ttft_and_itl_exact_when_the_agent_is_starved() {
+        // The child inherits the parent's pinning to one core: it does not
+        // count cores, it pins its threads as the parent does.
+        if std::env::var_os(READ_TIMES_CHILD).is_some() {
+            let (s, _) = starved_run();
+            let f = figures(&s);
+            // On its own line: the harness prints the test's name before it.
+            println!(
+                "\n{READ_TIMES_LINE} {} {} {} {} {} {} {}",
+                f[0], f[1], f[2], f[3], f[4], f[5], s.accuracy.arrivals.kernel_requests
+            );
+            return;
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cores < 2 {
             eprintln!("skipped: needs 2 cores to starve the agent but not the simulator");
             return;
         }
-        let (sim, sim_stop, sim_thread) = sim_on(0);
-        pin(1);
-        let s = run_starved(sim);
-        sim_stop.store(true, Ordering::Relaxed);
-        let stats = sim_thread.join().expect("sim thread");
+        let (s, stats) = starved_run();
         // The simulator's own lateness is the server's, not the client's
-        // error: the bound allows for it (tiny on an otherwise idle core).
-        let server_late_ms = stats.emit_late_p99_us as f64 / 1000.0;
-        let bound = 1.0 + server_late_ms;
+        // error: the bounds allow for it (tiny on an otherwise idle core),
+        // its first chunks' for TTFT, all chunks' for the gaps.
+        let first_late_ms = stats.first_late_p99_us as f64 / 1000.0;
+        let emit_late_ms = stats.emit_late_p99_us as f64 / 1000.0;
 
         assert!(s.requests_ok >= 40, "{} requests ok", s.requests_ok);
         assert_eq!(s.requests_failed, 0);
@@ -184,8 +273,8 @@ mod linux {
         assert_eq!(a.read_requests, 0, "{a:?}");
         assert!(a.kernel_requests >= s.requests_ok, "{a:?}");
 
-        // What read times would have added: the agent read its chunks
-        // milliseconds after they arrived.
+        // The agent was starved: it read its chunks milliseconds after
+        // they arrived.
         let lag_p99 = pct(&s, "read_lag", "p99");
         let lag_max = s.metrics["read_lag"].max.unwrap_or(0.0);
         assert!(
@@ -193,35 +282,50 @@ mod linux {
             "the hogs did not starve the agent: read lag p99 {lag_p99} ms, max {lag_max} ms"
         );
 
-        // What the kernel's timestamps measured: the injected values.
-        let ttft_p50 = pct(&s, "ttft", "p50");
-        let ttft_p95 = pct(&s, "ttft", "p95");
-        let ttft_p99 = pct(&s, "ttft", "p99");
-        let gap_p50 = pct(&s, "chunk_gap", "p50");
-        let gap_p99 = pct(&s, "chunk_gap", "p99");
-        let gap_p10 = pct(&s, "chunk_gap", "p10");
+        let kernel = figures(&s);
+        let (read, read_kernel_requests) = read_time_figures();
         eprintln!(
-            "starved agent: read lag p99 {lag_p99:.2} / max {lag_max:.2} ms; \
-             ttft p50 {ttft_p50:.2} / p95 {ttft_p95:.2} / p99 {ttft_p99:.2} ms (injected {TTFT_MS}); \
-             chunk_gap p10 {gap_p10:.2} / p50 {gap_p50:.2} / p99 {gap_p99:.2} ms (injected {ITL_MS}); \
-             simulator emit lateness p50 {} / p99 {} / max {} µs",
-            stats.emit_late_p50_us, stats.emit_late_p99_us, stats.emit_late_max_us
+            "starved agent, read lag p99 {lag_p99:.2} / max {lag_max:.2} ms\n  \
+             kernel timestamps: {}\n  read times:        {}\n  \
+             simulator lateness p50 / p99 / max: first chunks {} / {} / {} µs, \
+             all chunks {} / {} / {} µs",
+            show(&kernel),
+            show(&read),
+            stats.first_late_p50_us,
+            stats.first_late_p99_us,
+            stats.first_late_max_us,
+            stats.emit_late_p50_us,
+            stats.emit_late_p99_us,
+            stats.emit_late_max_us
         );
-        for (what, v, want) in [
-            ("ttft p50", ttft_p50, TTFT_MS),
-            ("chunk_gap p10", gap_p10, ITL_MS),
-            ("chunk_gap p50", gap_p50, ITL_MS),
-            ("chunk_gap p99", gap_p99, ITL_MS),
-        ] {
+        // What the kernel's timestamps measured: the injected values. TTFT
+        // also holds the simulator's fixed handling before its clock starts
+        // (hyper's parse and the wake-up; ~0.4 ms in a debug build, starved
+        // or not), which its median carries: the median is held within
+        // 1 ms of the injected value, the tail within 1 ms of the median.
+        let ttft_p50 = kernel[0];
+        for (i, what) in FIGURES.iter().enumerate() {
+            let (want, server_late_ms) = match i {
+                0 => (TTFT_MS, first_late_ms),
+                1 | 2 => (ttft_p50, first_late_ms),
+                _ => (ITL_MS, emit_late_ms),
+            };
+            let v = kernel[i];
             assert!(
-                (v - want).abs() <= bound,
+                (v - want).abs() <= 1.0 + server_late_ms,
                 "{what} {v:.3} ms is not within 1 ms (+ the simulator's own lateness \
-                 {server_late_ms:.3} ms) of the injected {want} ms (read lag p99 {lag_p99:.2} ms)"
+                 {server_late_ms:.3} ms) of {want:.3} ms (read lag p99 {lag_p99:.2} ms)"
             );
         }
-        // TTFT's tail is not asserted: in some runs ~5 % of requests ran
-        // 3-5 ms over on this loopback setup (see the note on HOGS); it is
-        // printed above.
+        // What read times measured of the same setup: the agent's lag
+        // lands in the gaps' tail.
+        assert_eq!(read_kernel_requests, 0, "the child was not read-timed");
+        assert!(
+            read[5] > kernel[5] + 1.0,
+            "read-time chunk_gap p99 {:.2} ms did not drift from the kernel's {:.2} ms",
+            read[5],
+            kernel[5]
+        );
     }
 }
 

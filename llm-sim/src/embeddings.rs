@@ -6,15 +6,16 @@
 use std::sync::Arc;
 
 use crate::precise::sleep_until;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::Instant;
 
 use crate::engine::{Shared, after};
+use crate::server::Arrived;
 use crate::stats::InFlight;
 
 #[derive(Deserialize)]
@@ -30,9 +31,12 @@ struct Request {
     model: Option<String>,
 }
 
-pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+pub(crate) async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    Extension(Arrived(t0)): Extension<Arrived>,
+    body: Bytes,
+) -> Response {
     let _in_flight = InFlight::begin(Arc::clone(&shared.counters));
-    let t0 = Instant::now();
     let req: Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

@@ -39,7 +39,9 @@
 //! so nothing is ever early; tokio's timer wheel has a 1 ms tick, so a write
 //! is typically 0–2 ms late (more on a CPU-starved machine), and that
 //! lateness never accumulates along a stream.
-//! * `t0` is when the request body has been parsed. A `role_chunk` (chat: a
+//! * `t0` is when the request's head reached the simulator, before its
+//!   body is read and parsed (the simulator's handling is inside the
+//!   injected times, not added to them). A `role_chunk` (chat: a
 //!   role-only delta; other APIs: an empty-text chunk) is written at once.
 //! * The request then waits FIFO for one of `max_batch` slots (0 = no limit).
 //! * The first token-bearing chunk is due at slot + `ttft` +

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::engine::{Call, Piece, Shared, Summary, Usage, Wire, respond, write_json};
 use crate::plan::{Ask, Kind, nanos, token_text};
+use crate::server::Arrived;
 use crate::stats::InFlight;
 use barrage_common::chat_template::ChatMessage;
 
@@ -52,16 +54,24 @@ enum Api {
 }
 
 /// `POST /api/generate`.
-pub(crate) async fn generate(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    handle(shared, body, Api::Generate).await
+pub(crate) async fn generate(
+    State(shared): State<Arc<Shared>>,
+    Extension(Arrived(t0)): Extension<Arrived>,
+    body: Bytes,
+) -> Response {
+    handle(shared, t0, body, Api::Generate).await
 }
 
 /// `POST /api/chat`.
-pub(crate) async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    handle(shared, body, Api::Chat).await
+pub(crate) async fn chat(
+    State(shared): State<Arc<Shared>>,
+    Extension(Arrived(t0)): Extension<Arrived>,
+    body: Bytes,
+) -> Response {
+    handle(shared, t0, body, Api::Chat).await
 }
 
-async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
+async fn handle(shared: Arc<Shared>, t0: Instant, body: Bytes, api: Api) -> Response {
     let in_flight = InFlight::begin(Arc::clone(&shared.counters));
     let req: Request = match serde_json::from_slice(&body) {
         Ok(req) => req,
@@ -70,7 +80,6 @@ async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
             return Ollama::error(StatusCode::BAD_REQUEST, &message);
         }
     };
-    let t0 = Instant::now();
     fn text(t: &Option<String>) -> &str {
         t.as_deref().unwrap_or_default()
     }

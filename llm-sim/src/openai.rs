@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
@@ -17,6 +18,7 @@ use crate::engine::{
     Call, Counted, Piece, Shared, Summary, Usage, Wire, respond, unix_now, write_json,
 };
 use crate::plan::{Ask, Kind, token_text};
+use crate::server::Arrived;
 use crate::stats::InFlight;
 use barrage_common::chat_template::ChatMessage;
 
@@ -74,22 +76,29 @@ enum Api {
 }
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    handle(shared, body, Api::Chat).await
+pub(crate) async fn chat(
+    State(shared): State<Arc<Shared>>,
+    Extension(Arrived(t0)): Extension<Arrived>,
+    body: Bytes,
+) -> Response {
+    handle(shared, t0, body, Api::Chat).await
 }
 
 /// `POST /v1/completions`.
-pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    handle(shared, body, Api::Completions).await
+pub(crate) async fn completions(
+    State(shared): State<Arc<Shared>>,
+    Extension(Arrived(t0)): Extension<Arrived>,
+    body: Bytes,
+) -> Response {
+    handle(shared, t0, body, Api::Completions).await
 }
 
-async fn handle(shared: Arc<Shared>, body: Bytes, api: Api) -> Response {
+async fn handle(shared: Arc<Shared>, t0: Instant, body: Bytes, api: Api) -> Response {
     let in_flight = InFlight::begin(Arc::clone(&shared.counters));
     let req: Request = match serde_json::from_slice(&body) {
         Ok(req) => req,
         Err(e) => return bad_request(&format!("invalid request body: {e}")),
     };
-    let t0 = Instant::now();
     let prompt = match count(&shared, api, &req) {
         Ok(prompt) => prompt,
         Err(e) => return bad_request(&e),

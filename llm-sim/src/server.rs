@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
-use axum::response::Json;
+use axum::middleware::{self, Next};
+use axum::response::{Json, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -117,7 +118,22 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/reset", post(reset))
         // Long-context prompts are large; this is a test server.
         .layer(DefaultBodyLimit::max(64 << 20))
+        .layer(middleware::from_fn(stamp_arrival))
         .with_state(shared)
+}
+
+/// When a request's head reached the simulator: `t0`, where its timing
+/// starts. Taken before the body is read and parsed, so that the
+/// simulator's own handling (slow in a debug build, and queued when many
+/// requests come at once) is inside the injected TTFT, not added to it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Arrived(pub tokio::time::Instant);
+
+async fn stamp_arrival(mut request: Request, next: Next) -> Response {
+    request
+        .extensions_mut()
+        .insert(Arrived(tokio::time::Instant::now()));
+    next.run(request).await
 }
 
 async fn models(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {

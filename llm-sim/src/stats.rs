@@ -51,6 +51,15 @@ pub struct SimStats {
     pub emit_late_p99_us: u64,
     #[serde(default)]
     pub emit_late_max_us: u64,
+    /// The same for first chunks only (actual − intended TTFT, timed from
+    /// when the simulator had parsed the request): its share of a client's
+    /// TTFT error. p50, p99 and max, in µs.
+    #[serde(default)]
+    pub first_late_p50_us: u64,
+    #[serde(default)]
+    pub first_late_p99_us: u64,
+    #[serde(default)]
+    pub first_late_max_us: u64,
     /// Requests looked up in the prefix cache (all admitted generation
     /// requests while it is enabled).
     #[serde(default)]
@@ -159,6 +168,7 @@ pub(crate) struct Counters {
     pub prefix_cache_hit_tokens: AtomicU64,
     pub prefix_cache_evicted_blocks: AtomicU64,
     pub lateness: Lateness,
+    pub first_lateness: Lateness,
 }
 
 /// Increments a counter by one.
@@ -172,6 +182,11 @@ impl Counters {
         let mut s = self.collect(|c| c.load(Relaxed));
         (s.emit_late_p50_us, s.emit_late_p99_us, s.emit_late_max_us) =
             self.lateness.quantiles(false);
+        (
+            s.first_late_p50_us,
+            s.first_late_p99_us,
+            s.first_late_max_us,
+        ) = self.first_lateness.quantiles(false);
         s
     }
 
@@ -180,6 +195,7 @@ impl Counters {
     pub fn reset(&self) -> SimStats {
         let in_flight = self.in_flight.load(Relaxed);
         let late = self.lateness.quantiles(true);
+        let first_late = self.first_lateness.quantiles(true);
         let mut s = self.collect(|c| {
             if std::ptr::eq(c, &self.in_flight) {
                 in_flight
@@ -190,6 +206,11 @@ impl Counters {
             }
         });
         (s.emit_late_p50_us, s.emit_late_p99_us, s.emit_late_max_us) = late;
+        (
+            s.first_late_p50_us,
+            s.first_late_p99_us,
+            s.first_late_max_us,
+        ) = first_late;
         s
     }
 
@@ -274,6 +295,20 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_chunk_lateness_is_kept_apart_from_all_chunks() {
+        let counters = Counters::default();
+        counters.lateness.record(Duration::from_micros(120));
+        counters.lateness.record(Duration::from_micros(3000));
+        counters.first_lateness.record(Duration::from_micros(3000));
+        let s = counters.snapshot();
+        assert_eq!((s.emit_late_p50_us, s.emit_late_max_us), (150, 3000));
+        assert_eq!((s.first_late_p50_us, s.first_late_max_us), (3000, 3000));
+        let taken = counters.reset();
+        assert_eq!(taken.first_late_max_us, 3000);
+        assert_eq!(counters.snapshot().first_late_max_us, 0);
+    }
 
     #[test]
     fn reset_keeps_the_gauge_and_returns_the_old_values() {

@@ -106,9 +106,11 @@ async fn wait(st: &mut State<impl Wire>, i: u32) -> bool {
         sleep_until(st.deadline).await;
     }
     let counters = &st.job.shared.counters;
-    counters
-        .lateness
-        .record(Instant::now().saturating_duration_since(st.deadline));
+    let late = Instant::now().saturating_duration_since(st.deadline);
+    counters.lateness.record(late);
+    if i == 0 {
+        counters.first_lateness.record(late);
+    }
     if stall {
         bump(&counters.stalled);
     }
