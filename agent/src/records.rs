@@ -7,7 +7,7 @@
 //! the engine allocates nothing per request for them.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use barrage_common::error_detail::{MAX_MESSAGE_BYTES, RequestError, truncate};
@@ -27,6 +27,12 @@ pub const FLUSH_BYTES: usize = 1 << 20;
 /// capped at 16 MiB): longer text is cut on a character boundary, with `…`.
 pub const MAX_TEXT_BYTES: usize = 1 << 20;
 
+/// `Records::waiting` holds bytes below this bit and the count above it:
+/// 2^40 bytes (1 TiB) and 2^24 records waiting are far beyond what a
+/// session leaves in the shards between two flushes.
+const COUNT_SHIFT: u32 = 40;
+const BYTES_MASK: u64 = (1 << COUNT_SHIFT) - 1;
+
 /// One step's record keeping on this agent.
 #[derive(Debug)]
 pub struct Records {
@@ -35,10 +41,11 @@ pub struct Records {
     next_seq: AtomicU64,
     /// The agreed start: every offset is from it.
     origin: OnceLock<Instant>,
-    /// Records in the shards, not yet taken by the session, and their
-    /// encoded bytes: the session is woken when either passes its limit.
-    waiting: AtomicUsize,
-    waiting_bytes: AtomicUsize,
+    /// Records in the shards, not yet taken by the session (high bits, from
+    /// `COUNT_SHIFT`), and their encoded bytes (low bits): the session is
+    /// woken when either passes its limit. One word, so a record costs the
+    /// load threads one shared atomic add, not two.
+    waiting: AtomicU64,
     full: Notify,
     /// The prompts' text, only when some text is saved.
     prompt_texts: Vec<String>,
@@ -90,8 +97,7 @@ impl Records {
             save_text: opts.save_text,
             next_seq: AtomicU64::new(0),
             origin: OnceLock::new(),
-            waiting: AtomicUsize::new(0),
-            waiting_bytes: AtomicUsize::new(0),
+            waiting: AtomicU64::new(0),
             full: Notify::new(),
             prompt_texts,
         })
@@ -159,22 +165,26 @@ impl Records {
 
     /// One record was put in a shard: wakes the session when enough wait.
     pub fn added(&self, bytes: usize) {
-        let n = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
-        let b = self.waiting_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if n == FLUSH_RECORDS || (b < FLUSH_BYTES && b + bytes >= FLUSH_BYTES) {
+        let bytes = (bytes as u64).min(BYTES_MASK);
+        let prev = self
+            .waiting
+            .fetch_add((1 << COUNT_SHIFT) | bytes, Ordering::Relaxed);
+        let (n, b) = ((prev >> COUNT_SHIFT) + 1, prev & BYTES_MASK);
+        let limit = FLUSH_BYTES as u64;
+        if n == FLUSH_RECORDS as u64 || (b < limit && b + bytes >= limit) {
             self.full.notify_one();
         }
     }
 
     /// The session took `n` records of `bytes` out of the shards.
     fn taken(&self, n: usize, bytes: usize) {
-        let sub = |a: &AtomicUsize, k: usize| {
-            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(k))
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                let count = (v >> COUNT_SHIFT).saturating_sub(n as u64);
+                let b = (v & BYTES_MASK).saturating_sub(bytes as u64);
+                Some((count << COUNT_SHIFT) | b)
             });
-        };
-        sub(&self.waiting, n);
-        sub(&self.waiting_bytes, bytes);
     }
 
     /// Resolves when enough records wait for an early batch.
@@ -315,5 +325,23 @@ mod tests {
             r.added(10);
         }
         assert!(r.full().now_or_never().is_none(), "once per crossing");
+    }
+
+    #[test]
+    fn the_session_is_woken_by_bytes_and_counts_restart_after_a_take() {
+        use futures::FutureExt;
+        let r = records(0);
+        r.added(FLUSH_BYTES / 2);
+        assert!(r.full().now_or_never().is_none(), "half the bytes");
+        r.added(FLUSH_BYTES / 2);
+        assert!(r.full().now_or_never().is_some(), "woken at the byte limit");
+        // The session takes both: the next crossing wakes it again.
+        r.taken(2, FLUSH_BYTES);
+        for _ in 0..FLUSH_RECORDS - 1 {
+            r.added(1);
+        }
+        assert!(r.full().now_or_never().is_none(), "count restarted at 0");
+        r.added(1);
+        assert!(r.full().now_or_never().is_some(), "woken at 512 again");
     }
 }

@@ -3,7 +3,7 @@
 //! A run (or a sweep of steps) emits `RunEvent`s in order; every output —
 //! the console, the results folder, the SQLite store, the HTML report, the
 //! service's live view — is a `Consumer` on its own thread that sees every
-//! event. Adding an output means adding a consumer; the run loop does not
+//! event (the per-request records only if it asks for them). Adding an output means adding a consumer; the run loop does not
 //! change. A slow or failing consumer never blocks the run: each has its own
 //! queue, and an error is kept and reported when the outputs close.
 
@@ -154,13 +154,20 @@ impl OutputError {
     }
 }
 
-/// One output of a run. Runs on its own thread; sees every event in order.
+/// One output of a run. Runs on its own thread; sees every event in order
+/// (`Requests` only when `wants_requests`).
 pub trait Consumer: Send {
     /// Short name for messages ("results folder", "sqlite", ...).
     fn name(&self) -> &'static str;
     /// Handles one event. An error stops this consumer only (it is reported
     /// when the outputs close); the run goes on.
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError>;
+    /// Whether this output takes the per-request records (`Requests`):
+    /// they come ~100 times a second, so the outputs that ignore them are
+    /// not woken for them.
+    fn wants_requests(&self) -> bool {
+        false
+    }
     /// After the last event: flush and return the files written.
     fn finish(&mut self) -> Result<Vec<PathBuf>, OutputError> {
         Ok(Vec::new())
@@ -170,7 +177,8 @@ pub trait Consumer: Send {
 /// The emitting end, cloned into every part of the run that produces events.
 #[derive(Clone, Default)]
 pub struct Events {
-    txs: Vec<mpsc::Sender<Arc<RunEvent>>>,
+    /// Each consumer's queue, and whether it takes `Requests`.
+    txs: Vec<(mpsc::Sender<Arc<RunEvent>>, bool)>,
 }
 
 impl Events {
@@ -183,8 +191,12 @@ impl Events {
         if self.txs.is_empty() {
             return;
         }
+        let requests = matches!(ev, RunEvent::Requests(_));
         let ev = Arc::new(ev);
-        for tx in &self.txs {
+        for (tx, wants_requests) in &self.txs {
+            if requests && !wants_requests {
+                continue;
+            }
             // A consumer that ended (after an error) no longer receives.
             let _ = tx.send(Arc::clone(&ev));
         }
@@ -213,12 +225,13 @@ impl Outputs {
         for c in consumers {
             let (tx, rx) = mpsc::channel::<Arc<RunEvent>>();
             let name = c.name();
+            let wants_requests = c.wants_requests();
             let spawned = std::thread::Builder::new()
                 .name(format!("output {name}"))
                 .spawn(move || consume(c, rx));
             match spawned {
                 Ok(h) => {
-                    txs.push(tx);
+                    txs.push((tx, wants_requests));
                     threads.push((name, h));
                 }
                 Err(e) => tracing::error!(output = name, error = %e, "cannot start output thread"),
@@ -328,5 +341,57 @@ mod tests {
                 .as_ref()
                 .is_some_and(|e| e.to_string().contains("disk full"))
         );
+    }
+
+    struct Kinds(Arc<Mutex<Vec<&'static str>>>, bool);
+
+    impl Consumer for Kinds {
+        fn name(&self) -> &'static str {
+            "kinds"
+        }
+        fn wants_requests(&self) -> bool {
+            self.1
+        }
+        fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
+            let kind = match ev {
+                RunEvent::Requests(_) => "requests",
+                RunEvent::Message(_) => "message",
+                _ => "other",
+            };
+            self.0
+                .lock()
+                .map_err(|_| OutputError::Other("poisoned".into()))?
+                .push(kind);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn requests_reach_only_the_consumers_that_want_them() {
+        let wants = Arc::new(Mutex::new(Vec::new()));
+        let ignores = Arc::new(Mutex::new(Vec::new()));
+        let outputs = Outputs::start(vec![
+            Box::new(Kinds(wants.clone(), true)),
+            Box::new(Kinds(ignores.clone(), false)),
+        ]);
+        let events = outputs.events();
+        let requests = || {
+            RunEvent::Requests(RequestsEvent {
+                step: 0,
+                agent: 0,
+                records: vec![pb::RequestRecord::default()],
+            })
+        };
+        events.emit(requests());
+        events.emit(RunEvent::Message("m".into()));
+        events.emit(requests());
+        events.emit(end());
+        drop(events);
+        outputs.close();
+        assert_eq!(
+            *wants.lock().expect("lock"),
+            ["requests", "message", "requests", "other"]
+        );
+        assert_eq!(*ignores.lock().expect("lock"), ["message", "other"]);
     }
 }

@@ -197,3 +197,193 @@ fn a_plan_that_fails_before_its_first_step_leaves_no_folder() {
     );
     assert!(!dir.exists(), "nothing created");
 }
+
+/// The row-by-row insert the batched one replaced: the reference it must
+/// equal row for row.
+fn reference_insert(conn: &Connection, row: &RequestRow<'_>) -> Result<(), rusqlite::Error> {
+    let r = row.r;
+    let mut st = conn.prepare_cached(
+        "INSERT INTO requests VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
+    )?;
+    st.execute(params![
+        row.step,
+        row.agent as i64,
+        int(r.seq),
+        r.user,
+        int(r.prompt_index),
+        opt_u64(r.intended_offset_us),
+        int(r.start_offset_us),
+        opt_u64(r.ttft_us),
+        opt_u64(r.ttfo_us),
+        opt_u64(r.e2e_us),
+        row.tpot_us,
+        row.gap_mean_us,
+        opt_u64(row.gap_p50_us),
+        opt_u64(row.gap_max_us),
+        int(row.chunks),
+        rows::gaps_blob(&r.chunk_gaps_us),
+        int(r.input_tokens),
+        int(r.output_tokens),
+        row.input_source(),
+        row.output_source(),
+        row.outcome(),
+        r.error_class,
+        r.http_status,
+        r.error,
+        r.warmup,
+        r.prompt,
+        r.response,
+        int(r.conversation),
+        r.turn,
+    ])?;
+    Ok(())
+}
+
+fn random_records(rng: &mut rand::rngs::StdRng, n: usize, seq0: u64) -> Vec<pb::RequestRecord> {
+    use rand::Rng;
+    (0..n as u64)
+        .map(|i| pb::RequestRecord {
+            seq: seq0 + i,
+            user: rng.random_range(0..64),
+            prompt_index: rng.random_range(0..100),
+            intended_offset_us: rng.random_bool(0.5).then(|| rng.random_range(0..1 << 40)),
+            start_offset_us: rng.random(),
+            ttft_us: rng.random_bool(0.8).then(|| rng.random_range(0..1 << 30)),
+            ttfo_us: rng.random_bool(0.3).then(|| rng.random_range(0..1 << 30)),
+            e2e_us: rng.random_bool(0.9).then(|| rng.random_range(0..1 << 30)),
+            chunk_gaps_us: (0..rng.random_range(0..4))
+                .map(|_| rng.random_range(0..1 << 33))
+                .collect(),
+            input_tokens: rng.random_range(0..4000),
+            output_tokens: rng.random_range(0..4),
+            input_source: rng.random_range(0..5),
+            output_source: rng.random_range(0..5),
+            outcome: rng.random_range(0..4),
+            error_class: if rng.random_bool(0.2) {
+                "timeout".into()
+            } else {
+                String::new()
+            },
+            http_status: rng.random_range(0..600),
+            error: if rng.random_bool(0.2) {
+                "a, \"b\"\nc".into()
+            } else {
+                String::new()
+            },
+            warmup: rng.random(),
+            prompt: rng.random_bool(0.3).then(|| "hello, world".into()),
+            response: rng.random_bool(0.3).then(|| "ünïcode".into()),
+            conversation: rng.random_range(0..3),
+            turn: rng.random_range(0..3),
+        })
+        .collect()
+}
+
+fn all_requests(conn: &Connection) -> Vec<Vec<rusqlite::types::Value>> {
+    let mut st = conn
+        .prepare("SELECT * FROM requests ORDER BY rowid")
+        .expect("select");
+    let cols = st.column_count();
+    st.query_map([], |r| (0..cols).map(|i| r.get(i)).collect())
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+fn empty_store(dir: &Path) -> Connection {
+    let c = Connection::open(dir.join(FILE)).expect("create");
+    c.execute_batch(schema::DDL).expect("ddl");
+    c
+}
+
+/// Batches of every size around the multi-row statement's (none, one,
+/// whole groups, groups and a remainder) give the same rows, in the same
+/// order, as inserting each record on its own.
+#[test]
+fn batched_inserts_equal_row_by_row_inserts() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let (a, b) = (scratch("store-batched"), scratch("store-rows"));
+    let (batched, reference) = (empty_store(&a), empty_store(&b));
+    let sizes = [
+        0,
+        1,
+        ROWS_PER_INSERT - 1,
+        ROWS_PER_INSERT,
+        ROWS_PER_INSERT + 1,
+        3 * ROWS_PER_INSERT + 11,
+        512,
+    ];
+    let mut seq = 0;
+    for (k, n) in sizes.into_iter().enumerate() {
+        let ev = RequestsEvent {
+            step: k as u32 % 2,
+            agent: k % 3,
+            records: random_records(&mut rng, n, seq),
+        };
+        seq += n as u64;
+        insert_requests(&batched, &ev).expect("batched");
+        for r in &ev.records {
+            reference_insert(&reference, &RequestRow::new(ev.step, ev.agent, r)).expect("row");
+        }
+    }
+    let (got, want) = (all_requests(&batched), all_requests(&reference));
+    assert_eq!(got.len() as u64, seq, "every row written");
+    assert_eq!(got, want);
+}
+
+/// A run that dies half-way (the store is never finished nor closed, as
+/// under SIGKILL) leaves every row committed so far readable, and a batch
+/// whose size is not a multiple of the multi-row statement's whole.
+#[test]
+fn a_run_that_dies_half_way_keeps_its_committed_rows() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let dir = scratch("store-killed");
+    let mut store = Store::new();
+    let mut evs = events(&dir);
+    evs.truncate(2);
+    for ev in &evs {
+        store.event(ev).expect("start");
+    }
+    // Crosses COMMIT_RECORDS with the last of these batches.
+    let batch = 1000 + 7;
+    let batches = COMMIT_RECORDS.div_ceil(batch);
+    for k in 0..batches {
+        let records = random_records(&mut rng, batch, (k * batch) as u64);
+        store
+            .event(&RunEvent::Requests(RequestsEvent {
+                step: 0,
+                agent: 0,
+                records,
+            }))
+            .expect("requests");
+    }
+    let committed = batches * batch;
+    // One more batch, not committed yet (unless 0.5 s passed meanwhile).
+    let late = random_records(&mut rng, 13, committed as u64);
+    store
+        .event(&RunEvent::Requests(RequestsEvent {
+            step: 0,
+            agent: 0,
+            records: late,
+        }))
+        .expect("requests");
+    std::mem::forget(store);
+    let conn = Connection::open(dir.join(FILE)).expect("open");
+    let rows = all_requests(&conn);
+    assert!(
+        rows.len() == committed || rows.len() == committed + 13,
+        "{} rows on disk, {committed} committed",
+        rows.len()
+    );
+    let seqs: Vec<i64> = (0..rows.len() as i64).collect();
+    let got: Vec<i64> = rows
+        .iter()
+        .map(|r| match r[2] {
+            rusqlite::types::Value::Integer(s) => s,
+            _ => -1,
+        })
+        .collect();
+    assert_eq!(got, seqs, "every row, in order");
+}
