@@ -3,7 +3,7 @@
 //! A run (or a sweep of steps) emits `RunEvent`s in order; every output —
 //! the console, the results folder, the SQLite store, the HTML report, the
 //! service's live view — is a `Consumer` on its own thread that sees every
-//! event (the per-request records only if it asks for them). Adding an output means adding a consumer; the run loop does not
+//! event (but the per-request records, if it says it ignores them). Adding an output means adding a consumer; the run loop does not
 //! change. A slow or failing consumer never blocks the run: each has its own
 //! queue, and an error is kept and reported when the outputs close.
 
@@ -155,7 +155,7 @@ impl OutputError {
 }
 
 /// One output of a run. Runs on its own thread; sees every event in order
-/// (`Requests` only when `wants_requests`).
+/// (`Requests` only if `wants_requests`).
 pub trait Consumer: Send {
     /// Short name for messages ("results folder", "sqlite", ...).
     fn name(&self) -> &'static str;
@@ -163,10 +163,10 @@ pub trait Consumer: Send {
     /// when the outputs close); the run goes on.
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError>;
     /// Whether this output takes the per-request records (`Requests`):
-    /// they come ~100 times a second, so the outputs that ignore them are
-    /// not woken for them.
+    /// they come ~100 times a second, so an output that ignores them says
+    /// so and is not woken for them.
     fn wants_requests(&self) -> bool {
-        false
+        true
     }
     /// After the last event: flush and return the files written.
     fn finish(&mut self) -> Result<Vec<PathBuf>, OutputError> {

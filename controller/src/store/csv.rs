@@ -44,10 +44,6 @@ impl Consumer for RequestsCsv {
         "requests.csv"
     }
 
-    fn wants_requests(&self) -> bool {
-        true
-    }
-
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         match ev {
             RunEvent::StepStarted(s) => {

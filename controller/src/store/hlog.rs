@@ -123,6 +123,10 @@ impl Consumer for Hlog {
         "histograms.hlog"
     }
 
+    fn wants_requests(&self) -> bool {
+        false
+    }
+
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         match ev {
             RunEvent::StepStarted(s) => self.start(s),

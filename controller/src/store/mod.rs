@@ -138,10 +138,6 @@ impl Consumer for Store {
         "sqlite"
     }
 
-    fn wants_requests(&self) -> bool {
-        true
-    }
-
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         match ev {
             RunEvent::PlanStarted(p) => {
