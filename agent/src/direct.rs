@@ -20,9 +20,12 @@ use tokio::net::TcpStream;
 use crate::h1::{self, BodyDecoder, H1Error, Piece};
 use crate::wire::{Arrival, StampedTcp};
 
-/// Bytes read at most per read: streamed events are a few hundred bytes,
-/// and a connection's buffer only grows past this for a larger piece.
-const READ_BYTES: usize = 2048;
+/// Room made for each read: streamed events are a few hundred bytes, and
+/// the buffer is most of a stream's memory. A read that fills its room
+/// doubles it (up to `MAX_READ_BYTES`), one that uses under a quarter
+/// halves it: large bodies and a backlog are read in fewer calls.
+const READ_BYTES: usize = 1024;
+const MAX_READ_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError {
@@ -80,6 +83,33 @@ enum Dest {
 struct Conn {
     tcp: StampedTcp,
     buf: BytesMut,
+    /// Room to make for the next read.
+    room: usize,
+}
+
+impl Conn {
+    fn new(tcp: StampedTcp) -> Self {
+        Self {
+            tcp,
+            buf: BytesMut::new(),
+            room: READ_BYTES,
+        }
+    }
+
+    /// One read onto the buffer: when its bytes arrived, None at the end.
+    async fn read(&mut self) -> io::Result<Option<Arrival>> {
+        let Some((n, arrival)) = self.tcp.read_into(&mut self.buf, self.room).await? else {
+            return Ok(None);
+        };
+        self.room = if n >= self.room {
+            (self.room * 2).min(MAX_READ_BYTES)
+        } else if n < self.room / 4 {
+            (self.room / 2).max(READ_BYTES)
+        } else {
+            self.room
+        };
+        Ok(Some(arrival))
+    }
 }
 
 #[derive(Default)]
@@ -197,7 +227,7 @@ impl DirectClient {
                 break head;
             }
             let got_bytes = !conn.buf.is_empty();
-            match conn.tcp.read_into(&mut conn.buf, READ_BYTES).await {
+            match conn.read().await {
                 Ok(Some(a)) => arrival = Some(a),
                 Ok(None) => {
                     let eof = io::Error::new(
@@ -260,10 +290,7 @@ impl DirectClient {
                 Ok(Ok(tcp)) => {
                     // Small requests and streamed chunks must not wait for Nagle.
                     let _ = tcp.set_nodelay(true);
-                    return Ok(Conn {
-                        tcp: StampedTcp::new(tcp),
-                        buf: BytesMut::new(),
-                    });
+                    return Ok(Conn::new(StampedTcp::new(tcp)));
                 }
                 Ok(Err(source)) => last = Some(DirectError::Connect { addr, source }),
                 Err(_) => {
@@ -327,7 +354,7 @@ impl Exchange {
                     return Some(Err(DirectError::Protocol(e)));
                 }
             }
-            match conn.tcp.read_into(&mut conn.buf, READ_BYTES).await {
+            match conn.read().await {
                 Ok(Some(a)) => self.arrival = a,
                 Ok(None) => {
                     // Only a body read to the connection's end may end so;
@@ -493,6 +520,27 @@ mod tests {
             assert_eq!(body_of(x).await, b"all");
         }
         assert_eq!(conns.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_whole_as_its_reads_grow() {
+        let body = "x".repeat(300_000);
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (addr, _) = one_shot_server(Box::leak(reply.into_boxed_str())).await;
+        let mut x = client(addr, true)
+            .post(Bytes::from_static(b"{}"), true)
+            .await
+            .expect("post");
+        let (mut got, mut pieces) = (0, 0);
+        while let Some(piece) = x.next().await {
+            got += piece.expect("piece").0.len();
+            pieces += 1;
+        }
+        assert_eq!(got, body.len());
+        assert!(pieces < 100, "{pieces} pieces: the reads did not grow");
     }
 
     #[tokio::test]

@@ -81,14 +81,15 @@ impl StampedTcp {
         self.kernel
     }
 
-    /// Reads what the socket holds, up to `room` bytes, onto the end of
-    /// `buf`: when those bytes arrived, or None at the end of the stream.
-    /// Cancel-safe: a read is taken whole within one poll.
+    /// Reads what the socket holds onto the end of `buf`, after making room
+    /// for at least `room` bytes: how many it read (all of the room when
+    /// it filled it) and when they arrived, or None at the end of the
+    /// stream. Cancel-safe: a read is taken whole within one poll.
     pub async fn read_into(
         &mut self,
         buf: &mut BytesMut,
         room: usize,
-    ) -> io::Result<Option<Arrival>> {
+    ) -> io::Result<Option<(usize, Arrival)>> {
         buf.reserve(room);
         loop {
             self.tcp.readable().await?;
@@ -108,7 +109,7 @@ impl StampedTcp {
             });
             match got {
                 Ok((0, _)) => return Ok(None),
-                Ok((_, stamp)) => return Ok(Some(Arrival::of(Instant::now(), stamp))),
+                Ok((n, stamp)) => return Ok(Some((n, Arrival::of(Instant::now(), stamp)))),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
@@ -240,11 +241,12 @@ mod tests {
     /// Reads once into a fresh buffer: the bytes and their arrival.
     async fn read_once(s: &mut StampedTcp) -> (Vec<u8>, Arrival) {
         let mut buf = BytesMut::new();
-        let a = s
+        let (n, a) = s
             .read_into(&mut buf, 4096)
             .await
             .expect("read")
             .expect("bytes");
+        assert_eq!(n, buf.len());
         (buf.to_vec(), a)
     }
 
