@@ -11,7 +11,7 @@ use barrage_common::redact::redact_url;
 use barrage_proto::agent::v1::{self as pb, Api};
 use bytes::Bytes;
 use futures::StreamExt;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use crate::chunk;
@@ -505,9 +505,9 @@ impl Response {
     async fn failure(self) -> RequestError {
         match self {
             Response::Reqwest(r) => failure::from_status(r).await,
-            Response::Direct(x) => {
+            Response::Direct(mut x) => {
                 let status = x.status.as_u16();
-                let location = x.headers.get(LOCATION).cloned();
+                let location = x.location.take();
                 let sample = failure::first_bytes(x.into_stream()).await;
                 failure::status_error(status, location.as_ref(), &sample)
             }
@@ -517,12 +517,8 @@ impl Response {
     fn into_body(self, deadline: Instant, timeout: Duration) -> Body {
         match self {
             Response::Reqwest(r) => Body::Reqwest(Box::pin(r.bytes_stream())),
-            Response::Direct(mut x) => Body::Direct {
-                exchange: {
-                    // Not needed once the status passed: free them for the stream.
-                    x.headers = HeaderMap::new();
-                    x
-                },
+            Response::Direct(x) => Body::Direct {
+                exchange: x,
                 // One timer for the whole response, not one per piece.
                 expires: Box::pin(tokio::time::sleep_until(deadline.into())),
                 timeout,
@@ -618,8 +614,6 @@ fn direct_error(e: DirectError, after_bytes: u64) -> RequestError {
         ErrorClass::Timeout
     } else if e.is_connect() {
         ErrorClass::Connect
-    } else if matches!(e, DirectError::Request(_)) {
-        ErrorClass::Other
     } else {
         // Reset, closed or unparsable mid-exchange, as with reqwest.
         ErrorClass::Stream

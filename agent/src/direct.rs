@@ -1,25 +1,31 @@
-//! The direct HTTP/1.1 client for plain `http://` targets: hyper's
-//! connection API over `StampedTcp`, with barrage's own small pool.
+//! The direct HTTP/1.1 client for plain `http://` targets: requests
+//! written and responses read by the request's own task over `StampedTcp`
+//! (framing in `h1`), with barrage's own small pool.
 //!
 //! Why not reqwest here: reqwest owns its sockets, so the kernel's receive
 //! timestamps cannot be read under it, and it parses the URL again for every
-//! request. TLS and HTTP/2 targets still go through reqwest.
+//! request. Why not hyper's connection API (used before): see `h1`. TLS and
+//! HTTP/2 targets still go through reqwest.
 
-use std::error::Error as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper::header::{HOST, HeaderMap, HeaderValue};
-use hyper::{Request, StatusCode, Uri};
+use bytes::{Bytes, BytesMut};
+use reqwest::StatusCode;
+use reqwest::header::{HOST, HeaderMap, HeaderValue};
 use tokio::net::TcpStream;
 
-use crate::wire::{Arrival, StampedTcp, Stamps};
+use crate::h1::{self, BodyDecoder, H1Error, Piece};
+use crate::wire::{Arrival, StampedTcp};
+
+/// Room made for each read: streamed events are a few hundred bytes, and
+/// the buffer is most of a stream's memory. A read that fills its room
+/// doubles it (up to `MAX_READ_BYTES`), one that uses under a quarter
+/// halves it: large bodies and a backlog are read in fewer calls.
+const READ_BYTES: usize = 1024;
+const MAX_READ_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError {
@@ -31,17 +37,15 @@ pub enum DirectError {
     Connect { addr: SocketAddr, source: io::Error },
     #[error("connecting to {addr} timed out after {after:?} (target.connect_timeout_ms)")]
     ConnectTimeout { addr: SocketAddr, after: Duration },
-    #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
-    #[error("error sending request: {0}")]
-    Send(#[source] hyper::Error),
+    /// Writing the request or reading the response head failed. `stale`:
+    /// on a reused connection, before any response byte, the way a
+    /// connection the server had already closed fails.
+    #[error("error sending request: {source}")]
+    Send { source: io::Error, stale: bool },
+    #[error("invalid response: {0}")]
+    Protocol(#[source] H1Error),
     #[error("error reading the response body: {0}")]
-    Body(#[source] hyper::Error),
-    #[error("building the request failed: {0}")]
-    Request(#[source] hyper::http::Error),
+    Body(#[source] io::Error),
 }
 
 impl DirectError {
@@ -52,7 +56,6 @@ impl DirectError {
             DirectError::Resolve { .. }
                 | DirectError::NoAddress { .. }
                 | DirectError::Connect { .. }
-                | DirectError::Handshake { .. }
         )
     }
 
@@ -64,10 +67,7 @@ impl DirectError {
     /// way that means the server had already closed it: resending the
     /// request on a new connection is safe.
     pub fn is_stale_connection(&self) -> bool {
-        match self {
-            DirectError::Send(e) => crate::failure::stale_in_chain(e),
-            _ => false,
-        }
+        matches!(self, DirectError::Send { stale: true, .. })
     }
 }
 
@@ -79,10 +79,37 @@ enum Dest {
     Lookup { host: String, port: u16 },
 }
 
-/// One open connection, ready for its next request.
+/// One open connection and the bytes read from it but not yet taken.
 struct Conn {
-    send: http1::SendRequest<Full<Bytes>>,
-    stamps: Arc<Stamps>,
+    tcp: StampedTcp,
+    buf: BytesMut,
+    /// Room to make for the next read.
+    room: usize,
+}
+
+impl Conn {
+    fn new(tcp: StampedTcp) -> Self {
+        Self {
+            tcp,
+            buf: BytesMut::new(),
+            room: READ_BYTES,
+        }
+    }
+
+    /// One read onto the buffer: when its bytes arrived, None at the end.
+    async fn read(&mut self) -> io::Result<Option<Arrival>> {
+        let Some((n, arrival)) = self.tcp.read_into(&mut self.buf, self.room).await? else {
+            return Ok(None);
+        };
+        self.room = if n >= self.room {
+            (self.room * 2).min(MAX_READ_BYTES)
+        } else if n < self.room / 4 {
+            (self.room / 2).max(READ_BYTES)
+        } else {
+            self.room
+        };
+        Ok(Some(arrival))
+    }
 }
 
 #[derive(Default)]
@@ -94,7 +121,7 @@ impl Pool {
     fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(c) = idle.pop() {
-            if !c.send.is_closed() {
+            if c.tcp.idle_is_usable() {
                 return Some(c);
             }
         }
@@ -103,7 +130,7 @@ impl Pool {
 
     fn put(&self, c: Conn, max_idle: usize) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < max_idle && !c.send.is_closed() {
+        if idle.len() < max_idle {
             idle.push(c);
         }
     }
@@ -111,10 +138,8 @@ impl Pool {
 
 pub struct DirectClient {
     dest: Dest,
-    /// The request target in origin form (path and query).
-    path: Uri,
-    /// Default headers with `Host`, sent on every request.
-    headers: HeaderMap,
+    /// The request line and headers up to (not including) Content-Length.
+    head: Vec<u8>,
     pool: Arc<Pool>,
     max_idle: usize,
     connect_timeout: Duration,
@@ -124,15 +149,19 @@ pub struct DirectClient {
 /// the pool only when the body was read to its end.
 pub struct Exchange {
     pub status: StatusCode,
-    pub headers: HeaderMap,
-    body: Incoming,
+    /// `Location` (a redirect is reported, never followed).
+    pub location: Option<HeaderValue>,
+    body: BodyDecoder,
     conn: Option<Conn>,
+    keep_alive: bool,
     pool: Arc<Pool>,
     max_idle: usize,
+    /// The latest read's arrival: the pieces taken from it carry it.
+    arrival: Arrival,
     /// Whether this connection's arrivals are kernel-stamped.
     pub kernel: bool,
     /// On a reused connection: when the request's last write returned.
-    pub sent: Option<std::time::Instant>,
+    pub sent: Option<Instant>,
 }
 
 impl DirectClient {
@@ -158,23 +187,19 @@ impl DirectClient {
         let host_value = HeaderValue::from_str(&authority).map_err(|e| e.to_string())?;
         headers.insert(HOST, host_value);
         headers
-            .entry(hyper::header::ACCEPT)
+            .entry(reqwest::header::ACCEPT)
             .or_insert(HeaderValue::from_static("*/*"));
-        let path_and_query = match url.query() {
+        let path = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
         };
-        let path = path_and_query
-            .parse::<Uri>()
-            .map_err(|e| format!("path {path_and_query:?}: {e}"))?;
         let dest = match pinned {
             Some(addrs) => Dest::Pinned(addrs),
             None => Dest::Lookup { host, port },
         };
         Ok(Self {
             dest,
-            path,
-            headers,
+            head: request_head(&path, &headers),
             pool: Arc::default(),
             max_idle,
             connect_timeout,
@@ -184,42 +209,68 @@ impl DirectClient {
     /// Sends `body` as a POST. `pooled`: try an idle connection first and
     /// keep the connection afterwards; else a new one, closed after.
     pub async fn post(&self, body: Bytes, pooled: bool) -> Result<Exchange, DirectError> {
-        let (mut conn, reused) = match self.idle_conn(pooled).await {
+        let (mut conn, reused) = match self.idle_conn(pooled) {
             Some(c) => (c, true),
             None => (self.connect().await?, false),
         };
-        let mut req = Request::post(self.path.clone())
-            .body(Full::new(body))
-            .map_err(DirectError::Request)?;
-        *req.headers_mut() = self.headers.clone();
-        let resp = conn
-            .send
-            .send_request(req)
-            .await
-            .map_err(DirectError::Send)?;
-        let (parts, body) = resp.into_parts();
-        // The last write before the response is the request's end.
-        let sent = reused.then(|| conn.stamps.last_write()).flatten();
+        let request = self.request(&body);
+        let written = conn.tcp.write_all(&request).await;
+        let send_error = |source: io::Error, got_bytes: bool| DirectError::Send {
+            stale: reused && !got_bytes && is_closed(&source),
+            source,
+        };
+        let written = written.map_err(|e| send_error(e, false))?;
+        drop(request);
+        let mut arrival = None;
+        let head = loop {
+            if let Some(head) = h1::parse_head(&mut conn.buf).map_err(DirectError::Protocol)? {
+                break head;
+            }
+            let got_bytes = !conn.buf.is_empty();
+            match conn.read().await {
+                Ok(Some(a)) => arrival = Some(a),
+                Ok(None) => {
+                    let eof = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection before the response head (EOF)",
+                    );
+                    return Err(send_error(eof, got_bytes));
+                }
+                Err(e) => return Err(send_error(e, got_bytes)),
+            }
+        };
+        let kernel = conn.tcp.kernel();
         Ok(Exchange {
-            sent,
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            kernel: conn.stamps.kernel(),
+            status: head.status,
+            location: head.location,
+            body: BodyDecoder::new(head.framing),
+            keep_alive: head.keep_alive && pooled,
+            arrival: arrival.unwrap_or_else(read_now),
+            kernel,
+            // A new connection's latencies run from the hand-off, with its
+            // setup inside (METRICS.md); a reused one's from the write.
+            sent: reused.then_some(written),
             conn: Some(conn),
             pool: self.pool.clone(),
-            max_idle: if pooled { self.max_idle } else { 0 },
+            max_idle: self.max_idle,
         })
     }
 
-    /// An idle pooled connection that is still open and ready.
-    async fn idle_conn(&self, pooled: bool) -> Option<Conn> {
+    /// The whole request: the head, its Content-Length, and the body.
+    fn request(&self, body: &[u8]) -> Vec<u8> {
+        let mut r = Vec::with_capacity(self.head.len() + 32 + body.len());
+        r.extend_from_slice(&self.head);
+        r.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        r.extend_from_slice(body);
+        r
+    }
+
+    /// An idle pooled connection that is still open.
+    fn idle_conn(&self, pooled: bool) -> Option<Conn> {
         if !pooled {
             return None;
         }
-        let mut c = self.pool.take()?;
-        c.send.ready().await.ok()?;
-        Some(c)
+        self.pool.take()
     }
 
     async fn connect(&self) -> Result<Conn, DirectError> {
@@ -236,7 +287,11 @@ impl DirectClient {
         let mut last = None;
         for addr in addrs {
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(tcp)) => return handshake(tcp, addr).await,
+                Ok(Ok(tcp)) => {
+                    // Small requests and streamed chunks must not wait for Nagle.
+                    let _ = tcp.set_nodelay(true);
+                    return Ok(Conn::new(StampedTcp::new(tcp)));
+                }
                 Ok(Err(source)) => last = Some(DirectError::Connect { addr, source }),
                 Err(_) => {
                     last = Some(DirectError::ConnectTimeout {
@@ -252,20 +307,33 @@ impl DirectClient {
     }
 }
 
-async fn handshake(tcp: TcpStream, addr: SocketAddr) -> Result<Conn, DirectError> {
-    // Small requests and streamed chunks must not wait for Nagle.
-    let _ = tcp.set_nodelay(true);
-    let io = StampedTcp::new(tcp);
-    let stamps = io.stamps();
-    let (send, conn) = http1::handshake(io)
-        .await
-        .map_err(|source| DirectError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, source = ?e.source(), "connection ended");
-        }
-    });
-    Ok(Conn { send, stamps })
+/// `POST {path} HTTP/1.1` and the headers, each line ended.
+fn request_head(path: &str, headers: &HeaderMap) -> Vec<u8> {
+    let mut head = format!("POST {path} HTTP/1.1\r\n").into_bytes();
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head
+}
+
+/// How a connection the server had closed fails a request sent on it.
+fn is_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// An arrival for bytes already in hand (no read stamped them).
+fn read_now() -> Arrival {
+    let now = Instant::now();
+    Arrival { at: now, read: now }
 }
 
 impl Exchange {
@@ -273,25 +341,46 @@ impl Exchange {
     /// connection then goes back to the pool).
     pub async fn next(&mut self) -> Option<Result<(Bytes, Arrival), DirectError>> {
         loop {
-            match self.body.frame().await {
-                None => {
-                    if let Some(c) = self.conn.take() {
-                        self.pool.put(c, self.max_idle);
-                    }
+            let conn = self.conn.as_mut()?;
+            match self.body.next(&mut conn.buf) {
+                Ok(Piece::Data(data)) => return Some(Ok((data, self.arrival))),
+                Ok(Piece::End) => {
+                    self.end();
                     return None;
                 }
-                Some(Err(e)) => {
+                Ok(Piece::More) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Some(Err(DirectError::Protocol(e)));
+                }
+            }
+            match conn.read().await {
+                Ok(Some(a)) => self.arrival = a,
+                Ok(None) => {
+                    // Only a body read to the connection's end may end so;
+                    // the connection is not reused either way.
+                    self.keep_alive = false;
+                    if let Err(e) = self.body.at_eof() {
+                        self.conn = None;
+                        return Some(Err(DirectError::Body(e)));
+                    }
+                }
+                Err(e) => {
                     self.conn = None;
                     return Some(Err(DirectError::Body(e)));
                 }
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue; // trailers
-                    };
-                    let arrival = self.arrival();
-                    return Some(Ok((data, arrival)));
-                }
             }
+        }
+    }
+
+    /// The body is complete: its connection goes back to the pool when it
+    /// may carry another request and holds no stray bytes.
+    fn end(&mut self) {
+        if let Some(c) = self.conn.take()
+            && self.keep_alive
+            && c.buf.is_empty()
+        {
+            self.pool.put(c, self.max_idle);
         }
     }
 
@@ -301,19 +390,6 @@ impl Exchange {
             let piece = x.next().await?;
             Some((piece.map(|(b, _)| b), x))
         })
-    }
-
-    /// The latest read's arrival on this connection: the read that handed
-    /// hyper the bytes just taken (hyper reads no further while a frame
-    /// waits to be taken).
-    fn arrival(&self) -> Arrival {
-        self.conn
-            .as_ref()
-            .and_then(|c| c.stamps.last_arrival())
-            .unwrap_or_else(|| {
-                let now = std::time::Instant::now();
-                Arrival { at: now, read: now }
-            })
     }
 }
 
@@ -401,6 +477,81 @@ mod tests {
         );
         let host = format!("host: localhost:{}\r\n", addr.port());
         assert!(heads[0].to_lowercase().contains(&host), "{heads:?}");
+    }
+
+    /// A server that answers one request per connection with `reply`,
+    /// then closes it; counts connections.
+    async fn one_shot_server(reply: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let conns = Arc::new(AtomicUsize::new(0));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::Relaxed);
+                let mut buf = vec![0u8; 4096];
+                if sock.read(&mut buf).await.is_ok() {
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                }
+            }
+        });
+        (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn closed_connections_are_not_reused() {
+        // Says keep-alive, then closes: the idle check sees the close.
+        let (addr, conns) = one_shot_server("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        let c = client(addr, true);
+        for _ in 0..3 {
+            let x = c.post(Bytes::from_static(b"{}"), true).await.expect("post");
+            assert_eq!(body_of(x).await, b"ok");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(conns.load(Ordering::Relaxed), 3);
+        // Says close and ends the body by closing: read to the end.
+        let (addr, conns) =
+            one_shot_server("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall").await;
+        let c = client(addr, true);
+        for _ in 0..2 {
+            let x = c.post(Bytes::from_static(b"{}"), true).await.expect("post");
+            assert_eq!(body_of(x).await, b"all");
+        }
+        assert_eq!(conns.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_whole_as_its_reads_grow() {
+        let body = "x".repeat(300_000);
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (addr, _) = one_shot_server(Box::leak(reply.into_boxed_str())).await;
+        let mut x = client(addr, true)
+            .post(Bytes::from_static(b"{}"), true)
+            .await
+            .expect("post");
+        let (mut got, mut pieces) = (0, 0);
+        while let Some(piece) = x.next().await {
+            got += piece.expect("piece").0.len();
+            pieces += 1;
+        }
+        assert_eq!(got, body.len());
+        assert!(pieces < 100, "{pieces} pieces: the reads did not grow");
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_closed_before_the_head_fails_with_eof_and_is_not_stale() {
+        let (addr, _) = one_shot_server("").await;
+        let e = match client(addr, true).post(Bytes::new(), true).await {
+            Err(e) => e,
+            Ok(_) => panic!("the server answered nothing"),
+        };
+        assert!(!e.is_stale_connection(), "a new connection: {e}");
+        assert!(e.to_string().contains("EOF"), "{e}");
     }
 
     #[tokio::test]

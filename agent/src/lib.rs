@@ -10,6 +10,7 @@ pub mod conversation;
 pub mod direct;
 pub mod engine;
 pub mod failure;
+pub mod h1;
 pub mod health;
 pub mod measure;
 pub mod ndjson;

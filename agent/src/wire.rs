@@ -13,47 +13,15 @@
 //! `Stamps::kernel` says so.
 
 use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::AsyncWrite;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A kernel timestamp further back than this from its read is not trusted
 /// (the wall clock was stepped between the two).
 const MAX_KERNEL_LAG: Duration = Duration::from_secs(60);
-
-/// Instants as nanoseconds since the first use, so they fit in atomics.
-fn base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn to_ns(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX)
-}
-
-fn from_ns(ns: u64) -> Instant {
-    base() + Duration::from_nanos(ns)
-}
-
-/// The last read and write of one connection, shared between the stream
-/// (inside hyper's connection task) and the request reading the response.
-#[derive(Debug, Default)]
-pub struct Stamps {
-    /// When the bytes of the latest read reached the socket (0: none yet).
-    arrival: AtomicU64,
-    /// When the latest read returned them to the agent.
-    read: AtomicU64,
-    /// When the latest write returned.
-    written: AtomicU64,
-    /// Reads on this connection carry kernel timestamps.
-    kernel: AtomicBool,
-}
 
 /// When one piece of response arrived, and when the agent read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,35 +30,14 @@ pub struct Arrival {
     pub read: Instant,
 }
 
-impl Stamps {
-    /// Whether this connection's reads carry kernel receive timestamps.
-    pub fn kernel(&self) -> bool {
-        self.kernel.load(Ordering::Relaxed)
-    }
-
-    /// The latest read's arrival, or None before any read.
-    pub fn last_arrival(&self) -> Option<Arrival> {
-        let read = self.read.load(Ordering::Acquire);
-        if read == 0 {
-            return None;
-        }
-        let at = self.arrival.load(Ordering::Relaxed).min(read);
-        Some(Arrival {
-            at: from_ns(at),
-            read: from_ns(read),
-        })
-    }
-
-    /// When the latest write on this connection returned.
-    pub fn last_write(&self) -> Option<Instant> {
-        let w = self.written.load(Ordering::Relaxed);
-        (w != 0).then(|| from_ns(w))
-    }
-
-    fn note_read(&self, read: Instant, kernel_lag: Option<Duration>) {
-        let at = kernel_lag.map_or(read, |lag| read.checked_sub(lag).unwrap_or(read));
-        self.arrival.store(to_ns(at).max(1), Ordering::Relaxed);
-        self.read.store(to_ns(read).max(1), Ordering::Release);
+impl Arrival {
+    /// Read at `read`; the kernel stamped it `stamp` (wall clock), if at all.
+    fn of(read: Instant, stamp: Option<SystemTime>) -> Self {
+        let at = stamp
+            .and_then(lag_since)
+            .and_then(|lag| read.checked_sub(lag))
+            .unwrap_or(read);
+        Arrival { at, read }
     }
 }
 
@@ -107,114 +54,84 @@ fn lag_since(stamp: SystemTime) -> Option<Duration> {
 /// A connected TCP stream whose reads and writes are stamped.
 pub struct StampedTcp {
     tcp: TcpStream,
-    stamps: Arc<Stamps>,
+    /// Reads carry kernel receive timestamps (once the kernel has turned
+    /// them on: the very first reads after the first socket asks may not).
+    kernel: bool,
 }
 
-impl StampedTcp {
-    /// Wraps `tcp`, asking the kernel for receive timestamps where it can.
-    pub fn new(tcp: TcpStream) -> Self {
-        let stamps = Arc::new(Stamps::default());
-        let kernel = sys::enable_rx_timestamps(&tcp);
-        stamps.kernel.store(kernel, Ordering::Relaxed);
-        Self { tcp, stamps }
-    }
-
-    pub fn stamps(&self) -> Arc<Stamps> {
-        self.stamps.clone()
-    }
-}
-
-/// Reads land here first, then are copied into hyper's buffer: one
-/// buffer per thread, so an idle connection holds none (hyper's buffer is
-/// uninitialised memory, which safe code cannot hand to `recvmsg`).
+/// Reads land here first, then are copied into the connection's buffer:
+/// one buffer per thread, so an idle connection holds none (the
+/// connection's spare room is uninitialised memory, which safe code cannot
+/// hand to `recvmsg`).
 const SCRATCH_BYTES: usize = 64 * 1024;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl hyper::rt::Read for StampedTcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let kernel = this.stamps.kernel();
-        if buf.remaining() == 0 {
-            // Nothing to read into (as tokio's own streams answer).
-            return Poll::Ready(Ok(()));
-        }
+impl StampedTcp {
+    /// Wraps `tcp`, asking the kernel for receive timestamps where it can.
+    pub fn new(tcp: TcpStream) -> Self {
+        let kernel = sys::enable_rx_timestamps(&tcp);
+        Self { tcp, kernel }
+    }
+
+    /// Whether this connection's reads carry kernel receive timestamps.
+    pub fn kernel(&self) -> bool {
+        self.kernel
+    }
+
+    /// Reads what the socket holds onto the end of `buf`, after making room
+    /// for at least `room` bytes: how many it read (all of the room when
+    /// it filled it) and when they arrived, or None at the end of the
+    /// stream. Cancel-safe: a read is taken whole within one poll.
+    pub async fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+        room: usize,
+    ) -> io::Result<Option<(usize, Arrival)>> {
+        buf.reserve(room);
         loop {
-            ready!(this.tcp.poll_read_ready(cx))?;
+            self.tcp.readable().await?;
             let got = SCRATCH.with_borrow_mut(|scratch| {
                 if scratch.is_empty() {
                     scratch.resize(SCRATCH_BYTES, 0);
                 }
-                let room = buf.remaining().min(scratch.len());
+                let room = (buf.capacity() - buf.len()).clamp(1, scratch.len());
                 let dst = &mut scratch[..room];
-                let got = this.tcp.try_io(tokio::io::Interest::READABLE, || {
-                    sys::recv(&this.tcp, dst, kernel)
+                let got = self.tcp.try_io(tokio::io::Interest::READABLE, || {
+                    sys::recv_stamped(&self.tcp, dst, self.kernel)
                 });
                 if let Ok((n, _)) = &got {
-                    buf.put_slice(&scratch[..*n]);
+                    buf.extend_from_slice(&scratch[..*n]);
                 }
                 got
             });
             match got {
-                Ok((_, stamp)) => {
-                    let read = Instant::now();
-                    this.stamps.note_read(read, stamp.and_then(lag_since));
-                    return Poll::Ready(Ok(()));
-                }
+                Ok((0, _)) => return Ok(None),
+                Ok((n, stamp)) => return Ok(Some((n, Arrival::of(Instant::now(), stamp)))),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => return Err(e),
             }
         }
     }
-}
 
-impl hyper::rt::Write for StampedTcp {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.tcp).poll_write(cx, buf))?;
-        this.note_write();
-        Poll::Ready(Ok(n))
+    /// Writes all of `data`: the instant the last write returned.
+    pub async fn write_all(&mut self, mut data: &[u8]) -> io::Result<Instant> {
+        while !data.is_empty() {
+            let n = self.tcp.write(data).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            data = &data[n..];
+        }
+        Ok(Instant::now())
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs))?;
-        this.note_write();
-        Poll::Ready(Ok(n))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
-    }
-}
-
-impl StampedTcp {
-    fn note_write(&self) {
-        self.stamps
-            .written
-            .store(to_ns(Instant::now()).max(1), Ordering::Relaxed);
+    /// False when an idle connection can no longer carry a request: the
+    /// server closed it (or sent bytes nobody asked for).
+    pub fn idle_is_usable(&self) -> bool {
+        sys::idle_is_usable(&self.tcp)
     }
 }
 
@@ -226,7 +143,8 @@ mod sys {
     use std::time::{Duration, SystemTime};
 
     use nix::sys::socket::{
-        ControlMessageOwned, MsgFlags, TimestampingFlag, Timestamps, recvmsg, setsockopt, sockopt,
+        ControlMessageOwned, MsgFlags, TimestampingFlag, Timestamps, recv, recvmsg, setsockopt,
+        sockopt,
     };
     use tokio::net::TcpStream;
 
@@ -241,9 +159,23 @@ mod sys {
         setsockopt(tcp, sockopt::Timestamping, &flags).is_ok()
     }
 
+    /// A non-blocking peek: nothing to read (the connection is open and
+    /// quiet) is the only usable state of an idle connection.
+    pub fn idle_is_usable(tcp: &TcpStream) -> bool {
+        let mut one = [0u8; 1];
+        matches!(
+            recv(
+                tcp.as_raw_fd(),
+                &mut one,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+            ),
+            Err(nix::errno::Errno::EAGAIN)
+        )
+    }
+
     /// One `recvmsg` into `dst`: the bytes read and, when asked for and
     /// given, the kernel's software receive timestamp of the newest of them.
-    pub fn recv(
+    pub fn recv_stamped(
         tcp: &TcpStream,
         dst: &mut [u8],
         stamped: bool,
@@ -286,7 +218,13 @@ mod sys {
         false
     }
 
-    pub fn recv(
+    /// Not checked here: a closed idle connection fails its next request
+    /// before any response byte, which is resent once on a new one.
+    pub fn idle_is_usable(_tcp: &TcpStream) -> bool {
+        true
+    }
+
+    pub fn recv_stamped(
         tcp: &TcpStream,
         dst: &mut [u8],
         _stamped: bool,
@@ -298,18 +236,18 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::rt::Read as _;
-    use std::future::poll_fn;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::AsyncReadExt;
 
-    /// Reads once through hyper's Read trait into a fresh buffer.
-    async fn read_once(s: &mut StampedTcp) -> Vec<u8> {
-        let mut storage = vec![std::mem::MaybeUninit::<u8>::uninit(); 4096];
-        let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
-        poll_fn(|cx| Pin::new(&mut *s).poll_read(cx, buf.unfilled()))
+    /// Reads once into a fresh buffer: the bytes and their arrival.
+    async fn read_once(s: &mut StampedTcp) -> (Vec<u8>, Arrival) {
+        let mut buf = BytesMut::new();
+        let (n, a) = s
+            .read_into(&mut buf, 4096)
             .await
-            .expect("read");
-        buf.filled().to_vec()
+            .expect("read")
+            .expect("bytes");
+        assert_eq!(n, buf.len());
+        (buf.to_vec(), a)
     }
 
     /// A stamped client stream and the server's end of it, on loopback.
@@ -330,8 +268,8 @@ mod tests {
         // socket asks (a deferred switch): wait until a read is stamped.
         for _ in 0..100 {
             server.write_all(b"ping").await.expect("write");
-            assert_eq!(read_once(&mut s).await, b"ping");
-            let a = s.stamps().last_arrival().expect("stamped");
+            let (got, a) = read_once(&mut s).await;
+            assert_eq!(got, b"ping");
             if a.at != a.read || !cfg!(target_os = "linux") {
                 break;
             }
@@ -341,11 +279,11 @@ mod tests {
         let sent = Instant::now();
         // The agent is "busy" for 80 ms before it reads.
         std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(read_once(&mut s).await, b"first");
-        let a = s.stamps().last_arrival().expect("a read was stamped");
+        let (got, a) = read_once(&mut s).await;
+        assert_eq!(got, b"first");
         assert!(a.read.duration_since(sent) >= Duration::from_millis(80));
         if cfg!(target_os = "linux") {
-            assert!(s.stamps().kernel(), "the kernel gave no receive timestamps");
+            assert!(s.kernel(), "the kernel gave no receive timestamps");
             let lag = a.read.duration_since(a.at);
             assert!(
                 lag >= Duration::from_millis(75),
@@ -362,15 +300,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_are_stamped_when_they_return() {
-        let (mut s, _server) = pair().await;
-        assert!(s.stamps().last_write().is_none());
+    async fn writes_are_stamped_when_they_return_and_the_end_of_stream_is_none() {
+        let (mut s, mut server) = pair().await;
         let before = Instant::now();
-        let n = poll_fn(|cx| hyper::rt::Write::poll_write(Pin::new(&mut s), cx, b"hello"))
-            .await
-            .expect("write");
-        assert_eq!(n, 5);
-        let w = s.stamps().last_write().expect("stamped");
+        let w = s.write_all(b"hello").await.expect("write");
         assert!(w >= before && w <= Instant::now());
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"hello");
+        assert!(s.idle_is_usable(), "open and quiet");
+        drop(server);
+        let mut buf = BytesMut::new();
+        assert_eq!(s.read_into(&mut buf, 16).await.expect("eof"), None);
+        if cfg!(target_os = "linux") {
+            assert!(!s.idle_is_usable(), "closed by the server");
+        }
     }
 }
