@@ -160,7 +160,8 @@ pub struct Exchange {
     arrival: Arrival,
     /// Whether this connection's arrivals are kernel-stamped.
     pub kernel: bool,
-    /// On a reused connection: when the request's last write returned.
+    /// On a reused connection: when the write of the request's last bytes
+    /// was issued.
     pub sent: Option<Instant>,
 }
 

@@ -56,8 +56,8 @@ pub struct RequestMeasure {
     read_lags: Vec<u32>,
     /// When the latest piece of response arrived.
     last_arrival: Option<Instant>,
-    /// On a reused kernel-stamped connection: when the write of the request
-    /// returned. Latencies run from here instead of the hand-off, so a busy
+    /// On a reused kernel-stamped connection: when the write of the
+    /// request's last bytes was issued. Latencies run from here instead of the hand-off, so a busy
     /// agent's delay between hand-off and write stays out of them (there is
     /// no connection setup to include).
     sent: Option<Instant>,
