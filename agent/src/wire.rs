@@ -328,7 +328,7 @@ mod tests {
             (server, first.expect("read something"))
         });
         let w = s.write_all(&big).await.expect("write");
-        let (mut server, first_read) = reader.await.expect("reader");
+        let (server, first_read) = reader.await.expect("reader");
         assert!(w > first_read, "stamped at the last write, not the first");
         assert!(s.idle_is_usable(), "open and quiet");
         drop(server);
