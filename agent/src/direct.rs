@@ -17,6 +17,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HOST, HeaderMap, HeaderValue};
 use tokio::net::TcpStream;
 
+use crate::failure;
 use crate::h1::{self, BodyDecoder, H1Error, Piece};
 use crate::wire::{Arrival, StampedTcp};
 
@@ -118,14 +119,19 @@ struct Pool {
 }
 
 impl Pool {
+    /// The most recently returned idle connection that is still usable
+    /// (checked outside the lock: the check is a syscall).
     fn take(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(c) = idle.pop() {
+        loop {
+            let c = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()?;
             if c.tcp.idle_is_usable() {
                 return Some(c);
             }
         }
-        None
     }
 
     fn put(&self, c: Conn, max_idle: usize) {
@@ -210,17 +216,21 @@ impl DirectClient {
     /// Sends `body` as a POST. `pooled`: try an idle connection first and
     /// keep the connection afterwards; else a new one, closed after.
     pub async fn post(&self, body: Bytes, pooled: bool) -> Result<Exchange, DirectError> {
-        let (mut conn, reused) = match self.idle_conn(pooled) {
+        let (mut conn, reused) = match pooled.then(|| self.pool.take()).flatten() {
             Some(c) => (c, true),
             None => (self.connect().await?, false),
         };
-        let request = self.request(&body);
-        let written = conn.tcp.write_all(&request).await;
         let send_error = |source: io::Error, got_bytes: bool| DirectError::Send {
-            stale: reused && !got_bytes && is_closed(&source),
+            stale: reused && !got_bytes && failure::closed_under_request(&source),
             source,
         };
-        let written = written.map_err(|e| send_error(e, false))?;
+        let request = self.request(&body);
+        let written = conn
+            .tcp
+            .write_all(&request)
+            .await
+            .map_err(|e| send_error(e, false))?;
+        // Not held while the response is awaited.
         drop(request);
         let mut arrival = None;
         let head = loop {
@@ -259,19 +269,13 @@ impl DirectClient {
 
     /// The whole request: the head, its Content-Length, and the body.
     fn request(&self, body: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
         let mut r = Vec::with_capacity(self.head.len() + 32 + body.len());
         r.extend_from_slice(&self.head);
-        r.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(r, "content-length: {}\r\n\r\n", body.len());
         r.extend_from_slice(body);
         r
-    }
-
-    /// An idle pooled connection that is still open.
-    fn idle_conn(&self, pooled: bool) -> Option<Conn> {
-        if !pooled {
-            return None;
-        }
-        self.pool.take()
     }
 
     async fn connect(&self) -> Result<Conn, DirectError> {
@@ -318,17 +322,6 @@ fn request_head(path: &str, headers: &HeaderMap) -> Vec<u8> {
         head.extend_from_slice(b"\r\n");
     }
     head
-}
-
-/// How a connection the server had closed fails a request sent on it.
-fn is_closed(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
-    )
 }
 
 /// An arrival for bytes already in hand (no read stamped them).

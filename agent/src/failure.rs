@@ -95,19 +95,24 @@ pub fn stale_in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            )
+            && closed_under_request(io)
         {
             return true;
         }
         source = s.source();
     }
     false
+}
+
+/// How a request sent on a connection the server had already closed fails.
+pub fn closed_under_request(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// A response that is not a success: its status, `Location` for a redirect

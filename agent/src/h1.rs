@@ -197,19 +197,26 @@ impl BodyDecoder {
         loop {
             match self.state {
                 State::Done => return Ok(Piece::End),
-                State::Length(left) | State::ChunkData(left) => {
-                    if buf.is_empty() {
-                        return Ok(Piece::More);
-                    }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let left = left - n as u64;
-                    self.state = match self.state {
-                        State::Length(_) if left == 0 => State::Done,
-                        State::Length(_) => State::Length(left),
-                        _ if left == 0 => State::ChunkEnd,
-                        _ => State::ChunkData(left),
+                State::Length(_) | State::ChunkData(_) if buf.is_empty() => {
+                    return Ok(Piece::More);
+                }
+                State::Length(left) => {
+                    let (data, left) = take_up_to(buf, left);
+                    self.state = if left == 0 {
+                        State::Done
+                    } else {
+                        State::Length(left)
                     };
-                    return Ok(Piece::Data(buf.split_to(n).freeze()));
+                    return Ok(Piece::Data(data));
+                }
+                State::ChunkData(left) => {
+                    let (data, left) = take_up_to(buf, left);
+                    self.state = if left == 0 {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(left)
+                    };
+                    return Ok(Piece::Data(data));
                 }
                 State::Close => {
                     if buf.is_empty() {
@@ -271,6 +278,13 @@ impl BodyDecoder {
             format!("unexpected EOF {inside}"),
         ))
     }
+}
+
+/// Up to `left` body bytes from `buf` (without a copy), and how many
+/// remain after them.
+fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+    (buf.split_to(n).freeze(), left - n as u64)
 }
 
 /// A whole line (without its `\r\n` or bare `\n`) taken from `buf`.

@@ -57,9 +57,9 @@ pub struct RequestMeasure {
     /// When the latest piece of response arrived.
     last_arrival: Option<Instant>,
     /// On a reused kernel-stamped connection: when the write of the
-    /// request's last bytes was issued. Latencies run from here instead of the hand-off, so a busy
-    /// agent's delay between hand-off and write stays out of them (there is
-    /// no connection setup to include).
+    /// request's last bytes was issued. Latencies run from here instead of
+    /// the hand-off, so a busy agent's delay between hand-off and write
+    /// stays out of them (there is no connection setup to include).
     sent: Option<Instant>,
     /// Arrival times came from the kernel's receive timestamps.
     pub kernel_arrivals: bool,

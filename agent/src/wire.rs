@@ -1,7 +1,7 @@
 //! A TCP stream for the direct HTTP/1 client that knows when its bytes
 //! really moved: each read carries the kernel's software receive timestamp
 //! (`SO_TIMESTAMPING`, read from `recvmsg`'s control messages), and each
-//! write the instant its syscall returned.
+//! write the instant its syscall was issued.
 //!
 //! Why: a chunk that reached the socket on time but waited for a busy agent
 //! to be scheduled would otherwise be stamped late, and that wait would land
@@ -10,7 +10,7 @@
 //!
 //! Where the kernel gives no timestamp (another OS, a kernel that refuses
 //! the option) reads are stamped with the read time, and
-//! `Stamps::kernel` says so.
+//! `StampedTcp::kernel` says so.
 
 use std::io;
 use std::time::{Duration, Instant, SystemTime};

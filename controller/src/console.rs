@@ -11,6 +11,11 @@ impl Consumer for PlainProgress {
         "console"
     }
 
+    /// Per-request records are not shown here.
+    fn wants_requests(&self) -> bool {
+        false
+    }
+
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         match ev {
             RunEvent::Interval(iv) => eprintln!("{}", progress_line(&iv.row)),

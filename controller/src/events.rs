@@ -3,7 +3,8 @@
 //! A run (or a sweep of steps) emits `RunEvent`s in order; every output —
 //! the console, the results folder, the SQLite store, the HTML report, the
 //! service's live view — is a `Consumer` on its own thread that sees every
-//! event (but the per-request records, if it says it ignores them). Adding an output means adding a consumer; the run loop does not
+//! event (but the per-request records, if it says it ignores them).
+//! Adding an output means adding a consumer; the run loop does not
 //! change. A slow or failing consumer never blocks the run: each has its own
 //! queue, and an error is kept and reported when the outputs close.
 

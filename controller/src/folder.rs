@@ -16,6 +16,11 @@ impl Consumer for ResultsFolder {
         crate::outputs::RESULTS_FOLDER
     }
 
+    /// Per-request records are not shown here.
+    fn wants_requests(&self) -> bool {
+        false
+    }
+
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         match ev {
             RunEvent::StepFinished(end) => {

@@ -314,6 +314,11 @@ impl Consumer for LiveConsole {
         "live view"
     }
 
+    /// Per-request records are not shown here.
+    fn wants_requests(&self) -> bool {
+        false
+    }
+
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         if let RunEvent::Message(m) = ev {
             // Printed above the view, which is then drawn again below it.

@@ -37,6 +37,11 @@ impl Consumer for SummaryText {
         "summary.txt"
     }
 
+    /// Per-request records are not shown here.
+    fn wants_requests(&self) -> bool {
+        false
+    }
+
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         match ev {
             RunEvent::StepFinished(s) => self.write(&s.dir, &crate::report::render(&s.summary)),

@@ -89,6 +89,11 @@ impl Consumer for HtmlReport {
         "report.html"
     }
 
+    /// Per-request records are not shown here.
+    fn wants_requests(&self) -> bool {
+        false
+    }
+
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         match ev {
             RunEvent::StepFinished(end) => {

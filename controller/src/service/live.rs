@@ -212,6 +212,11 @@ impl Consumer for LiveConsumer {
         "live view (service)"
     }
 
+    /// Per-request records are not shown here.
+    fn wants_requests(&self) -> bool {
+        false
+    }
+
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         if let RunEvent::PlanStarted(p) = ev {
             (self.on_dir)(&p.dir);

@@ -460,6 +460,11 @@ impl Consumer for RunMetrics {
         "metrics"
     }
 
+    /// Per-request records are not shown here.
+    fn wants_requests(&self) -> bool {
+        false
+    }
+
     fn event(&mut self, ev: &RunEvent) -> Result<(), OutputError> {
         match ev {
             RunEvent::PlanStarted(p) => self.update(|r| r.name.clone_from(&p.name)),
