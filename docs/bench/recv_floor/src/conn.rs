@@ -114,12 +114,32 @@ impl Ramp {
 }
 
 /// A loopback connect is immediate: done blocking, then the socket is made
-/// non-blocking for the event loop.
-pub fn connect(addr: SocketAddr) -> io::Result<RawFd> {
+/// non-blocking for the event loop. `no_quickack`: leave quick-ACK mode
+/// (the kernel may re-enter it; this is a one-off hint).
+pub fn connect(addr: SocketAddr, no_quickack: bool) -> io::Result<RawFd> {
     let s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
-    Ok(s.into_raw_fd())
+    let fd = s.into_raw_fd();
+    if no_quickack {
+        let off: libc::c_int = 0;
+        // SAFETY: the option value is a c_int that outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&off as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            close(fd);
+            return Err(e);
+        }
+    }
+    Ok(fd)
 }
 
 /// Closes a socket this program owns.

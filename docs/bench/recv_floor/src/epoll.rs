@@ -104,7 +104,7 @@ impl Loop<'_> {
 
     /// Connects user `idx`'s socket, registers it and sends its first request.
     fn open(&mut self, idx: usize) -> io::Result<RawFd> {
-        let fd = conn::connect(self.args.addr)?;
+        let fd = conn::connect(self.args.addr, self.args.no_quickack)?;
         if self.stamped {
             let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
             // SAFETY: the option value is a c_uint that outlives the call.

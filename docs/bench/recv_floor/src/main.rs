@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: recv-floor --url http://HOST:PORT [--mode epoll|epoll-ts|uring] \
-[--users 1000] [--secs 20] [--ramp-secs 2] [--coalesce-us 0] [--buf-size 2048] [--no-defer]";
+[--users 1000] [--secs 20] [--ramp-secs 2] [--coalesce-us 0] [--buf-size 2048] [--no-defer] [--no-quickack]";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
@@ -47,16 +47,19 @@ pub struct Args {
     pub buf_size: usize,
     /// uring without `IORING_SETUP_DEFER_TASKRUN`.
     pub no_defer: bool,
+    /// `TCP_QUICKACK` off once after connect: fewer ACKs sent from `recv`.
+    pub no_quickack: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut url = None;
     let (mut mode, mut users, mut secs, mut ramp_secs) = (Mode::Epoll, 1000, 20.0_f64, 2.0_f64);
-    let (mut coalesce_us, mut buf_size, mut no_defer) = (0, 2048, false);
+    let (mut coalesce_us, mut buf_size, mut no_defer, mut no_quickack) = (0, 2048, false, false);
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        if k == "--no-defer" {
-            no_defer = true;
+        if k == "--no-defer" || k == "--no-quickack" {
+            no_defer |= k == "--no-defer";
+            no_quickack |= k == "--no-quickack";
             continue;
         }
         let v = it.next().ok_or(format!("{k} needs a value"))?;
@@ -112,6 +115,7 @@ fn parse_args() -> Result<Args, String> {
         coalesce_us,
         buf_size,
         no_defer,
+        no_quickack,
     })
 }
 
@@ -208,8 +212,8 @@ fn report(args: &Args, t: &conn::Tally, tokens: u64, wall: f64, cpu: (f64, f64),
     let per = |x: f64| x / tokens.max(1) as f64;
     let (user, sys) = cpu;
     println!(
-        "mode={:?} users={} secs={:.1} coalesce_us={} load=[{load}] {}",
-        args.mode, args.users, wall, args.coalesce_us, t.note
+        "mode={:?} users={} secs={:.1} coalesce_us={} no_quickack={} load=[{load}] {}",
+        args.mode, args.users, wall, args.coalesce_us, args.no_quickack, t.note
     );
     println!(
         "tokens={tokens} tokens/s={:.0} responses={} bytes/token={:.1} reads/token={:.3} \

@@ -253,7 +253,7 @@ impl Loop<'_, '_, '_> {
 
     /// Connects user `idx`, arms its receive and queues its first request.
     fn open(&mut self, idx: usize) -> io::Result<i32> {
-        let fd = conn::connect(self.args.addr)?;
+        let fd = conn::connect(self.args.addr, self.args.no_quickack)?;
         self.arm(fd, idx)?;
         self.push_send(fd, idx)?;
         Ok(fd)
