@@ -4,7 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{IntoRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The last 7 bytes of a chunked response: the end of the previous chunk
 /// and the zero-length terminating chunk (`\r\n0\r\n\r\n`), big-endian.
@@ -30,6 +30,47 @@ pub struct Tally {
     pub lag_ns_max: u64,
     /// What the mode set up (printed with the result).
     pub note: String,
+}
+
+impl Tally {
+    /// Counts a kernel receive stamp and its lag to now (what barrage
+    /// computes per read).
+    pub fn stamp(&mut self, ts: libc::timespec) {
+        if ts.tv_sec <= 0 {
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let stamp = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        let lag = now.saturating_sub(stamp).as_nanos() as u64;
+        self.stamps += 1;
+        self.lag_ns_sum += lag;
+        self.lag_ns_max = self.lag_ns_max.max(lag);
+    }
+}
+
+/// `SO_TIMESTAMPING` (= `SCM_TIMESTAMPING`) on x86_64 and arm64; libc does
+/// not export it for Linux.
+pub const SO_TIMESTAMPING: libc::c_int = 37;
+
+/// Asks for software receive timestamps on `fd`, as barrage does.
+pub fn enable_stamps(fd: RawFd) -> io::Result<()> {
+    let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+    // SAFETY: the option value is a c_uint that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_TIMESTAMPING,
+            (&flags as *const libc::c_uint).cast(),
+            size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// One keep-alive connection: its socket and where its response stands.

@@ -5,14 +5,10 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::Args;
 use crate::conn::{self, Conn, Ramp, Tally};
-
-/// `SO_TIMESTAMPING` (= `SCM_TIMESTAMPING`) on x86_64 and arm64; libc does
-/// not export it for Linux.
-const SO_TIMESTAMPING: libc::c_int = 37;
 
 /// Room for one `scm_timestamping` control message, aligned for its header.
 #[repr(align(8))]
@@ -106,17 +102,7 @@ impl Loop<'_> {
     fn open(&mut self, idx: usize) -> io::Result<RawFd> {
         let fd = conn::connect(self.args.addr, self.args.no_quickack)?;
         if self.stamped {
-            let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
-            // SAFETY: the option value is a c_uint that outlives the call.
-            check(unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    SO_TIMESTAMPING,
-                    (&flags as *const libc::c_uint).cast(),
-                    size_of::<libc::c_uint>() as libc::socklen_t,
-                )
-            })?;
+            conn::enable_stamps(fd)?;
         }
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
@@ -219,27 +205,13 @@ impl Loop<'_> {
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(msg);
             while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SO_TIMESTAMPING {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == conn::SO_TIMESTAMPING {
                     let ts: [libc::timespec; 3] =
                         std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    self.lag(ts[0]);
+                    self.t.stamp(ts[0]);
                 }
                 c = libc::CMSG_NXTHDR(msg, c);
             }
         }
-    }
-
-    fn lag(&mut self, ts: libc::timespec) {
-        if ts.tv_sec <= 0 {
-            return;
-        }
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let stamp = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-        let lag = now.saturating_sub(stamp).as_nanos() as u64;
-        self.t.stamps += 1;
-        self.t.lag_ns_sum += lag;
-        self.t.lag_ns_max = self.t.lag_ns_max.max(lag);
     }
 }

@@ -8,7 +8,8 @@
 //! (`output_tokens_sent` of `GET /sim/stats`). Modes: `epoll` (one `recv`
 //! per ready socket per wake), `epoll-ts` (the same with `recvmsg` and
 //! `SO_TIMESTAMPING` receive stamps, as barrage reads), `uring` (io_uring
-//! multishot receive into a provided-buffer ring, completions in batches).
+//! multishot receive into a provided-buffer ring, completions in batches),
+//! `uring-ts` (multishot `recvmsg` with the same receive stamps).
 //!
 //! Not a workspace member: see BENCHMARKS.md, "The receive floor".
 
@@ -21,7 +22,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: recv-floor --url http://HOST:PORT [--mode epoll|epoll-ts|uring] \
+const USAGE: &str = "usage: recv-floor --url http://HOST:PORT [--mode epoll|epoll-ts|uring|uring-ts] \
 [--users 1000] [--secs 20] [--ramp-secs 2] [--coalesce-us 0] [--buf-size 2048] [--no-defer] [--no-quickack]";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -29,6 +30,7 @@ pub enum Mode {
     Epoll,
     EpollTs,
     Uring,
+    UringTs,
 }
 
 /// What the command line asked for.
@@ -71,7 +73,8 @@ fn parse_args() -> Result<Args, String> {
                     "epoll" => Mode::Epoll,
                     "epoll-ts" => Mode::EpollTs,
                     "uring" => Mode::Uring,
-                    _ => return Err(bad(&"expected epoll, epoll-ts or uring")),
+                    "uring-ts" => Mode::UringTs,
+                    _ => return Err(bad(&"expected epoll, epoll-ts, uring or uring-ts")),
                 }
             }
             "--users" => users = v.parse().map_err(|e| bad(&e))?,
@@ -196,7 +199,7 @@ fn run(args: &Args) -> io::Result<()> {
     let t0 = Instant::now();
     let tally = match args.mode {
         Mode::Epoll | Mode::EpollTs => epoll::run(args, args.mode == Mode::EpollTs)?,
-        Mode::Uring => uring::run(args)?,
+        Mode::Uring | Mode::UringTs => uring::run(args, args.mode == Mode::UringTs)?,
     };
     let wall = t0.elapsed().as_secs_f64();
     let (u1, s1) = cpu_now();

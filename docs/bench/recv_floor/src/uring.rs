@@ -5,7 +5,8 @@
 //! (`--coalesce-us`: at least that long, via `min_wait_usec`), drain all.
 //! `IORING_SETUP_DEFER_TASKRUN` (unless `--no-defer`): the kernel does the
 //! receive work only when the thread asks for completions, not on each
-//! packet's arrival.
+//! packet's arrival. `stamped`: a multishot `recvmsg` instead, with
+//! `SO_TIMESTAMPING` receive stamps in each buffer's control data.
 
 use std::io;
 use std::marker::PhantomData;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
 use io_uring::squeue::Entry;
-use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, SubmissionQueue, Submitter, opcode};
 
 use crate::Args;
@@ -127,7 +128,11 @@ impl<'m> BufRing<'m> {
     }
 }
 
-pub fn run(args: &Args) -> io::Result<Tally> {
+/// Room for one `scm_timestamping` control message (16-byte header, three
+/// timespecs).
+const CONTROL_LEN: usize = 64;
+
+pub fn run(args: &Args, stamped: bool) -> io::Result<Tally> {
     // Declared before the ring so that they are dropped after it.
     let map = Mapping::new(usize::from(BUFFERS) * size_of::<BufRingEntry>())?;
     let mut mem = vec![0u8; usize::from(BUFFERS) * args.buf_size];
@@ -135,10 +140,20 @@ pub fn run(args: &Args) -> io::Result<Tally> {
     let mut t = Tally::default();
     let (submitter, sq, cq) = ring.split();
     let bufs = BufRing::new(&submitter, &map, &mut mem, args.buf_size)?;
-    note.push_str(&format!(" buffers={BUFFERS}x{}", args.buf_size));
+    note.push_str(&format!(
+        " buffers={BUFFERS}x{} stamped={stamped}",
+        args.buf_size
+    ));
     t.note = note;
+    // The template every multishot recvmsg is armed with: no name, room for
+    // the stamp. Boxed so its address holds while the loop runs.
+    // SAFETY: msghdr is plain data; zero is its empty value.
+    let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+    msg.msg_controllen = CONTROL_LEN;
     let mut l = Loop {
         args,
+        stamped,
+        msg,
         req: args.request(),
         submitter,
         sq,
@@ -169,6 +184,8 @@ fn build_ring(args: &Args) -> io::Result<(IoUring, String)> {
 
 struct Loop<'a, 'r, 'm> {
     args: &'a Args,
+    stamped: bool,
+    msg: Box<libc::msghdr>,
     req: Vec<u8>,
     submitter: Submitter<'r>,
     sq: SubmissionQueue<'r>,
@@ -228,7 +245,24 @@ impl Loop<'_, '_, '_> {
         if res > 0 {
             let bid = cqueue::buffer_select(cqe.flags())
                 .ok_or_else(|| io::Error::other("receive completion without a buffer"))?;
-            let data = self.bufs.slice(bid, res as usize);
+            let buf = self.bufs.slice(bid, res as usize);
+            let data = if self.stamped {
+                let out = RecvMsgOut::parse(buf, &self.msg)
+                    .map_err(|()| io::Error::other("recvmsg buffer too short"))?;
+                take_stamp(out.control_data(), &mut self.t);
+                // The payload is the buffer's tail, after header and control.
+                let payload = out.payload_data();
+                let at = payload.as_ptr() as usize - buf.as_ptr() as usize;
+                &buf[at..at + payload.len()]
+            } else {
+                buf
+            };
+            if data.is_empty() {
+                // A multishot recvmsg reports end of stream as an empty
+                // payload (the CQE's result counts its header).
+                self.bufs.give(bid);
+                return self.reopen(idx);
+            }
             if self.conns[idx].on_bytes(data, &mut self.t) {
                 let fd = self.conns[idx].fd;
                 self.push_send(fd, idx)?;
@@ -244,6 +278,11 @@ impl Loop<'_, '_, '_> {
             // The multishot receive ended but the connection did not.
             return self.arm(self.conns[idx].fd, idx);
         }
+        self.reopen(idx)
+    }
+
+    /// The server closed (or broke) the connection: a new one in its place.
+    fn reopen(&mut self, idx: usize) -> io::Result<()> {
         conn::close(self.conns[idx].fd);
         self.t.reconnects += 1;
         let fd = self.open(idx)?;
@@ -254,16 +293,21 @@ impl Loop<'_, '_, '_> {
     /// Connects user `idx`, arms its receive and queues its first request.
     fn open(&mut self, idx: usize) -> io::Result<i32> {
         let fd = conn::connect(self.args.addr, self.args.no_quickack)?;
+        if self.stamped {
+            conn::enable_stamps(fd)?;
+        }
         self.arm(fd, idx)?;
         self.push_send(fd, idx)?;
         Ok(fd)
     }
 
     fn arm(&mut self, fd: i32, idx: usize) -> io::Result<()> {
-        let e = opcode::RecvMulti::new(Fd(fd), GROUP)
-            .build()
-            .user_data(RECV | idx as u64);
-        self.push(&e)
+        let e = if self.stamped {
+            opcode::RecvMsgMulti::new(Fd(fd), &*self.msg, GROUP).build()
+        } else {
+            opcode::RecvMulti::new(Fd(fd), GROUP).build()
+        };
+        self.push(&e.user_data(RECV | idx as u64))
     }
 
     fn push_send(&mut self, fd: i32, idx: usize) -> io::Result<()> {
@@ -285,5 +329,30 @@ impl Loop<'_, '_, '_> {
             self.submitter.submit()?;
             self.sq.sync();
         }
+    }
+}
+
+/// Finds the software receive stamp in a recvmsg's control data (a walk of
+/// `cmsghdr`s: length, level, type, then the data, 8-byte aligned).
+fn take_stamp(control: &[u8], t: &mut Tally) {
+    const HDR: usize = size_of::<libc::cmsghdr>();
+    let mut at = 0;
+    while at + HDR <= control.len() {
+        let word = |o: usize, n: usize| &control[at + o..at + o + n];
+        let len = usize::from_ne_bytes(word(0, 8).try_into().unwrap_or_default());
+        let level = i32::from_ne_bytes(word(8, 4).try_into().unwrap_or_default());
+        let kind = i32::from_ne_bytes(word(12, 4).try_into().unwrap_or_default());
+        if len < HDR || at + len > control.len() {
+            return;
+        }
+        if level == libc::SOL_SOCKET && kind == conn::SO_TIMESTAMPING && len >= HDR + 16 {
+            let sec = i64::from_ne_bytes(word(HDR, 8).try_into().unwrap_or_default());
+            let nsec = i64::from_ne_bytes(word(HDR + 8, 8).try_into().unwrap_or_default());
+            t.stamp(libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            });
+        }
+        at += len.next_multiple_of(8);
     }
 }
