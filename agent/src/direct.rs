@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::failure;
 use crate::h1::{self, BodyDecoder, H1Error, Piece};
+use crate::pacing::{self, PACING};
 use crate::ports::{self, PortLease, SourcePorts};
 use crate::wire::{Arrival, StampedTcp};
 
@@ -155,6 +156,9 @@ pub struct DirectClient {
     connect_timeout: Duration,
     /// Where new connections' local ports come from (None: the kernel).
     ports: Option<Arc<SourcePorts>>,
+    /// Load threads may pause before parking while this client exists:
+    /// its arrivals are kernel-timed (`pacing`).
+    _pacing: pacing::Active,
 }
 
 /// A response whose body is still to be read. Its connection goes back to
@@ -217,6 +221,7 @@ impl DirectClient {
             max_idle,
             connect_timeout,
             ports: SourcePorts::system(),
+            _pacing: PACING.active(),
         })
     }
 
@@ -293,6 +298,8 @@ impl DirectClient {
     }
 
     async fn connect(&self) -> Result<Conn, DirectError> {
+        // Latencies run from the hand-off: the setup must be noticed at once.
+        let _setup = PACING.connecting();
         let addrs = match &self.dest {
             Dest::Pinned(a) => a.clone(),
             Dest::Lookup { host, port } => tokio::net::lookup_host((host.as_str(), *port))
@@ -315,7 +322,11 @@ impl DirectClient {
                 Ok(Ok((tcp, port))) => {
                     // Small requests and streamed chunks must not wait for Nagle.
                     let _ = tcp.set_nodelay(true);
-                    return Ok(Conn::new(StampedTcp::new(tcp), port));
+                    let tcp = StampedTcp::new(tcp);
+                    if !tcp.kernel() {
+                        PACING.read_timed();
+                    }
+                    return Ok(Conn::new(tcp, port));
                 }
                 Ok(Err(source)) => last = Some(DirectError::Connect { addr, source }),
                 Err(_) => {
