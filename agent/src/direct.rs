@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 
 use crate::failure;
 use crate::h1::{self, BodyDecoder, H1Error, Piece};
+use crate::pacing::{self, PACING};
+use crate::ports::{self, PortLease, SourcePorts};
 use crate::wire::{Arrival, StampedTcp};
 
 /// Room made for each read: streamed events are a few hundred bytes, and
@@ -86,14 +88,17 @@ struct Conn {
     buf: BytesMut,
     /// Room to make for the next read.
     room: usize,
+    /// The local port, when the agent chose it (freed with the connection).
+    _port: Option<PortLease>,
 }
 
 impl Conn {
-    fn new(tcp: StampedTcp) -> Self {
+    fn new(tcp: StampedTcp, port: Option<PortLease>) -> Self {
         Self {
             tcp,
             buf: BytesMut::new(),
             room: READ_BYTES,
+            _port: port,
         }
     }
 
@@ -149,6 +154,11 @@ pub struct DirectClient {
     pool: Arc<Pool>,
     max_idle: usize,
     connect_timeout: Duration,
+    /// Where new connections' local ports come from (None: the kernel).
+    ports: Option<Arc<SourcePorts>>,
+    /// Load threads may pause before parking while this client exists:
+    /// its arrivals are kernel-timed (`pacing`).
+    _pacing: pacing::Active,
 }
 
 /// A response whose body is still to be read. Its connection goes back to
@@ -210,7 +220,16 @@ impl DirectClient {
             pool: Arc::default(),
             max_idle,
             connect_timeout,
+            ports: SourcePorts::system(),
+            _pacing: PACING.active(),
         })
+    }
+
+    /// New connections take their local ports from `ports` (None: the
+    /// kernel picks them).
+    pub fn with_source_ports(mut self, ports: Option<Arc<SourcePorts>>) -> Self {
+        self.ports = ports;
+        self
     }
 
     /// Sends `body` as a POST. `pooled`: try an idle connection first and
@@ -279,6 +298,8 @@ impl DirectClient {
     }
 
     async fn connect(&self) -> Result<Conn, DirectError> {
+        // Latencies run from the hand-off: the setup must be noticed at once.
+        let _setup = PACING.connecting();
         let addrs = match &self.dest {
             Dest::Pinned(a) => a.clone(),
             Dest::Lookup { host, port } => tokio::net::lookup_host((host.as_str(), *port))
@@ -291,11 +312,21 @@ impl DirectClient {
         };
         let mut last = None;
         for addr in addrs {
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(tcp)) => {
+            let connecting = async {
+                match &self.ports {
+                    Some(p) => ports::connect_from(p, addr).await,
+                    None => Ok((TcpStream::connect(addr).await?, None)),
+                }
+            };
+            match tokio::time::timeout(self.connect_timeout, connecting).await {
+                Ok(Ok((tcp, port))) => {
                     // Small requests and streamed chunks must not wait for Nagle.
                     let _ = tcp.set_nodelay(true);
-                    return Ok(Conn::new(StampedTcp::new(tcp)));
+                    let tcp = StampedTcp::new(tcp);
+                    if !tcp.kernel() {
+                        PACING.read_timed();
+                    }
+                    return Ok(Conn::new(tcp, port));
                 }
                 Ok(Err(source)) => last = Some(DirectError::Connect { addr, source }),
                 Err(_) => {
@@ -445,6 +476,53 @@ mod tests {
             Duration::from_secs(2),
         )
         .expect("client")
+    }
+
+    /// New connections leave from the ports the agent hands out, in turn;
+    /// the kernel is not asked to search the ephemeral range.
+    #[tokio::test]
+    async fn new_connections_leave_from_the_agents_own_ports() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let p = peers.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, peer)) = listener.accept().await {
+                p.lock().expect("peers").push(peer.port());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    if sock.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = sock.write_all(reply.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        // The range starts at a port a listener holds: it is skipped.
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let first = holder.local_addr().expect("addr").port();
+        let range = first..=first.saturating_add(30);
+        let c = client(addr, true).with_source_ports(Some(SourcePorts::new(range.clone(), &[])));
+        for _ in 0..3 {
+            let x = c
+                .post(Bytes::from_static(b"{}"), false)
+                .await
+                .expect("post");
+            assert_eq!(body_of(x).await, b"ok");
+        }
+        let peers = peers.lock().expect("peers").clone();
+        assert_eq!(peers.len(), 3, "a new connection per request");
+        for w in peers.windows(2) {
+            assert!(w[0] < w[1], "ports handed out in turn: {peers:?}");
+        }
+        for port in &peers {
+            assert!(
+                range.contains(port) && *port != first,
+                "port {port} of {range:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -14,6 +14,8 @@ pub mod h1;
 pub mod health;
 pub mod measure;
 pub mod ndjson;
+pub mod pacing;
+pub mod ports;
 pub mod profile;
 pub mod recorder;
 pub mod records;

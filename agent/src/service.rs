@@ -107,6 +107,7 @@ impl AgentService {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.load_threads.max(1))
             .thread_name(format!("{}-load", options.agent_id))
+            .on_thread_park(crate::pacing::before_park)
             .enable_all()
             .build()?;
         Ok(Self {

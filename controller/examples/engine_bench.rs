@@ -542,8 +542,9 @@ fn open_files_limit() -> Option<u64> {
 /// One agent (one load thread) holding `streams` streams against llm-sim at
 /// ITL 1 s (16 tokens), users started over 20 s, one full request each.
 async fn hold_case(streams: u64) -> Result<()> {
-    // One socket per stream, plus the process's own files and gRPC.
-    let need = streams + 200;
+    // One socket per stream, plus the process's own files, gRPC and the
+    // results files (27 at 19,800 streams).
+    let need = streams + 64;
     if let Some(limit) = open_files_limit()
         && limit < need
     {

@@ -6,6 +6,8 @@
 //! reads trail the arrivals by milliseconds. The same run repeated with
 //! read times (`BARRAGE_DIRECT_CLIENT=off`, the way barrage timed before
 //! and TLS targets still are) shows the drift the kernel's times remove.
+//! Kernel-timed, the agent's idle load thread pauses before it parks (read
+//! pacing), and the figures hold with it; read-timed, it never pauses.
 //!
 //! The users are started apart (`spawn_rate`) so that their requests never
 //! reach the single-threaded simulator together: eight at once queue
@@ -21,6 +23,7 @@ mod linux {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
+    use barrage_agent::pacing::PACING;
     use barrage_common::simulator::SimConfig;
     use barrage_controller::report::Summary;
     use barrage_llm_sim::{SimServer, SimStats};
@@ -214,8 +217,9 @@ mod linux {
     /// The same run again in a child process whose agent times by read
     /// times (`BARRAGE_DIRECT_CLIENT=off`, read once per run from the
     /// environment, which this process cannot safely change): its figures
-    /// and its count of kernel-timed requests.
-    fn read_time_figures() -> ([f64; 6], u64) {
+    /// its count of kernel-timed requests, and its load threads' pauses
+    /// before parking (read pacing).
+    fn read_time_figures() -> ([f64; 6], u64, u64) {
         let exe = std::env::current_exe().expect("test binary");
         let out = std::process::Command::new(exe)
             .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
@@ -237,8 +241,12 @@ mod linux {
             .split_whitespace()
             .map(|x| x.parse().expect("a figure"))
             .collect();
-        assert_eq!(v.len(), 7, "{line}");
-        ([v[0], v[1], v[2], v[3], v[4], v[5]], v[6] as u64)
+        assert_eq!(v.len(), 8, "{line}");
+        (
+            [v[0], v[1], v[2], v[3], v[4], v[5]],
+            v[6] as u64,
+            v[7] as u64,
+        )
     }
 
     #[test]
@@ -250,8 +258,15 @@ mod linux {
             let f = figures(&s);
             // On its own line: the harness prints the test's name before it.
             println!(
-                "\n{READ_TIMES_LINE} {} {} {} {} {} {} {}",
-                f[0], f[1], f[2], f[3], f[4], f[5], s.accuracy.arrivals.kernel_requests
+                "\n{READ_TIMES_LINE} {} {} {} {} {} {} {} {}",
+                f[0],
+                f[1],
+                f[2],
+                f[3],
+                f[4],
+                f[5],
+                s.accuracy.arrivals.kernel_requests,
+                PACING.pauses()
             );
             return;
         }
@@ -282,13 +297,18 @@ mod linux {
             "the hogs did not starve the agent: read lag p99 {lag_p99} ms, max {lag_max} ms"
         );
 
+        // Kernel-timed, the idle load thread paused before parking (read
+        // pacing), and the figures below hold all the same.
+        let pauses = PACING.pauses();
+        assert!(pauses > 0, "no read pacing in a kernel-timed run");
+
         let kernel = figures(&s);
-        let (read, read_kernel_requests) = read_time_figures();
+        let (read, read_kernel_requests, read_pauses) = read_time_figures();
         eprintln!(
             "starved agent, read lag p99 {lag_p99:.2} / max {lag_max:.2} ms\n  \
              kernel timestamps: {}\n  read times:        {}\n  \
              simulator lateness p50 / p99 / max: first chunks {} / {} / {} µs, \
-             all chunks {} / {} / {} µs",
+             all chunks {} / {} / {} µs; {pauses} pauses before parking",
             show(&kernel),
             show(&read),
             stats.first_late_p50_us,
@@ -320,6 +340,10 @@ mod linux {
         // What read times measured of the same setup: the agent's lag
         // lands in the gaps' tail.
         assert_eq!(read_kernel_requests, 0, "the child was not read-timed");
+        assert_eq!(
+            read_pauses, 0,
+            "read-timed, a pause would be inside the figures"
+        );
         assert!(
             read[5] > kernel[5] + 1.0,
             "read-time chunk_gap p99 {:.2} ms did not drift from the kernel's {:.2} ms",
