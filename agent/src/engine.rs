@@ -571,7 +571,7 @@ fn arrival_clock(
                 {
                     return;
                 }
-                if tx.send((due, Some(j))).is_err() {
+                if !hand_off(&tx, (due, Some(j))) {
                     return;
                 }
                 sent += 1;
@@ -590,7 +590,7 @@ fn arrival_clock(
         if !sleep_until_precise(start, &stop) {
             return;
         }
-        while more(sent) && tx.send((start, None)).is_ok() {
+        while more(sent) && hand_off(&tx, (start, None)) {
             sent += 1;
         }
         return;
@@ -621,11 +621,19 @@ fn arrival_clock(
         if deadline.is_some_and(|d| due >= d) || !sleep_until_precise(due, &stop) {
             return;
         }
-        if tx.send((due, None)).is_err() {
+        if !hand_off(&tx, (due, None)) {
             return;
         }
         sent += 1;
     }
+}
+
+/// Sends one arrival to the load threads and ends their read pacing pause,
+/// so that it is taken at once. False when the receiver is gone.
+fn hand_off(tx: &mpsc::UnboundedSender<Arrival>, arrival: Arrival) -> bool {
+    let sent = tx.send(arrival).is_ok();
+    crate::pacing::PACING.interrupt();
+    sent
 }
 
 #[allow(clippy::too_many_arguments)]

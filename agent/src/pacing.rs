@@ -16,14 +16,16 @@
 //! * never again in this process once a connection could not get kernel
 //!   timestamps (`read_timed`).
 //!
-//! Requests handed off during a pause start up to one pause later; that is
-//! in `schedule_lag` (and, on a reused connection, outside TTFT, which runs
-//! from the request's write). `BARRAGE_READ_PACING_US` sets the pause
-//! (default 1000 µs; 0 turns pacing off).
+//! An open-loop arrival ends the pauses at once (`interrupt`), so that
+//! `schedule_lag` keeps its sub-millisecond tail. Closed-loop users' starts
+//! and think times, on tokio's timer (already rounded up to its 1 ms), can
+//! start up to one pause later, which is in `schedule_lag` (and, on a
+//! reused connection, outside TTFT, which runs from the request's write).
+//! `BARRAGE_READ_PACING_US` sets the pause (default 1000 µs; 0: off).
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 /// The pause when `BARRAGE_READ_PACING_US` is not set.
 const DEFAULT_PAUSE: Duration = Duration::from_micros(1000);
@@ -35,6 +37,9 @@ pub struct Pacing {
     connecting: AtomicUsize,
     read_timed: AtomicBool,
     pauses: AtomicU64,
+    /// Bumped by each interrupt; a pause ends when it changes.
+    rung: Mutex<u64>,
+    bell: Condvar,
 }
 
 /// The process's pacing, consulted by every load runtime.
@@ -47,7 +52,34 @@ impl Pacing {
             connecting: AtomicUsize::new(0),
             read_timed: AtomicBool::new(false),
             pauses: AtomicU64::new(0),
+            rung: Mutex::new(0),
+            bell: Condvar::new(),
         }
+    }
+
+    /// Pauses for `pause`, or until the next interrupt.
+    pub fn pause(&self, pause: Duration) {
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+        let until = Instant::now() + pause;
+        let mut rung = self.rung.lock().unwrap_or_else(PoisonError::into_inner);
+        let at_start = *rung;
+        while *rung == at_start {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            rung = match self.bell.wait_timeout(rung, left) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Ends every pause now: work was handed to the load threads.
+    pub fn interrupt(&self) {
+        let mut rung = self.rung.lock().unwrap_or_else(PoisonError::into_inner);
+        *rung = rung.wrapping_add(1);
+        self.bell.notify_all();
     }
 
     /// How long to pause before parking now (None: park at once).
@@ -116,8 +148,7 @@ fn configured_pause() -> Duration {
 /// The load runtimes' park hook.
 pub fn before_park() {
     if let Some(pause) = PACING.pause_for(configured_pause()) {
-        PACING.pauses.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(pause);
+        PACING.pause(pause);
     }
 }
 
@@ -143,5 +174,35 @@ mod tests {
         let _client = P.active();
         P.read_timed();
         assert_eq!(P.pause_for(ms), None, "read-timed: never again");
+    }
+
+    #[test]
+    fn an_interrupt_ends_a_pause_at_once() {
+        static P: Pacing = Pacing::new();
+        let long = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let pauser = std::thread::spawn(move || P.pause(long));
+        // Until the pause has begun (counted before it waits), then a
+        // little more; an interrupt before it begins is not its end.
+        while P.pauses() == 0 {
+            std::thread::yield_now();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pauser.is_finished() && Instant::now() < deadline {
+            P.interrupt();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(pauser.is_finished(), "the pause outlived its interrupts");
+        pauser.join().expect("pauser");
+        assert!(
+            t0.elapsed() < long,
+            "ended by the interrupt, not its length"
+        );
+        let t1 = Instant::now();
+        P.pause(Duration::from_millis(20));
+        assert!(
+            t1.elapsed() >= Duration::from_millis(20),
+            "uninterrupted: whole"
+        );
     }
 }
