@@ -257,6 +257,22 @@ mod tests {
         );
     }
 
+    /// Every port of the range is held by someone else: after the bind
+    /// refusals the kernel picks, and the connection still opens.
+    #[tokio::test]
+    async fn when_every_port_is_taken_the_kernel_picks() {
+        let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = target.local_addr().expect("addr");
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let held = holder.local_addr().expect("addr").port();
+        let ports = SourcePorts::new(held..=held, &[]);
+        let (tcp, lease) = connect_from(&ports, addr).await.expect("connect");
+        assert!(lease.is_none(), "no lease: the kernel's port");
+        assert_ne!(tcp.local_addr().expect("local").port(), held);
+        let _ = target.accept().await.expect("accepted");
+        let _ = ports.lease().expect("the held port is free in the map again");
+    }
+
     /// Real sockets: connections leave from the allocator's ports, in
     /// turn, skipping one a listener holds; their ports are freed on close.
     #[tokio::test]
