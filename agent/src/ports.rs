@@ -270,7 +270,9 @@ mod tests {
         assert!(lease.is_none(), "no lease: the kernel's port");
         assert_ne!(tcp.local_addr().expect("local").port(), held);
         let _ = target.accept().await.expect("accepted");
-        let _ = ports.lease().expect("the held port is free in the map again");
+        let _ = ports
+            .lease()
+            .expect("the held port is free in the map again");
     }
 
     /// Real sockets: connections leave from the allocator's ports, in
