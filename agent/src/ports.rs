@@ -169,6 +169,12 @@ pub async fn connect_from(
     ports: &Arc<SourcePorts>,
     addr: SocketAddr,
 ) -> io::Result<(TcpStream, Option<PortLease>)> {
+    // The local address of the target's family; the route picks the IP.
+    let any = if addr.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
     for _ in 0..TRIES {
         let Some(lease) = ports.lease() else { break };
         let socket = if addr.is_ipv4() {
@@ -177,11 +183,6 @@ pub async fn connect_from(
             TcpSocket::new_v6()?
         };
         socket.set_reuseaddr(true)?;
-        let any = if addr.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        };
         if let Err(e) = socket.bind(SocketAddr::new(any, lease.port)) {
             if is_taken(&e) {
                 continue;
