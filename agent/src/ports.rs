@@ -177,6 +177,11 @@ pub async fn connect_from(
     };
     for _ in 0..TRIES {
         let Some(lease) = ports.lease() else { break };
+        // From the destination's own port, a connect to a local address
+        // with nothing listening would reach itself (TCP simultaneous open).
+        if lease.port == addr.port() {
+            continue;
+        }
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -274,6 +279,21 @@ mod tests {
         let _ = ports
             .lease()
             .expect("the held port is free in the map again");
+    }
+
+    /// A closed local port is refused, not reached from itself: the
+    /// destination's own port is never the source.
+    #[tokio::test]
+    async fn a_closed_local_port_is_refused_not_connected_to_itself() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let ports = SourcePorts::new(closed.port()..=closed.port(), &[]);
+        match connect_from(&ports, closed).await {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}"),
+            Ok((tcp, _)) => panic!("connected to {:?}", tcp.local_addr()),
+        }
     }
 
     /// Real sockets: connections leave from the allocator's ports, in
